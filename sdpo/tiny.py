@@ -1,0 +1,234 @@
+"""Tiny, offline stand-ins for the real models and data.
+
+Every test and the CPU demo use these: a *real* diffusers folder (same layout, same classes,
+loadable with ``from_pretrained``) whose networks are a few thousand parameters, and a real
+Pick-a-Pic-format parquet dataset with JPEG bytes.  Nothing here touches the network.
+
+    python -m sdpo.tiny model --kind sd15 --out DIR [--seed 0]
+    python -m sdpo.tiny pairs --out DIR --n 32 [--size 64] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+# A tiny VAE still downsamples by 8 (four blocks), so latent shapes follow the real formula.
+_VAE_BLOCKS = (8, 16, 16, 16)
+_TEXT_DIM = 32
+_TIME_EMBED_DIM = 8  # SDXL addition_time_embed_dim; six time ids -> 6 * 8 inputs
+
+
+def _clip_tokenizer(out: Path):
+    """A byte-level CLIP tokenizer with no merges: every byte is a token, so any prompt encodes."""
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
+
+    chars = list(bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        tok = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
+    tok.save_pretrained(out)
+    return tok
+
+
+def _text_config(**extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=1000,
+        hidden_size=_TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=_TEXT_DIM,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+        **extra,
+    )
+
+
+def tiny_unet_config(kind: str) -> dict:
+    """UNet2DConditionModel kwargs of the tiny model of ``kind`` ("sd15" or "sdxl")."""
+    cfg = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=8,
+        cross_attention_dim=_TEXT_DIM,
+    )
+    if kind == "sdxl":
+        cfg.update(
+            cross_attention_dim=2 * _TEXT_DIM,  # penultimate states of both encoders, concatenated
+            addition_embed_type="text_time",
+            addition_time_embed_dim=_TIME_EMBED_DIM,
+            projection_class_embeddings_input_dim=6 * _TIME_EMBED_DIM + _TEXT_DIM,
+            use_linear_projection=True,
+        )
+    elif kind != "sd15":
+        raise ValueError(f"unknown model kind {kind!r}: use 'sd15' or 'sdxl'")
+    return cfg
+
+
+def build_tiny_model(kind: str, out: str | Path, seed: int = 0) -> Path:
+    """Write a tiny SD1.5- or SDXL-format diffusers pipeline folder and return its path."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    out = Path(out)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**tiny_unet_config(kind))
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=_VAE_BLOCKS,
+        layers_per_block=1,
+        norm_num_groups=8,
+        latent_channels=4,
+        sample_size=64,
+    )
+    # The same scheduler classes and betas as the real SD1.5 / SDXL folders.
+    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    if kind == "sd15":
+        scheduler = PNDMScheduler(**betas, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+    else:
+        scheduler = EulerDiscreteScheduler(**betas, steps_offset=1, timestep_spacing="leading")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _clip_tokenizer(Path(tmp) / "tok")
+    if kind == "sd15":
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=CLIPTextModel(_text_config()),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    else:
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=CLIPTextModel(_text_config()),
+            text_encoder_2=CLIPTextModelWithProjection(_text_config()),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+        )
+    pipe.save_pretrained(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- pair data
+
+_COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+_SHAPES = ("circle", "square")
+
+
+def draw_shape(shape: str, colour: tuple[int, int, int], size: int, jitter: tuple[int, int] = (0, 0)) -> Image.Image:
+    """A plain picture: one coloured shape on a light background."""
+    img = Image.new("RGB", (size, size), (235, 235, 235))
+    d = ImageDraw.Draw(img)
+    q = size // 4
+    box = (q + jitter[0], q + jitter[1], 3 * q + jitter[0], 3 * q + jitter[1])
+    (d.ellipse if shape == "circle" else d.rectangle)(box, fill=colour)
+    return img
+
+
+def jpeg_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def tiny_pair_rows(n: int, size: int = 64, seed: int = 0, tie_every: int = 8) -> list[dict]:
+    """``n`` Pick-a-Pic-format rows: the caption names a colour and shape; the image that matches it
+    wins.  Labels alternate which column holds the winner, and every ``tie_every``-th row is a tie."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        shape = rng.choice(_SHAPES)
+        good, bad = rng.sample(sorted(_COLOURS), 2)
+        jit = (rng.randint(-3, 3), rng.randint(-3, 3))
+        win = jpeg_bytes(draw_shape(shape, _COLOURS[good], size, jit))
+        lose = jpeg_bytes(draw_shape(shape, _COLOURS[bad], size, jit))
+        label = 0.5 if tie_every and i % tie_every == tie_every - 1 else float(rng.random() < 0.5)
+        jpg_0, jpg_1 = (win, lose) if label != 0.0 else (lose, win)
+        rows.append(
+            {
+                "caption": f"a {good} {shape}",
+                "jpg_0": jpg_0,
+                "jpg_1": jpg_1,
+                "label_0": label,
+                "label_1": 1.0 - label,
+                "model_0": "tiny",
+                "model_1": "tiny",
+                "best_image_uid": f"{i}-{0 if label == 1.0 else 1}",
+            }
+        )
+    return rows
+
+
+def write_pairs(rows: list[dict], out: str | Path, split: str = "train") -> Path:
+    """Write rows as ``out/data/<split>-00000-of-00001.parquet`` (the layout ``load_dataset(out)`` reads)."""
+    import pandas as pd
+
+    out = Path(out)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(out / "data" / f"{split}-00000-of-00001.parquet", index=False)
+    return out
+
+
+def build_tiny_pairs(out: str | Path, n: int = 32, size: int = 64, seed: int = 0) -> Path:
+    return write_pairs(tiny_pair_rows(n, size=size, seed=seed), out)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m sdpo.tiny", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("model", help="write a tiny diffusers pipeline folder")
+    m.add_argument("--kind", choices=["sd15", "sdxl"], default="sd15")
+    m.add_argument("--out", required=True)
+    m.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("pairs", help="write a tiny Pick-a-Pic-format parquet dataset")
+    d.add_argument("--out", required=True)
+    d.add_argument("--n", type=int, default=32)
+    d.add_argument("--size", type=int, default=64)
+    d.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    np.random.seed(a.seed)
+    if a.what == "model":
+        print(build_tiny_model(a.kind, a.out, a.seed))
+    else:
+        print(build_tiny_pairs(a.out, a.n, a.size, a.seed))
+
+
+if __name__ == "__main__":
+    _main()

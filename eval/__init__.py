@@ -1,0 +1,1 @@
+"""Evaluation: generate images for prompt sets, score them with reward models, compare two models."""

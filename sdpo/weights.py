@@ -1,0 +1,103 @@
+"""Loading UNet weights from the files people pass around, safely and with errors that help.
+
+Accepted sources: a ``unet.pth`` state dict (loaded with ``weights_only=True``, so a pickle that
+would run code is refused), a ``.safetensors`` file, a checkpoint folder holding ``unet.pth``, or a
+diffusers folder (the UNet folder itself or a pipeline folder with ``unet/``).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from sdpo.errors import UserError
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        for p in _PREFIXES:
+            while k.startswith(p):
+                k = k[len(p) :]
+        out[k] = v
+    return out
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{path}: refused to load: the file holds Python objects beyond tensors, and unpickling them could "
+            f"run code ({str(e).splitlines()[0][:120]}); re-save it as a plain state_dict or as safetensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"{path}: not a readable PyTorch file ({str(e).splitlines()[0][:160]})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: expected a UNet state_dict (a dict of tensors), found {type(obj).__name__}")
+    return obj
+
+
+def _diffusers_weights(folder: Path) -> Path | None:
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def resolve_unet_file(path: str | Path) -> Path:
+    """The file holding the UNet weights for any accepted ``path`` (see module docstring)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for cand in (p / "unet.pth", p / "unet" / "diffusion_pytorch_model.safetensors"):
+            if cand.is_file():
+                return cand
+        for folder in (p, p / "unet"):
+            f = _diffusers_weights(folder)
+            if f is not None:
+                return f
+        raise UserError(f"{p}: no UNet weights found (looked for unet.pth, unet/ and diffusion_pytorch_model.*)")
+    raise UserError(f"{p}: no such file or folder; pass a unet.pth, a checkpoint folder or a diffusers UNet folder")
+
+
+def load_unet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a UNet state dict from any accepted source, with DDP/compile prefixes removed."""
+    return _strip_prefixes(_load_file(resolve_unet_file(path)))
+
+
+def guess_family(keys) -> str:
+    """A human name for the UNet a set of state-dict keys belongs to."""
+    keys = set(keys)
+    if not any(k.startswith(("down_blocks.", "conv_in.", "time_embedding.")) for k in keys):
+        return "not a diffusers UNet state_dict"
+    if any(k.startswith("add_embedding.") for k in keys):
+        return "an SDXL UNet (has add_embedding: use --sdxl)"
+    return "an SD1.5/SD2-style UNet (no add_embedding: drop --sdxl)"
+
+
+def load_unet_weights(unet: torch.nn.Module, path: str | Path) -> None:
+    """Load weights into ``unet`` strictly; a mismatch raises one line naming counts and the likely family."""
+    sd = load_unet_state_dict(path)
+    own = unet.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    bad_shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        raise UserError(
+            f"{path}: weights do not fit this UNet ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(bad_shape)} wrong-shape keys); the file looks like {guess_family(sd)}, "
+            f"the model is {guess_family(own).split(' (')[0]}"
+        )
+    unet.load_state_dict(sd, strict=True)

@@ -1,0 +1,94 @@
+"""Checkpoints that are complete or absent: ``output_dir/checkpoint-<step>/``.
+
+A checkpoint holds accelerate's state (model, optimizer, lr scheduler, RNG; loaded back with
+``weights_only=True``), ``unet.pth`` (a plain UNet state dict, the reference format) and
+``training_state.json`` (step and data position), written last.  It is assembled in
+``checkpoint-<step>.partial`` and renamed, so ``latest`` never sees a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from sdpo.atomic import torch_save, write_json
+from sdpo.errors import UserError
+
+log = logging.getLogger(__name__)
+STATE_FILE = "training_state.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_resume_point(output_dir: str | Path, request: str | None) -> Path | None:
+    """``latest`` -> newest complete checkpoint (or None: start fresh); a path -> that checkpoint."""
+    if request is None:
+        return None
+    if request == "latest":
+        found = complete_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(request)
+    if not path.is_dir() and (Path(output_dir) / request).is_dir():
+        path = Path(output_dir) / request
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"--resume_from_checkpoint {request}: not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def unet_state_dict(accelerator, unet) -> dict[str, torch.Tensor]:
+    model = accelerator.unwrap_model(unet)
+    return {k: v.detach().cpu().contiguous() for k, v in accelerator.get_state_dict(model).items()}
+
+
+def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None) -> Path:
+    """Write ``checkpoint-<step>`` atomically; every process must call this."""
+    root = Path(output_dir)
+    final, partial = root / f"checkpoint-{step}", root / f"checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    weights = unet_state_dict(accelerator, unet)
+    if accelerator.is_main_process:
+        torch.save(weights, partial / "unet.pth")
+        write_json(partial / STATE_FILE, {**state, "step": step})
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        if total_limit is not None:
+            for old in complete_checkpoints(root)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+                log.info("removed old checkpoint %s (--checkpoints_total_limit %d)", old.name, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(accelerator, path: Path) -> dict:
+    """Restore accelerate's state from ``path`` and return its training_state.json."""
+    accelerator.load_state(str(path))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def save_final(accelerator, unet, output_dir: str | Path) -> None:
+    """``output_dir/unet.pth`` and ``output_dir/unet/`` (diffusers, safetensors), both atomic."""
+    from sdpo.atomic import atomic_path
+
+    weights = unet_state_dict(accelerator, unet)
+    if accelerator.is_main_process:
+        root = Path(output_dir)
+        torch_save(weights, root / "unet.pth")
+        with atomic_path(root / "unet") as tmp:
+            accelerator.unwrap_model(unet).save_pretrained(tmp, safe_serialization=True)
+    accelerator.wait_for_everyone()

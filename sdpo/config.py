@@ -1,0 +1,142 @@
+"""Every training flag in one place, with the reference scripts' names and defaults.
+
+Flag names and defaults follow the Diffusion-DPO / SDPO reference ``train.py`` so launch scripts
+written for it keep working.  ``parse_args`` validates everything that can be checked without
+loading a model, and turns bad input into one ``UserError`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from sdpo.errors import UserError
+from sdpo.losses import LOSSES
+
+_PRECISIONS = ("no", "fp16", "bf16")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (what, and where to look), exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UserError(f"{message} (see: python train.py --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(
+        prog="train.py",
+        description="Preference-tune SD1.5 / SDXL with Diffusion-DPO, DSPO, DMPO (+ the SDPO safeguard).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument_group("model").add_argument
+    a("--pretrained_model_name_or_path", required=True, help="hub id or local diffusers pipeline folder")
+    a("--pretrained_vae_model_name_or_path", default=None, help="separate VAE (SDXL: madebyollin/sdxl-vae-fp16-fix)")
+    a("--revision", default=None)
+    a("--sdxl", action="store_true", help="train an SDXL model (two text encoders, time ids)")
+    a("--unet_init", default=None, help="initial UNet weights for policy and reference: unet.pth or diffusers folder")
+
+    a = p.add_argument_group("data").add_argument
+    a("--dataset_name", default="yuvalkirstain/pickapic_v2", help="hub id, local dataset folder or parquet file")
+    a("--dataset_config_name", default=None)
+    a("--train_data_dir", default=None, help="a local folder of Pick-a-Pic parquet shards (overrides --dataset_name)")
+    a("--split", default="train")
+    a("--cache_dir", default=None)
+    a("--streaming", action="store_true", help="stream the dataset instead of downloading it whole (335 GB)")
+    a("--streaming_buffer_size", type=int, default=1000, help="shuffle buffer (rows) when --streaming")
+    a("--max_train_samples", type=int, default=None, help="keep this many pairs (after dropping ties)")
+    a("--resolution", type=int, default=None, help="training resolution (default 512, or 1024 with --sdxl)")
+    a("--random_crop", action="store_true")
+    a("--no_hflip", action="store_true")
+    a("--proportion_empty_prompts", type=float, default=0.2, help="fraction of captions blanked (reference: 0.2)")
+    a("--dataloader_num_workers", type=int, default=0)
+
+    a = p.add_argument_group("objective").add_argument
+    a("--train_method", default="diffusion-dpo", choices=sorted(LOSSES))
+    a("--beta_dpo", type=float, default=5000.0)
+    a("--dmpo_alpha", type=float, default=0.0)
+    a("--use_winner_preserving", action="store_true", help="enable the SDPO safeguard on the loser branch")
+    a("--winner_preserving_mu", type=float, default=0.0, help="safety slack mu in [0, 1]")
+    a("--noise_offset", type=float, default=0.0)
+    a("--input_perturbation", type=float, default=0.0)
+
+    a = p.add_argument_group("optimisation").add_argument
+    a("--seed", type=int, default=0)
+    a("--train_batch_size", type=int, default=1, help="pairs per GPU per micro-step")
+    a("--max_train_steps", type=int, default=2000, help="optimizer steps; overrides --num_train_epochs")
+    a("--num_train_epochs", type=int, default=None)
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=None, help="default: on for SDXL")
+    a("--learning_rate", type=float, default=1e-8)
+    a("--scale_lr", action="store_true", help="lr *= accumulation * batch * processes")
+    a("--lr_scheduler", default="constant_with_warmup")
+    a("--lr_warmup_steps", type=int, default=500, help="in optimizer steps")
+    a("--use_adafactor", action=argparse.BooleanOptionalAction, default=None, help="default: on for SDXL")
+    a("--allow_tf32", action="store_true")
+    a("--adam_beta1", type=float, default=0.9)
+    a("--adam_beta2", type=float, default=0.999)
+    a("--adam_weight_decay", type=float, default=1e-2)
+    a("--adam_epsilon", type=float, default=1e-8)
+    a("--max_grad_norm", type=float, default=1.0)
+    a("--mixed_precision", default=None, choices=_PRECISIONS, help="default: accelerate config")
+
+    a = p.add_argument_group("output").add_argument
+    a("--output_dir", default="sdpo-model")
+    a("--logging_dir", default="logs", help="tensorboard folder, relative to --output_dir")
+    a("--report_to", default="tensorboard", choices=["tensorboard", "wandb", "all", "none"])
+    a("--tracker_project_name", default="sdpo")
+    a("--checkpointing_steps", type=int, default=500)
+    a("--checkpoints_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
+    a("--resume_from_checkpoint", default="latest", help="'latest', a checkpoint folder, or 'none'")
+    return p
+
+
+def _looks_local(path: str) -> bool:
+    """A path the user clearly meant as a folder on disk (a hub id is 'org/name')."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep == "\\" and "\\" in path
+
+
+def validate(cfg: argparse.Namespace) -> argparse.Namespace:
+    """Fill SD1.5/SDXL-dependent defaults and reject impossible settings; one line per problem."""
+    if cfg.resolution is None:
+        cfg.resolution = 1024 if cfg.sdxl else 512
+    # The reference SDXL runs always use gradient checkpointing and Adafactor; explicit flags win.
+    if cfg.gradient_checkpointing is None:
+        cfg.gradient_checkpointing = cfg.sdxl
+    if cfg.use_adafactor is None:
+        cfg.use_adafactor = cfg.sdxl
+    if not 0.0 <= cfg.winner_preserving_mu <= 1.0:
+        raise UserError(f"--winner_preserving_mu must be in [0, 1], got {cfg.winner_preserving_mu}")
+    if not 0.0 <= cfg.proportion_empty_prompts <= 1.0:
+        raise UserError(f"--proportion_empty_prompts must be in [0, 1], got {cfg.proportion_empty_prompts}")
+    if not 0.0 <= cfg.dmpo_alpha < 1.0:
+        raise UserError(f"--dmpo_alpha must be in [0, 1), got {cfg.dmpo_alpha}")
+    if cfg.beta_dpo <= 0:
+        raise UserError(f"--beta_dpo must be positive, got {cfg.beta_dpo}")
+    if cfg.resolution % 8:
+        raise UserError(f"--resolution must be a multiple of 8 (the VAE downsamples by 8), got {cfg.resolution}")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.max_train_steps is not None and cfg.max_train_steps < 1:
+        raise UserError(f"--max_train_steps must be >= 1, got {cfg.max_train_steps}")
+    if cfg.streaming and cfg.max_train_steps is None:
+        raise UserError("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
+    for flag in ("pretrained_model_name_or_path", "pretrained_vae_model_name_or_path"):
+        path = getattr(cfg, flag)
+        if path and _looks_local(path) and not Path(path).expanduser().exists():
+            raise UserError(f"--{flag} {path}: no such folder; pass a local diffusers folder or a hub id")
+    if cfg.unet_init and not Path(cfg.unet_init).expanduser().exists():
+        raise UserError(f"--unet_init {cfg.unet_init}: no such file or folder")
+    if cfg.train_data_dir and not Path(cfg.train_data_dir).is_dir():
+        raise UserError(f"--train_data_dir {cfg.train_data_dir}: no such folder")
+    if _looks_local(cfg.dataset_name) and not cfg.train_data_dir and not Path(cfg.dataset_name).exists():
+        raise UserError(f"--dataset_name {cfg.dataset_name}: no such folder or file")
+    if cfg.resume_from_checkpoint in ("none", "None", ""):
+        cfg.resume_from_checkpoint = None
+    return cfg
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return validate(build_parser().parse_args(argv))

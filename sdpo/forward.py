@@ -1,0 +1,110 @@
+"""One micro-batch through the models: pixels -> latents -> shared noise -> predictions -> losses.
+
+Pair ``i`` is rows ``i`` (winner) and ``B + i`` (loser).  Both rows get the same timestep and
+the same noise (REFERENCE section 1), drawn from the pair's own stream (``sdpo.seeding``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sdpo.losses import PreferenceTerms
+from sdpo.models import Components, encode_prompt, sdxl_time_ids
+from sdpo.safeguard import scale_loser, winner_preserving_lambda
+from sdpo.seeding import torch_generator
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((pred.float() - target.float()) ** 2).mean(dim=list(range(1, pred.dim())))
+
+
+def pair_draws(seeds: torch.Tensor, latent_shape: tuple[int, ...], num_timesteps: int, cfg, device):
+    """Per pair: timestep, diffusion noise, VAE posterior noise (winner, loser), optional extras."""
+    t, eps, vae_eps, offset, perturb = [], [], [], [], []
+    for s in seeds.tolist():
+        g = torch_generator(s, device)
+        t.append(torch.randint(0, num_timesteps, (1,), generator=g, device=device))
+        eps.append(torch.randn(latent_shape, generator=g, device=device))
+        vae_eps.append(torch.randn((2, *latent_shape), generator=g, device=device))
+        offset.append(torch.randn((latent_shape[0], 1, 1), generator=g, device=device))
+        perturb.append(torch.randn(latent_shape, generator=g, device=device))
+    vae_eps = torch.stack(vae_eps)  # (B, 2, C, h, w) -> winners then losers
+    return (
+        torch.cat(t),
+        torch.stack(eps),
+        torch.cat([vae_eps[:, 0], vae_eps[:, 1]]),
+        torch.stack(offset),
+        torch.stack(perturb),
+    )
+
+
+def encode_latents(vae, pixels: torch.Tensor, posterior_noise: torch.Tensor) -> torch.Tensor:
+    """A VAE posterior sample ``mean + std * noise`` with the given noise, scaled to unit variance."""
+    with torch.no_grad():
+        dist = vae.encode(pixels.to(vae.dtype)).latent_dist
+        latents = dist.mean.float() + dist.std.float() * posterior_noise
+    return latents * vae.config.scaling_factor
+
+
+def preference_forward(batch: dict, comps: Components, cfg, objective, device: torch.device) -> PreferenceTerms:
+    pixels = batch["pixel_values"].to(device)
+    bsz = pixels.shape[0] // 2
+    uses_loser = objective.USES_LOSER
+    if not uses_loser:  # SFT: only the preferred images are denoised
+        pixels = pixels[:bsz]
+    f = 2 ** (len(comps.vae.config.block_out_channels) - 1)
+    latent_shape = (comps.vae.config.latent_channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
+    sched = comps.noise_scheduler
+    t, eps, vae_eps, offset, perturb = pair_draws(
+        batch["sample_seeds"], latent_shape, sched.config.num_train_timesteps, cfg, device
+    )
+    latents = encode_latents(comps.vae, pixels, vae_eps[: pixels.shape[0]])
+
+    if cfg.noise_offset:
+        eps = eps + cfg.noise_offset * offset
+    reps = 2 if uses_loser else 1
+    noise, timesteps = eps.repeat(reps, 1, 1, 1), t.repeat(reps)
+    fed_noise = noise + cfg.input_perturbation * perturb.repeat(reps, 1, 1, 1) if cfg.input_perturbation else noise
+    noisy = sched.add_noise(latents, fed_noise, timesteps)
+    if sched.config.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = sched.get_velocity(latents, noise, timesteps)
+
+    hidden, pooled = encode_prompt(comps, batch["captions"], device)
+    hidden = hidden.repeat(reps, 1, 1)
+    added = None
+    if comps.sdxl:
+        added = {
+            "text_embeds": pooled.repeat(reps, 1),
+            "time_ids": sdxl_time_ids(cfg.resolution, hidden.shape[0], device, hidden.dtype),
+        }
+    model_pred = comps.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+    losses = per_sample_mse(model_pred, target)
+    if not uses_loser:
+        return PreferenceTerms(model_pred=model_pred, target=target, timesteps=timesteps, model_w=losses)
+
+    model_w, model_l = losses.chunk(2)
+    lam = torch.ones((), device=device)
+    if cfg.use_winner_preserving:
+        lam = winner_preserving_lambda(model_pred, target, cfg.winner_preserving_mu)
+        model_l = scale_loser(model_l, lam)
+    ref_pred = ref_w = ref_l = None
+    if comps.ref_unet is not None:
+        with torch.no_grad():
+            ref_pred = comps.ref_unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+            ref_w, ref_l = per_sample_mse(ref_pred, target).chunk(2)
+    return PreferenceTerms(
+        model_pred=model_pred,
+        target=target,
+        timesteps=timesteps,
+        model_w=model_w,
+        model_l=model_l,
+        ref_pred=ref_pred,
+        ref_w=ref_w,
+        ref_l=ref_l,
+        lam=lam,
+        noisy_latents=noisy,
+        latents=latents,
+        sdxl=comps.sdxl,
+    )

@@ -1,0 +1,31 @@
+"""Preference objectives, one module each, behind one registry keyed by ``--train_method``.
+
+Every objective is a function ``loss(terms, cfg) -> LossOutput`` and a module that declares
+whether it needs the frozen reference UNet and whether it uses the loser image at all.  The
+SDPO safeguard has already been applied when an objective runs: ``terms.model_l`` is the
+loser loss with its gradient scaled by lambda (see ``sdpo.safeguard.scale_loser``).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from sdpo.losses import dmpo, dpo, dspo, sft
+from sdpo.losses.terms import LossOutput, PreferenceTerms, inside_term
+
+LOSSES: dict[str, ModuleType] = {
+    "diffusion-dpo": dpo,
+    "dspo": dspo,
+    "dmpo": dmpo,
+    "sft": sft,
+}
+
+
+def get_objective(name: str) -> ModuleType:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown --train_method {name!r}; choose one of: {', '.join(LOSSES)}") from None
+
+
+__all__ = ["LOSSES", "LossOutput", "PreferenceTerms", "get_objective", "inside_term"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 import torch
 
 from sdpo.losses import PreferenceTerms
+from sdpo.losses.terms import at_least_fp32
 from sdpo.models import Components, encode_prompt, sdxl_time_ids
 from sdpo.safeguard import scale_loser, winner_preserving_lambda
 from sdpo.seeding import torch_generator
 
 
 def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return ((pred.float() - target.float()) ** 2).mean(dim=list(range(1, pred.dim())))
+    return ((at_least_fp32(pred) - at_least_fp32(target)) ** 2).mean(dim=list(range(1, pred.dim())))
 
 
 def pair_draws(seeds: torch.Tensor, latent_shape: tuple[int, ...], num_timesteps: int, cfg, device):

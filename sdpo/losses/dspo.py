@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from sdpo.losses.terms import LossOutput, PreferenceTerms, inside_term
+from sdpo.losses.terms import LossOutput, PreferenceTerms, at_least_fp32, inside_term
 
 NEEDS_REFERENCE = True
 USES_LOSER = True
@@ -24,9 +24,9 @@ SDXL_DIFF_THRESHOLD = 0.1
 def loss(terms: PreferenceTerms, cfg) -> LossOutput:
     u = inside_term(terms, cfg.beta_dpo)
     weight = (1.0 - torch.sigmoid(u)).view(-1, *([1] * (terms.model_pred.dim() - 1)))
-    pred_w, _ = terms.halves(terms.model_pred.float())
-    eps_w, _ = terms.halves(terms.target.float())
-    ref_w, _ = terms.halves(terms.ref_pred.float())
+    pred_w, _ = terms.halves(at_least_fp32(terms.model_pred))
+    eps_w, _ = terms.halves(at_least_fp32(terms.target))
+    ref_w, _ = terms.halves(at_least_fp32(terms.ref_pred))
     d_w = pred_w - ref_w
     if terms.sdxl:
         if (d_w.detach() ** 2).mean() >= SDXL_DIFF_THRESHOLD:

@@ -43,6 +43,11 @@ class LossOutput:
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Loss arithmetic in fp32 (bf16/fp16 predictions are upcast; fp64 stays fp64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def inside_term(terms: PreferenceTerms, beta: float) -> torch.Tensor:
     """``u = -0.5 * beta * ((L_w - L_l) - (L_ref_w - L_ref_l))`` per pair (REFERENCE section 1)."""
     model_diff = terms.model_w - terms.model_l

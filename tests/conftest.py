@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny model folders and pair datasets, built once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory):
+    from sdpo.tiny import build_tiny_model
+
+    return build_tiny_model("sd15", tmp_path_factory.mktemp("models") / "sd15", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    from sdpo.tiny import build_tiny_model
+
+    return build_tiny_model("sdxl", tmp_path_factory.mktemp("models") / "sdxl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tmp_path_factory):
+    from sdpo.tiny import build_tiny_pairs
+
+    return build_tiny_pairs(tmp_path_factory.mktemp("data") / "pairs", n=24, size=64, seed=0)
+
+
+def reset_accelerate() -> None:
+    """accelerate keeps process-wide singletons; in-process runs in one test session must start clean."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture
+def run_train():
+    """Run ``train.py`` in-process with the given flags; returns the final unet.pth path."""
+    from sdpo.config import parse_args
+    from sdpo.training import train
+
+    def run(*argv: str):
+        reset_accelerate()
+        try:
+            return train(parse_args([str(a) for a in argv]))
+        finally:
+            reset_accelerate()
+
+    return run
+
+
+def tiny_flags(model, pairs, out, *extra) -> list[str]:
+    """Flags for a fast tiny run (64 px, batch 2, lr large enough to move the weights)."""
+    return [
+        "--pretrained_model_name_or_path", str(model), "--dataset_name", str(pairs), "--output_dir", str(out),
+        "--resolution", "64", "--train_batch_size", "2", "--learning_rate", "1e-4", "--lr_warmup_steps", "0",
+        "--report_to", "none", "--max_train_steps", "4", "--checkpointing_steps", "2", "--beta_dpo", "500",
+        *map(str, extra),
+    ]  # fmt: skip

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pickle
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -53,6 +56,13 @@ def unet_state_dict(accelerator, unet) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in accelerator.get_state_dict(model).items()}
 
 
+def crash_point(name: str) -> None:
+    """Fault injection for the crash-recovery tests: ``SDPO_CRASH_AT=<name>`` kills this process here,
+    as a pre-emption would (SIGKILL: no cleanup, no atexit)."""
+    if os.environ.get("SDPO_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None) -> Path:
     """Write ``checkpoint-<step>`` atomically; every process must call this."""
     root = Path(output_dir)
@@ -64,6 +74,7 @@ def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, tota
     weights = unet_state_dict(accelerator, unet)
     if accelerator.is_main_process:
         torch.save(weights, partial / "unet.pth")
+        crash_point(f"checkpoint-{step}")
         write_json(partial / STATE_FILE, {**state, "step": step})
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
@@ -76,8 +87,15 @@ def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, tota
 
 
 def load(accelerator, path: Path) -> dict:
-    """Restore accelerate's state from ``path`` and return its training_state.json."""
-    accelerator.load_state(str(path))
+    """Restore accelerate's state from ``path`` (every file read with ``weights_only=True``, so a
+    tampered pickle is refused, not run) and return its training_state.json."""
+    try:
+        accelerator.load_state(str(path))
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{path}: refused to load a checkpoint file holding Python objects beyond tensors "
+            f"({str(e).splitlines()[0][:120]}); it may have been tampered with: resume from another checkpoint"
+        ) from None
     return json.loads((path / STATE_FILE).read_text())
 
 

@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no_hflip", action="store_true")
     a("--proportion_empty_prompts", type=float, default=0.2, help="fraction of captions blanked (reference: 0.2)")
     a("--dataloader_num_workers", type=int, default=0)
+    a(
+        "--data_check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="drop broken rows before training (image headers, labels, captions); cached by datasets",
+    )
+    a("--max_bad_fraction", type=float, default=0.1, help="abort when more than this fraction of rows is broken")
 
     a = p.add_argument_group("objective").add_argument
     a("--train_method", default="diffusion-dpo", choices=sorted(LOSSES))
@@ -79,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--adam_weight_decay", type=float, default=1e-2)
     a("--adam_epsilon", type=float, default=1e-8)
     a("--max_grad_norm", type=float, default=1.0)
+    a(
+        "--max_nonfinite_steps",
+        type=int,
+        default=10,
+        help="stop (saving the last good state) after this many consecutive steps with a NaN/inf loss",
+    )
     a("--mixed_precision", default=None, choices=_PRECISIONS, help="default: accelerate config")
 
     a = p.add_argument_group("output").add_argument
@@ -110,6 +123,8 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--winner_preserving_mu must be in [0, 1], got {cfg.winner_preserving_mu}")
     if not 0.0 <= cfg.proportion_empty_prompts <= 1.0:
         raise UserError(f"--proportion_empty_prompts must be in [0, 1], got {cfg.proportion_empty_prompts}")
+    if not 0.0 <= cfg.max_bad_fraction <= 1.0:
+        raise UserError(f"--max_bad_fraction must be in [0, 1], got {cfg.max_bad_fraction}")
     if not 0.0 <= cfg.dmpo_alpha < 1.0:
         raise UserError(f"--dmpo_alpha must be in [0, 1), got {cfg.dmpo_alpha}")
     if cfg.beta_dpo <= 0:

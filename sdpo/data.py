@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 from torchvision.transforms.v2 import functional as TF
 
+from sdpo.data_checks import BadRowReport, filter_bad_rows, row_problem
 from sdpo.errors import UserError
 from sdpo.seeding import python_rng, sample_seed
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("jpg_0", "jpg_1", "label_0", "caption")
 _CROP, _FLIP, _CAPTION = 1, 2, 3  # independent random streams per sample
+_DECODE_TRIES = 8  # bytes that pass the header check but fail to decode: try the next rows
 
 
 # ----------------------------------------------------------------------------- loading
@@ -65,6 +67,14 @@ def load_pairs(cfg):
             f"(found {sorted(columns)[:10]})"
         )
     return ds
+
+
+def clean_pairs(ds, cfg):
+    """Broken rows out (``sdpo.data_checks``), then ties out, then ``--max_train_samples``."""
+    source = cfg.train_data_dir or cfg.dataset_name
+    if cfg.data_check and hasattr(ds, "__len__"):
+        ds, _ = filter_bad_rows(ds, cfg.max_bad_fraction, source, num_proc=cfg.dataloader_num_workers or None)
+    return drop_ties(ds, cfg.max_train_samples, cfg.seed)
 
 
 def drop_ties(ds, max_samples: int | None = None, seed: int = 0):
@@ -170,18 +180,28 @@ class PairDataset(Dataset):
         return len(self.hf)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
+        """The sample at ``index``; if its bytes fail to decode, the next decodable row stands in,
+        drawn with ``index``'s random stream so the run stays deterministic."""
         epoch, index = key
-        return self.transform(self.hf[index], epoch, index)
+        for k in range(_DECODE_TRIES):
+            row_index = (index + k) % len(self.hf)
+            try:
+                return self.transform(self.hf[row_index], epoch, index)
+            except (OSError, ValueError, SyntaxError) as e:
+                log.warning("row %d: image failed to decode (%s); using row %d instead", row_index, e, row_index + 1)
+        raise UserError(f"rows {index}..{index + _DECODE_TRIES - 1} all failed to decode; is this Pick-a-Pic data?")
 
 
 class StreamingPairs(IterableDataset):
     """Streaming pairs for one process: shuffled with a buffer, split by rank, resumable by skipping rows."""
 
-    def __init__(self, hf_iterable, transform: PairTransform, rank: int, world: int, buffer_size: int, seed: int):
+    def __init__(self, hf_iterable, transform: PairTransform, rank: int, world: int, buffer_size: int, seed: int,
+                 max_bad_fraction: float = 1.0):  # fmt: skip
         from datasets.distributed import split_dataset_by_node
 
         self.stream = split_dataset_by_node(hf_iterable.shuffle(seed=seed, buffer_size=buffer_size), rank, world)
         self.transform = transform
+        self.max_bad_fraction = max_bad_fraction
         self.rank, self.world = rank, world
         self.epoch, self.start = 0, 0
 
@@ -191,8 +211,20 @@ class StreamingPairs(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         self.stream.set_epoch(self.epoch)
         rows = self.stream.skip(self.start) if self.start else self.stream  # skipped rows are never decoded
+        report = BadRowReport()
         for i, row in enumerate(rows, start=self.start):
-            yield self.transform(row, self.epoch, i * self.world + self.rank)
+            problem = row_problem(row)
+            if problem is None and row["label_0"] != 0.5:
+                try:
+                    yield self.transform(row, self.epoch, i * self.world + self.rank)
+                    continue
+                except (OSError, ValueError, SyntaxError):
+                    problem = "undecodable image"
+            if problem:
+                report.add(problem, i)
+                seen = i - self.start + 1
+                if report.total in (1, 10, 100, 1000) or (seen >= 200 and report.total > self.max_bad_fraction * seen):
+                    report.check_fraction(seen, self.max_bad_fraction if seen >= 200 else 1.0, "stream")
 
 
 # ----------------------------------------------------------------------------- batching

@@ -14,6 +14,15 @@ class UserError(Exception):
     """Bad input: the message says what is wrong, where, and what to do. Printed without a traceback."""
 
 
+def one_line(message: str) -> str:
+    """A UserError raised in a DataLoader worker comes back wrapped with the worker's traceback;
+    the user needs only the original message, which is the traceback's last line."""
+    if "Original Traceback" in message:
+        last = message.strip().splitlines()[-1]
+        return last.split("UserError: ", 1)[-1]
+    return message
+
+
 def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
     """Run ``fn``; a ``UserError`` becomes ``error: <message>`` on stderr and exit status 2."""
 
@@ -22,7 +31,7 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper

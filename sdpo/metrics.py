@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from sdpo.atomic import atomic_path
 from sdpo.losses import LossOutput, PreferenceTerms
 
 JSONL_NAME = "metrics.jsonl"
@@ -68,8 +69,9 @@ class JsonlLog:
         self.path = Path(output_dir) / JSONL_NAME
         self.enabled = enabled
         if enabled and self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            keep = [r for r in _parse_lines(self.path) if r["step"] <= resume_step]
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if self.enabled:
@@ -81,4 +83,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
     p = Path(path)
     if p.is_dir():
         p = p / JSONL_NAME
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    return _parse_lines(p)
+
+
+def _parse_lines(path: Path) -> list[dict]:
+    """Records of a JSONL log; a line cut short by a crash is ignored."""
+    out = []
+    for ln in path.read_text().splitlines():
+        try:
+            out.append(json.loads(ln))
+        except json.JSONDecodeError:
+            continue
+    return out

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from sdpo import checkpoint, data
+from sdpo.errors import UserError
 from sdpo.forward import preference_forward
 from sdpo.losses import get_objective
 from sdpo.metrics import JsonlLog, StepAverager, micro_step_scalars
@@ -63,7 +66,7 @@ def make_loader(cfg, hf, accelerator):
     rank, world = accelerator.process_index, accelerator.num_processes
     kw = dict(num_workers=cfg.dataloader_num_workers, collate_fn=data.collate, pin_memory=torch.cuda.is_available())
     if cfg.streaming:
-        ds = data.StreamingPairs(hf, transform, rank, world, cfg.streaming_buffer_size, cfg.seed)
+        ds = data.StreamingPairs(hf, transform, rank, world, cfg.streaming_buffer_size, cfg.seed, cfg.max_bad_fraction)
         return torch.utils.data.DataLoader(ds, batch_size=cfg.train_batch_size, **kw), ds, None
     sampler = data.ShardedPairSampler(len(hf), cfg.train_batch_size, rank, world, cfg.seed)
     return torch.utils.data.DataLoader(data.PairDataset(hf, transform), batch_sampler=sampler, **kw), None, sampler
@@ -77,7 +80,28 @@ def set_position(sampler, stream, epoch: int, skip: int, batch_size: int) -> Non
         stream.set_position(epoch, skip * batch_size)
 
 
-def train(cfg) -> Path:
+@dataclass
+class Run:
+    """Everything the loop touches, and the position it has reached."""
+
+    cfg: argparse.Namespace
+    accelerator: object
+    comps: object
+    objective: object
+    optimizer: object
+    lr_scheduler: object
+    loader: object
+    sampler: object
+    stream: object
+    jsonl: JsonlLog
+    step: int = 0
+    epoch: int = 0
+    epoch_batches: int = 0
+    nonfinite_total: int = 0
+    nonfinite_run: int = 0
+
+
+def setup(cfg) -> Run:
     from diffusers.optimization import get_scheduler
 
     accelerator = make_accelerator(cfg)
@@ -85,91 +109,113 @@ def train(cfg) -> Path:
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     out_dir = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     objective = get_objective(cfg.train_method)
 
-    hf = data.drop_ties(data.load_pairs(cfg), cfg.max_train_samples, cfg.seed)  # before any model is loaded
+    hf = data.clean_pairs(data.load_pairs(cfg), cfg)  # data problems surface before any model is loaded
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
     weight_dtype = _DTYPES.get(accelerator.mixed_precision, torch.float32)
     comps = load_components(cfg, accelerator.device, weight_dtype, needs_reference=objective.NEEDS_REFERENCE)
     optimizer = make_optimizer(cfg, [p for p in comps.unet.parameters() if p.requires_grad], accelerator.num_processes)
-    lr_scheduler = get_scheduler(
-        cfg.lr_scheduler,
-        optimizer,
-        num_warmup_steps=cfg.lr_warmup_steps,
-        num_training_steps=cfg.max_train_steps or 10**9,
-    )
-    comps.unet, optimizer, lr_scheduler = accelerator.prepare(comps.unet, optimizer, lr_scheduler)
     loader, stream, sampler = make_loader(cfg, hf, accelerator)
-
-    accum = cfg.gradient_accumulation_steps
     if cfg.max_train_steps is None:  # count optimizer steps from epochs
-        cfg.max_train_steps = cfg.num_train_epochs * math.ceil(sampler.batches_per_epoch / accum)
+        cfg.max_train_steps = cfg.num_train_epochs * math.ceil(
+            sampler.batches_per_epoch / cfg.gradient_accumulation_steps
+        )
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.max_train_steps)  # fmt: skip
+    comps.unet, optimizer, lr_scheduler = accelerator.prepare(comps.unet, optimizer, lr_scheduler)
+
     resume = checkpoint.find_resume_point(out_dir, cfg.resume_from_checkpoint)
-    state = checkpoint.load(accelerator, resume) if resume else {"step": 0, "epoch": 0, "epoch_batches": 0}
-    global_step, epoch, epoch_batches = state["step"], state["epoch"], state["epoch_batches"]
+    state = checkpoint.load(accelerator, resume) if resume else {}
     if resume:
-        log.info("resumed from %s at step %d", resume, global_step)
+        log.info("resumed from %s at step %d", resume, state["step"])
     if accelerator.is_main_process and cfg.report_to != "none":
         accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg))
-    jsonl = JsonlLog(out_dir, resume_step=global_step, enabled=accelerator.is_main_process)
-    log.info(
-        "%d pairs, %d process(es) x batch %d x accumulation %d = global batch %d; %d optimizer steps",
-        len(hf) if sampler else -1,
-        accelerator.num_processes,
-        cfg.train_batch_size,
-        accum,
-        accelerator.num_processes * cfg.train_batch_size * accum,
-        cfg.max_train_steps,
-    )
+    jsonl = JsonlLog(out_dir, resume_step=state.get("step", 0), enabled=accelerator.is_main_process)
+    n, b, a = accelerator.num_processes, cfg.train_batch_size, cfg.gradient_accumulation_steps
+    log.info("%s pairs; %d process(es) x batch %d x accumulation %d = global batch %d; %d optimizer steps",
+             len(hf) if sampler else "streamed", n, b, a, n * b * a, cfg.max_train_steps)  # fmt: skip
+    run = Run(cfg, accelerator, comps, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl)
+    for key in ("step", "epoch", "epoch_batches", "nonfinite_total"):
+        setattr(run, key, state.get(key, 0))
+    return run
 
-    averager = StepAverager()
-    bar = tqdm(
-        total=cfg.max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
-    )
-    while global_step < cfg.max_train_steps:
-        set_position(sampler, stream, epoch, epoch_batches, cfg.train_batch_size)
-        for batch in loader:
-            with accelerator.accumulate(comps.unet), accelerator.autocast():
-                terms = preference_forward(batch, comps, cfg, objective, accelerator.device)
-                out = objective.loss(terms, cfg)
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(comps.unet.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            epoch_batches += 1
-            averager.add(accelerator, micro_step_scalars(terms, out))
-            if not accelerator.sync_gradients:
-                continue
-            lr_scheduler.step()
-            global_step += 1
-            logs = {**averager.pop(), "lr": lr_scheduler.get_last_lr()[0]}
-            accelerator.log(logs, step=global_step)
-            jsonl.write(global_step, logs)
-            bar.update(1)
-            bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("train_loss", "avg_lose_l_scale") if k in logs})
-            if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
-                checkpoint.save(
-                    accelerator,
-                    comps.unet,
-                    out_dir,
-                    global_step,
-                    {"epoch": epoch, "epoch_batches": epoch_batches},
-                    cfg.checkpoints_total_limit,
-                )
-            if global_step >= cfg.max_train_steps:
-                break
+
+def train(cfg) -> Path:
+    """Run (or resume) training; returns the path of the final ``unet.pth``."""
+    run = setup(cfg)
+    averager, window_ok = StepAverager(), True
+    bar = tqdm(total=cfg.max_train_steps, initial=run.step, desc="steps",
+               disable=not run.accelerator.is_local_main_process)  # fmt: skip
+    while run.step < cfg.max_train_steps:
+        set_position(run.sampler, run.stream, run.epoch, run.epoch_batches, cfg.train_batch_size)
+        for batch in run.loader:
+            scalars, finite = micro_step(run, batch)
+            run.epoch_batches += 1
+            window_ok &= finite
+            averager.add(run.accelerator, scalars)
+            if run.accelerator.sync_gradients:
+                finish_step(run, window_ok, averager.pop())
+                window_ok = True
+                bar.update(1)
+                if run.step >= cfg.max_train_steps:
+                    break
         else:
-            epoch, epoch_batches = epoch + 1, 0
+            run.epoch, run.epoch_batches = run.epoch + 1, 0
     bar.close()
-    checkpoint.save_final(accelerator, comps.unet, out_dir)
-    accelerator.end_training()
-    log.info("done: %s", out_dir / "unet.pth")
-    return out_dir / "unet.pth"
+    checkpoint.save_final(run.accelerator, run.comps.unet, cfg.output_dir)
+    run.accelerator.end_training()
+    log.info("done: %s", Path(cfg.output_dir) / "unet.pth")
+    return Path(cfg.output_dir) / "unet.pth"
+
+
+def micro_step(run: Run, batch: dict) -> tuple[dict, bool]:
+    """Forward and backward of one micro-batch.  A non-finite loss on any process skips the backward
+    on every process (so DDP stays in step) and marks the optimizer step as skipped."""
+    acc = run.accelerator
+    with acc.accumulate(run.comps.unet), acc.autocast():
+        terms = preference_forward(batch, run.comps, run.cfg, run.objective, acc.device)
+        out = run.objective.loss(terms, run.cfg)
+        finite = torch.isfinite(out.loss.detach()).float()
+        if acc.num_processes > 1:
+            finite = acc.reduce(finite, reduction="sum") / acc.num_processes
+        ok = bool(finite.item() == 1.0)
+        if ok:
+            acc.backward(out.loss)
+    return micro_step_scalars(terms, out), ok
+
+
+def finish_step(run: Run, ok: bool, logs: dict) -> None:
+    """Optimizer step (or its skip), logging and checkpointing at an accumulation boundary."""
+    cfg, acc = run.cfg, run.accelerator
+    if ok:
+        if cfg.max_grad_norm > 0:
+            acc.clip_grad_norm_(run.comps.unet.parameters(), cfg.max_grad_norm)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.nonfinite_run = 0
+    else:
+        run.nonfinite_total += 1
+        run.nonfinite_run += 1
+        log.warning("step %d: non-finite loss, optimizer step skipped (%d in a row)", run.step + 1, run.nonfinite_run)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    logs.update(lr=run.lr_scheduler.get_last_lr()[0], nonfinite_steps=run.nonfinite_total)
+    acc.log(logs, step=run.step)
+    run.jsonl.write(run.step, logs)
+    stop = run.nonfinite_run >= cfg.max_nonfinite_steps
+    if stop or run.step % cfg.checkpointing_steps == 0 or run.step == cfg.max_train_steps:
+        state = {"epoch": run.epoch, "epoch_batches": run.epoch_batches, "nonfinite_total": run.nonfinite_total}
+        path = checkpoint.save(acc, run.comps.unet, cfg.output_dir, run.step, state, cfg.checkpoints_total_limit)
+        if stop:
+            raise UserError(
+                f"{run.nonfinite_run} consecutive optimizer steps had a non-finite loss (up to step {run.step}); "
+                f"the last good weights are in {path}; lower --learning_rate / --beta_dpo or check the data"
+            )
 
 
 def _tracker_config(cfg) -> dict:

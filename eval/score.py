@@ -11,8 +11,9 @@ metric is rescored only when its weights resolve elsewhere, or an image changed 
 modification time), or ``--rescore`` is given.
 
 Relative ``gen_image_path`` values are resolved against the manifest's folder first, then the
-current directory (the reference scripts wrote paths relative to where they were launched), then
-the image folder named like the manifest beside it (a results folder copied elsewhere).
+current directory (the reference scripts wrote paths relative to where they were launched); a
+path that exists in neither place (absolute ones included) falls back to the file of the same
+name in the image folder named like the manifest beside it (a results folder copied elsewhere).
 """
 
 from __future__ import annotations
@@ -46,11 +47,10 @@ def scores_path(manifest: str | Path) -> Path:
 
 
 def resolve_image(raw: str, manifest: Path) -> Path:
-    """Absolute paths as they are; relative ones per the module docstring (first existing candidate)."""
+    """The first existing candidate of the rule in the module docstring (else the first, reported as missing)."""
     p = Path(raw).expanduser()
-    if p.is_absolute():
-        return p
-    candidates = [manifest.parent / p, Path.cwd() / p, manifest.parent / manifest.stem / p.name]
+    beside = manifest.parent / manifest.stem / p.name  # the image folder named like the manifest, beside it
+    candidates = [p, beside] if p.is_absolute() else [manifest.parent / p, Path.cwd() / p, beside]
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
@@ -233,15 +233,16 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json_path", help="generation manifest (JSON list of prompt/gen_image_path entries)")
-    ap.add_argument("--summary", nargs="+", metavar="FILE", help="print a set x metric table from score files")
+    ap.add_argument("--summary", nargs="+", metavar="FILE", help="first flag: the table of eval/summary.py")
     add_model_args(ap)
-    args = ap.parse_args(argv)
-    if args.summary:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--summary":  # everything after it belongs to eval/summary.py (--labels, --markdown...)
         from eval.summary import main as summary_main
 
-        return summary_main(args.summary)
+        return summary_main(argv[1:])
+    args = ap.parse_args(argv)
     if not args.json_path:
-        ap.error("--json_path is required (or --summary FILE ...)")
+        ap.error("--json_path is required (or --summary FILE ... as the first flag)")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     metrics = parse_metrics(args.metrics)

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
     rows = [read_means(f) for f in args.files]
+    names = [label for label, _ in rows]
+    if len(set(names)) < len(names):  # same set from several models: say which model folder each row is
+        rows = [(f"{Path(f).resolve().parent.name}/{label}", means) for f, (label, means) in zip(args.files, rows)]
     if args.labels is not None:
         labels = args.labels.split(",")
         if len(labels) != len(rows):

@@ -234,6 +234,31 @@ def build_tiny_reward_root(out: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def write_tiny_manifest(
+    out: str | Path, set_name: str, prompts: list[str], size: int = 64, seed: int = 0, relative: bool = False
+) -> Path:
+    """Random-noise PNGs ``<out>/<set_name>/<i>_<H>x<W>.png`` and the manifest ``<out>/<set_name>.json`` that lists
+    them, in eval/generate.py's format; ``relative`` writes image paths relative to the manifest's folder."""
+    import numpy as np
+    from PIL import Image
+
+    out = Path(out)
+    folder = out / set_name
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    entries = []
+    for i, prompt in enumerate(prompts):
+        path = folder / f"{i}_{size}x{size}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        shown = path.relative_to(out) if relative else path.resolve()
+        entries.append(
+            {"prompt": prompt, "gen_image_path": str(shown), "raw_image_path": None, "metadata": {"seed": seed}}
+        )
+    manifest = out / f"{set_name}.json"
+    manifest.write_text(json.dumps(entries, indent=2))
+    return manifest
+
+
 def _main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")

@@ -130,13 +130,18 @@ def _read(path: Path) -> Image.Image:
 
 
 def score_images(
-    images: Sequence[Path], prompts: Sequence[str], scorers: dict[str, Scorer], batch_size: int, desc: str = "scoring"
+    images: Sequence[Path],
+    prompts: Sequence[str],
+    scorers: dict[str, Scorer],
+    batch_size: int,
+    desc: str = "scoring",
+    progress: bool = True,
 ) -> dict[str, list[float]]:
     """Decode each image once per batch and run every scorer on that batch (the single pass)."""
     from tqdm import tqdm
 
     out: dict[str, list[float]] = {name: [] for name in scorers}
-    with tqdm(total=len(images), desc=desc, unit="img", dynamic_ncols=True) as bar:
+    with tqdm(total=len(images), desc=desc, unit="img", dynamic_ncols=True, disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
             batch = [_read(p) for p in images[start : start + batch_size]]
             texts = list(prompts[start : start + batch_size])

@@ -21,18 +21,28 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 def make_accelerator(cfg):
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
     out = Path(cfg.output_dir)
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # A plugin, not gradient_accumulation_steps=: accelerate lets ACCELERATE_GRADIENT_ACCUMULATION_STEPS
+        # (set by `accelerate launch` from a DeepSpeed config) silently override the latter, which would
+        # change the global batch the launch scripts computed.  --gradient_accumulation_steps is the truth.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps),
         mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / cfg.logging_dir)),
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, warmup in optimizer steps
     )
-    if accelerator.state.deepspeed_plugin is not None:  # no prepared dataloader to infer it from
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+    if accelerator.state.deepspeed_plugin is not None:
+        # DeepSpeed reads these from its own config: the micro batch because our dataloader is not
+        # prepared (nothing to infer it from); accumulation because a different value there would win
+        # over ours with only a warning; clipping because DeepSpeed clips inside its step and
+        # accelerator.clip_grad_norm_ is a no-op under it (0 disables clipping in both).
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+        ds_config["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+        ds_config["gradient_clipping"] = cfg.max_grad_norm
     return accelerator
 
 

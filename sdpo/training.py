@@ -14,6 +14,7 @@ from sdpo.forward import preference_forward
 from sdpo.losses import get_objective
 from sdpo.metrics import JsonlLog, StepAverager, micro_step_scalars
 from sdpo.models import load_components
+from sdpo.rank_trace import RankTrace
 
 log = logging.getLogger("sdpo")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -136,7 +137,7 @@ def train(cfg) -> Path:
         cfg.max_train_steps,
     )
 
-    averager = StepAverager()
+    averager, trace = StepAverager(), RankTrace(accelerator)
     bar = tqdm(
         total=cfg.max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
@@ -152,6 +153,7 @@ def train(cfg) -> Path:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             epoch_batches += 1
+            trace.batch(global_step + 1, batch)
             averager.add(accelerator, micro_step_scalars(terms, out))
             if not accelerator.sync_gradients:
                 continue
@@ -176,6 +178,7 @@ def train(cfg) -> Path:
         else:
             epoch, epoch_batches = epoch + 1, 0
     bar.close()
+    trace.weights(accelerator, comps.unet)
     checkpoint.save_final(accelerator, comps.unet, out_dir)
     accelerator.end_training()
     log.info("done: %s", out_dir / "unet.pth")

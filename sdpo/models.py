@@ -30,7 +30,7 @@ class Components:
     sdxl: bool = False
 
 
-def _check_family(path: str, sdxl: bool) -> None:
+def check_family(path: str, sdxl: bool) -> None:
     """Catch SDXL flags on an SD1.5 folder (and the reverse) before any weights are read."""
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -42,6 +42,9 @@ def _check_family(path: str, sdxl: bool) -> None:
         raise UserError(f"{root} is an SD1.5-style folder (no text_encoder_2/) but --sdxl was given; drop --sdxl")
     if has_two and not sdxl:
         raise UserError(f"{root} is an SDXL folder (has text_encoder_2/); add --sdxl")
+
+
+_check_family = check_family  # the earlier private name
 
 
 def _from_pretrained(cls, path: str, **kw):
@@ -75,7 +78,7 @@ def load_components(cfg, device: torch.device, weight_dtype: torch.dtype, needs_
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     path, rev = cfg.pretrained_model_name_or_path, cfg.revision
-    _check_family(path, cfg.sdxl)
+    check_family(path, cfg.sdxl)
     sched = _from_pretrained(DDPMScheduler, path, subfolder="scheduler", revision=rev)
     if sched.config.prediction_type not in ("epsilon", "v_prediction"):
         raise UserError(f"{path}: prediction_type {sched.config.prediction_type!r} is not supported")

@@ -130,3 +130,25 @@ def test_first_step_matches_single_process_batch_two(runs):
     assert moved > 1e-5, "the step did not move the weights: the comparison below would be vacuous"
     diff = _max_diff(ddp_step1, single)
     assert diff < 1e-6 + 1e-3 * moved, f"2 procs x batch 1 differs from 1 proc x batch 2 by {diff} (step {moved})"
+
+
+def test_accumulation_flag_wins_over_accelerates_environment(monkeypatch, tmp_path):
+    """`accelerate launch` exports ACCELERATE_GRADIENT_ACCUMULATION_STEPS from a DeepSpeed config;
+    it must not replace --gradient_accumulation_steps (the launch scripts' global-batch arithmetic)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from sdpo.config import build_parser
+    from sdpo.training import make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    cfg = build_parser().parse_args(
+        ["--pretrained_model_name_or_path", "x", "--gradient_accumulation_steps", "4", "--report_to", "none"]
+    )
+    cfg.output_dir = str(tmp_path)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    try:
+        assert make_accelerator(cfg).gradient_accumulation_steps == 4
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()

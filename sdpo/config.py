@@ -142,6 +142,10 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         path = getattr(cfg, flag)
         if path and _looks_local(path) and not Path(path).expanduser().exists():
             raise UserError(f"--{flag} {path}: no such folder; pass a local diffusers folder or a hub id")
+    if Path(cfg.pretrained_model_name_or_path).expanduser().is_dir():  # before the data is read
+        from sdpo.models import check_family
+
+        check_family(cfg.pretrained_model_name_or_path, cfg.sdxl)
     if cfg.unet_init and not Path(cfg.unet_init).expanduser().exists():
         raise UserError(f"--unet_init {cfg.unet_init}: no such file or folder")
     if cfg.train_data_dir and not Path(cfg.train_data_dir).is_dir():

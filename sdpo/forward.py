@@ -73,12 +73,15 @@ def preference_forward(batch: dict, comps: Components, cfg, objective, device: t
         target = sched.get_velocity(latents, noise, timesteps)
 
     hidden, pooled = encode_prompt(comps, batch["captions"], device)
-    hidden = hidden.repeat(reps, 1, 1)
+    # Inputs in the trained UNet's parameter dtype: fp32 normally (autocast does the rest), bf16/fp16
+    # when DeepSpeed has cast the module itself and accelerate's autocast is off.
+    dtype = next(comps.unet.parameters()).dtype
+    noisy, hidden = noisy.to(dtype), hidden.repeat(reps, 1, 1).to(dtype)
     added = None
     if comps.sdxl:
         added = {
-            "text_embeds": pooled.repeat(reps, 1),
-            "time_ids": sdxl_time_ids(cfg.resolution, hidden.shape[0], device, hidden.dtype),
+            "text_embeds": pooled.repeat(reps, 1).to(dtype),
+            "time_ids": sdxl_time_ids(cfg.resolution, hidden.shape[0], device, dtype),
         }
     model_pred = comps.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
     losses = per_sample_mse(model_pred, target)

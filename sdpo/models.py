@@ -30,7 +30,7 @@ class Components:
     sdxl: bool = False
 
 
-def _check_family(path: str, sdxl: bool) -> None:
+def check_family(path: str, sdxl: bool) -> None:
     """Catch SDXL flags on an SD1.5 folder (and the reverse) before any weights are read."""
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -42,6 +42,9 @@ def _check_family(path: str, sdxl: bool) -> None:
         raise UserError(f"{root} is an SD1.5-style folder (no text_encoder_2/) but --sdxl was given; drop --sdxl")
     if has_two and not sdxl:
         raise UserError(f"{root} is an SDXL folder (has text_encoder_2/); add --sdxl")
+
+
+_check_family = check_family  # the earlier private name
 
 
 def _from_pretrained(cls, path: str, **kw):
@@ -75,7 +78,7 @@ def load_components(cfg, device: torch.device, weight_dtype: torch.dtype, needs_
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     path, rev = cfg.pretrained_model_name_or_path, cfg.revision
-    _check_family(path, cfg.sdxl)
+    check_family(path, cfg.sdxl)
     sched = _from_pretrained(DDPMScheduler, path, subfolder="scheduler", revision=rev)
     if sched.config.prediction_type not in ("epsilon", "v_prediction"):
         raise UserError(f"{path}: prediction_type {sched.config.prediction_type!r} is not supported")
@@ -86,8 +89,12 @@ def load_components(cfg, device: torch.device, weight_dtype: torch.dtype, needs_
         encoders.append(_from_pretrained(CLIPTextModelWithProjection, path, subfolder="text_encoder_2", revision=rev))
     if cfg.pretrained_vae_model_name_or_path:
         vae_path = cfg.pretrained_vae_model_name_or_path
-        sub = "vae" if (Path(vae_path) / "vae").is_dir() else None
-        vae = _from_pretrained(AutoencoderKL, vae_path, subfolder=sub, revision=rev)
+        # A VAE folder/repo itself (madebyollin/sdxl-vae-fp16-fix) or a pipeline folder holding vae/.
+        # --revision names a commit of the main model, not of this repo, so it is not passed on.
+        local = Path(vae_path).expanduser()
+        vae_path = str(local) if local.is_dir() else vae_path
+        sub = "vae" if (local / "vae").is_dir() else None
+        vae = _from_pretrained(AutoencoderKL, vae_path, subfolder=sub)
     else:
         vae = _from_pretrained(AutoencoderKL, path, subfolder="vae", revision=rev)
     unet = load_unet(cfg)
@@ -97,6 +104,10 @@ def load_components(cfg, device: torch.device, weight_dtype: torch.dtype, needs_
         ref_unet.requires_grad_(False).eval().to(device, dtype=weight_dtype)
     for m in (vae, *encoders):
         m.requires_grad_(False).eval().to(device, dtype=weight_dtype)
+    if cfg.sdxl and weight_dtype == torch.float16 and not cfg.pretrained_vae_model_name_or_path:
+        # SDXL's original VAE overflows to NaN in fp16; the reference runs use the fp16-fix VAE.
+        log.warning("SDXL in fp16 without --pretrained_vae_model_name_or_path: keeping the VAE in fp32")
+        vae.to(dtype=torch.float32)
     unet.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()

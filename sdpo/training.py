@@ -17,6 +17,7 @@ from sdpo.forward import preference_forward
 from sdpo.losses import get_objective
 from sdpo.metrics import JsonlLog, StepAverager, micro_step_scalars
 from sdpo.models import load_components
+from sdpo.rank_trace import RankTrace
 
 log = logging.getLogger("sdpo")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -24,18 +25,28 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 def make_accelerator(cfg):
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
     out = Path(cfg.output_dir)
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # A plugin, not gradient_accumulation_steps=: accelerate lets ACCELERATE_GRADIENT_ACCUMULATION_STEPS
+        # (set by `accelerate launch` from a DeepSpeed config) silently override the latter, which would
+        # change the global batch the launch scripts computed.  --gradient_accumulation_steps is the truth.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps),
         mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / cfg.logging_dir)),
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, warmup in optimizer steps
     )
-    if accelerator.state.deepspeed_plugin is not None:  # no prepared dataloader to infer it from
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+    if accelerator.state.deepspeed_plugin is not None:
+        # DeepSpeed reads these from its own config: the micro batch because our dataloader is not
+        # prepared (nothing to infer it from); accumulation because a different value there would win
+        # over ours with only a warning; clipping because DeepSpeed clips inside its step and
+        # accelerator.clip_grad_norm_ is a no-op under it (0 disables clipping in both).
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+        ds_config["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+        ds_config["gradient_clipping"] = cfg.max_grad_norm
     return accelerator
 
 
@@ -148,7 +159,7 @@ def setup(cfg) -> Run:
 def train(cfg) -> Path:
     """Run (or resume) training; returns the path of the final ``unet.pth``."""
     run = setup(cfg)
-    averager, window_ok = StepAverager(), True
+    averager, window_ok, trace = StepAverager(), True, RankTrace(run.accelerator)
     bar = tqdm(total=cfg.max_train_steps, initial=run.step, desc="steps",
                disable=not run.accelerator.is_local_main_process)  # fmt: skip
     while run.step < cfg.max_train_steps:
@@ -156,6 +167,7 @@ def train(cfg) -> Path:
         for batch in run.loader:
             scalars, finite = micro_step(run, batch)
             run.epoch_batches += 1
+            trace.batch(run.step + 1, batch)
             window_ok &= finite
             averager.add(run.accelerator, scalars)
             if run.accelerator.sync_gradients:
@@ -167,6 +179,7 @@ def train(cfg) -> Path:
         else:
             run.epoch, run.epoch_batches = run.epoch + 1, 0
     bar.close()
+    trace.weights(run.accelerator, run.comps.unet)
     checkpoint.save_final(run.accelerator, run.comps.unet, cfg.output_dir)
     run.accelerator.end_training()
     log.info("done: %s", Path(cfg.output_dir) / "unet.pth")

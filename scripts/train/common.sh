@@ -1,0 +1,218 @@
+# Shared launcher for the six paper recipes (sourced, not run).  A recipe script sets
+#   FAMILY=sd15|sdxl   and   RECIPE=(--train_method ... --beta_dpo ... --winner_preserving_mu ...)
+# and then calls:   launch "$@"
+#
+# What it does: counts the local GPUs, works out the processes over all nodes, scales gradient
+# accumulation so that per-GPU batch x processes x accumulation = GLOBAL_BATCH (2048 in the paper),
+# prints those numbers, and runs (or with DRY_RUN=1 / --dry-run, prints) one `accelerate launch`
+# command.  Extra arguments go to train.py after the recipe's own flags, so they override them.
+#
+# Environment (all optional):
+#   MODEL, VAE            base model / separate VAE (hub id or local folder); VAE=none drops it
+#   DATASET               --dataset_name (hub id, local dataset folder or parquet file)
+#   TRAIN_DATA_DIR        a local folder of Pick-a-Pic parquet shards (instead of DATASET)
+#   OUTPUT_DIR            default outputs/<script name>
+#   NUM_GPUS              GPUs per node (default: counted from CUDA_VISIBLE_DEVICES or nvidia-smi -L)
+#   NUM_NODES (NNODES, SLURM_NNODES), NODE_RANK (SLURM_NODEID), MASTER_ADDR, MASTER_PORT (29500)
+#   GLOBAL_BATCH (2048), PER_GPU_BATCH (8), MIXED_PRECISION (bf16), NUM_WORKERS (4)
+#   ACCEL_CONFIG          an accelerate config file, e.g. configs/accelerate/deepspeed_zero2.yaml
+#   ALLOW_CPU=1           run on CPU when no GPU is found (tiny smoke tests only)
+#   DRY_RUN=1             print the command instead of running it
+#   PYTHON                interpreter used to check train.py flags (default python3)
+
+_SDPO_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+_die() {
+    echo "$(basename "$0"): $*" >&2
+    exit 2
+}
+
+_is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+
+# GPUs on this node: NUM_GPUS wins, then CUDA_VISIBLE_DEVICES, then nvidia-smi -L.
+count_local_gpus() {
+    if [[ -n "${NUM_GPUS:-}" ]]; then
+        _is_uint "$NUM_GPUS" || _die "NUM_GPUS must be a whole number, got '$NUM_GPUS'"
+        echo "$NUM_GPUS"
+    elif [[ -n "${CUDA_VISIBLE_DEVICES+x}" ]]; then
+        local ids n=0
+        IFS=',' read -ra ids <<<"$CUDA_VISIBLE_DEVICES"
+        for id in "${ids[@]}"; do [[ -n "$id" && "$id" != "-1" ]] && n=$((n + 1)); done
+        echo "$n"
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+    else
+        echo 0
+    fi
+}
+
+# Print why train.py would reject these arguments (nothing when it would accept them).  Flags
+# must be spelled in full: argparse's prefix matching would let an abbreviated --train_batch
+# slip past the batch arithmetic below.
+_train_args_problem() {
+    (($# == 0)) && return 0
+    "${PYTHON:-python3}" - "$@" <<'EOF_PY'
+import sys
+
+from sdpo.config import build_parser
+from sdpo.errors import UserError
+
+parser, args = build_parser(), sys.argv[1:]
+known = {s for action in parser._actions for s in action.option_strings}
+for a in args:
+    if a.startswith("-") and a.split("=", 1)[0] not in known and not a.lstrip("-").replace(".", "").isdigit():
+        sys.exit(print(f"unknown option '{a.split('=', 1)[0]}'") or 0)
+try:
+    _, rest = parser.parse_known_args(["--pretrained_model_name_or_path", "x", *args])
+except UserError as e:
+    sys.exit(print(f"train.py would reject the extra arguments: {e}") or 0)
+if rest:
+    print(f"unknown option '{rest[0]}'")
+EOF_PY
+}
+
+launch() {
+    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch="${PER_GPU_BATCH:-8}"
+    local -a extra=()
+    name="$(basename "$0" .sh)"
+    while (($#)); do
+        case "$1" in
+            --dry-run) dry=1 ;;
+            --cpu) cpu=1 ;;
+            --no-safeguard) safeguard=0 ;;
+            -h | --help)
+                awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+                echo "Script options: --dry-run, --cpu, --no-safeguard, --help; any other --flag goes to train.py."
+                echo "Environment: MODEL VAE DATASET TRAIN_DATA_DIR OUTPUT_DIR NUM_GPUS NUM_NODES NODE_RANK MASTER_ADDR"
+                echo "  MASTER_PORT GLOBAL_BATCH PER_GPU_BATCH MIXED_PRECISION NUM_WORKERS ACCEL_CONFIG ALLOW_CPU DRY_RUN"
+                echo "  (see scripts/train/common.sh)."
+                exit 0
+                ;;
+            --train_batch_size | --gradient_accumulation_steps)
+                (($# >= 2)) || _die "$1 needs a value"
+                [[ "$1" == --train_batch_size ]] && batch="$2" || accum="$2"
+                shift
+                ;;
+            --train_batch_size=*) batch="${1#*=}" ;;
+            --gradient_accumulation_steps=*) accum="${1#*=}" ;;
+            *) extra+=("$1") ;;
+        esac
+        shift
+    done
+    [[ "$dry" == 1 || "$dry" == 0 ]] || _die "DRY_RUN must be 0 or 1, got '$dry'"
+
+    # Anything that is neither a script option nor a train.py flag stops here, named.
+    local bad
+    bad="$(cd "$_SDPO_REPO" && _train_args_problem "${extra[@]}")" ||
+        _die "could not check the train.py flags with ${PYTHON:-python3} (is the project's Python environment active?)"
+    if [[ "$bad" == "train.py would reject"* ]]; then
+        _die "$bad"
+    elif [[ -n "$bad" ]]; then
+        _die "$bad (script options: --dry-run --cpu --no-safeguard --help; anything else must be a train.py flag spelled in full, see: python train.py --help)"
+    fi
+
+    # --- processes: GPUs on this node x nodes -------------------------------------------------
+    local gpus nodes rank procs_per_node world device
+    gpus="$(count_local_gpus)"
+    nodes="${NUM_NODES:-${NNODES:-${SLURM_NNODES:-1}}}"
+    rank="${NODE_RANK:-${SLURM_NODEID:-0}}"
+    _is_uint "$nodes" && ((nodes >= 1)) || _die "NUM_NODES must be a whole number >= 1, got '$nodes'"
+    _is_uint "$rank" && ((rank < nodes)) || _die "NODE_RANK must be in [0, $((nodes - 1))], got '$rank'"
+    if ((gpus == 0)); then
+        if [[ "$cpu" != 1 ]]; then
+            _die "no GPU found (NUM_GPUS unset, CUDA_VISIBLE_DEVICES unset or empty, nvidia-smi lists none); refusing to start a paper run on CPU. Set NUM_GPUS=N if the GPUs are there but not visible, or ALLOW_CPU=1 (or --cpu) to run on CPU anyway."
+        fi
+        device=cpu
+        procs_per_node=1
+    else
+        device=gpu
+        procs_per_node="$gpus"
+    fi
+    world=$((procs_per_node * nodes))
+
+    # --- batch: per-GPU batch x processes x accumulation = global batch -----------------------
+    local global="${GLOBAL_BATCH:-2048}"
+    _is_uint "$batch" && ((batch >= 1)) || _die "per-GPU batch must be a whole number >= 1, got '$batch'"
+    if [[ -z "$accum" ]]; then
+        _is_uint "$global" && ((global >= 1)) || _die "GLOBAL_BATCH must be a whole number >= 1, got '$global'"
+        if ((global % (batch * world) != 0)); then
+            _die "global batch $global is not divisible by per-GPU batch $batch x $world process(es) = $((batch * world)); change PER_GPU_BATCH, GLOBAL_BATCH or the GPU count"
+        fi
+        accum=$((global / (batch * world)))
+    else
+        _is_uint "$accum" && ((accum >= 1)) || _die "--gradient_accumulation_steps must be a whole number >= 1, got '$accum'"
+        global=$((batch * world * accum))
+    fi
+
+    # --- train.py flags: family defaults, the recipe, then the user's extras ------------------
+    local model vae lr
+    if [[ "$FAMILY" == sdxl ]]; then
+        model="${MODEL:-stabilityai/stable-diffusion-xl-base-1.0}"
+        vae="${VAE:-madebyollin/sdxl-vae-fp16-fix}"
+        lr=1e-9
+    else
+        model="${MODEL:-stable-diffusion-v1-5/stable-diffusion-v1-5}"
+        vae="${VAE:-none}"
+        lr=1e-8
+    fi
+    local precision="${MIXED_PRECISION:-bf16}"
+    [[ "$device" == cpu && -z "${MIXED_PRECISION:-}" ]] && precision=no
+    local -a train=(--pretrained_model_name_or_path "$model")
+    [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
+    [[ "$FAMILY" == sdxl ]] && train+=(--sdxl --use_adafactor --gradient_checkpointing)
+    if [[ -n "${TRAIN_DATA_DIR:-}" ]]; then
+        train+=(--train_data_dir "$TRAIN_DATA_DIR")
+    else
+        train+=(--dataset_name "${DATASET:-yuvalkirstain/pickapic_v2}")
+    fi
+    local recipe=()
+    local i=0
+    while ((i < ${#RECIPE[@]})); do  # --no-safeguard drops the safeguard flags (the paper's baselines)
+        case "${RECIPE[i]}" in
+            --use_winner_preserving) ((safeguard)) && recipe+=("${RECIPE[i]}") ;;
+            --winner_preserving_mu) ((safeguard)) && recipe+=("${RECIPE[i]}" "${RECIPE[i + 1]}"); i=$((i + 1)) ;;
+            *) recipe+=("${RECIPE[i]}") ;;
+        esac
+        i=$((i + 1))
+    done
+    train+=(
+        "${recipe[@]}"
+        --learning_rate "$lr" --scale_lr
+        --lr_scheduler constant_with_warmup --lr_warmup_steps 500 --max_train_steps 2000
+        --train_batch_size "$batch" --gradient_accumulation_steps "$accum"
+        --mixed_precision "$precision" --allow_tf32
+        --checkpointing_steps 500
+        --dataloader_num_workers "${NUM_WORKERS:-4}"
+        --output_dir "${OUTPUT_DIR:-outputs/$name}"
+        "${extra[@]}"
+    )
+
+    # --- accelerate launch ----------------------------------------------------------------------
+    local -a cmd=(accelerate launch)
+    [[ -n "${ACCEL_CONFIG:-}" ]] && cmd+=(--config_file "$ACCEL_CONFIG")
+    if [[ "$device" == cpu ]]; then
+        cmd+=(--cpu)
+    elif ((world > 1)) && [[ -z "${ACCEL_CONFIG:-}" ]]; then
+        cmd+=(--multi_gpu)  # with a config file, its distributed_type (DDP / DeepSpeed) decides
+    fi
+    cmd+=(--num_processes "$world" --num_machines "$nodes" --mixed_precision "$precision" --dynamo_backend no)
+    if ((nodes > 1)); then
+        [[ -n "${MASTER_ADDR:-}" ]] || _die "NUM_NODES=$nodes needs MASTER_ADDR (the address of node 0) and NODE_RANK on every node"
+        cmd+=(--machine_rank "$rank" --main_process_ip "$MASTER_ADDR" --main_process_port "${MASTER_PORT:-29500}")
+    fi
+    cmd+=("$_SDPO_REPO/train.py" "${train[@]}")
+
+    local scaled
+    scaled="$(awk -v lr="$lr" -v g="$global" 'BEGIN { printf "%.4g", lr * g }')"
+    local unit="GPU(s)"
+    [[ "$device" == cpu ]] && unit="CPU process"
+    echo "$name: $nodes node(s) x $procs_per_node $unit = $world process(es) (this node: rank $rank)"
+    echo "$name: per-GPU batch $batch x $world x accumulation $accum = global batch $global pairs"
+    echo "$name: lr $lr x $global (--scale_lr) = $scaled; output ${OUTPUT_DIR:-outputs/$name}"
+    if [[ "$dry" == 1 ]]; then
+        printf '%q ' "${cmd[@]}" | sed 's/ $//'
+        echo
+        return 0
+    fi
+    exec "${cmd[@]}"
+}

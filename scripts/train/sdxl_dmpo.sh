@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# DMPO + SDPO on SDXL (fp16-fix VAE, Adafactor, gradient checkpointing).
+# Paper setting (REFERENCE section 4): dmpo, beta_dpo 6000, SDPO safeguard with mu 0.6, --dmpo_alpha 0.01.
+# Usage: bash scripts/train/sdxl_dmpo.sh [--dry-run] [--cpu] [--no-safeguard] [train.py flags...]
+# Paths and topology come from environment variables: see scripts/train/common.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+FAMILY=sdxl
+RECIPE=(--train_method dmpo --beta_dpo 6000 --dmpo_alpha 0.01 --use_winner_preserving --winner_preserving_mu 0.6)
+launch "$@"

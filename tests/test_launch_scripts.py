@@ -1,0 +1,185 @@
+"""The six paper launch scripts: flags against the REFERENCE table, batch arithmetic, refusals.
+
+Each script is run with ``--dry-run``; the printed ``accelerate launch`` command is split with
+``shlex`` and its train.py part parsed by train.py's own parser, so a flag the scripts spell
+wrongly fails here.  The GPU count is faked with ``NUM_GPUS`` (no GPU is needed).  One test
+launches a script for real on CPU with a tiny model, so accelerate must accept the command too.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdpo.config import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts" / "train"
+
+# REFERENCE section 4: script -> (train_method, beta_dpo, mu, dmpo_alpha, base lr)
+TABLE = {
+    "sd15_diffusion_dpo": ("diffusion-dpo", 5000.0, 0.9, 0.0, 1e-8),
+    "sd15_dspo": ("dspo", 0.001, 0.2, 0.0, 1e-8),
+    "sd15_dmpo": ("dmpo", 2000.0, 0.9, 0.01, 1e-8),
+    "sdxl_diffusion_dpo": ("diffusion-dpo", 5000.0, 0.6, 0.0, 1e-9),
+    "sdxl_dspo": ("dspo", 5000.0, 0.6, 0.0, 1e-9),
+    "sdxl_dmpo": ("dmpo", 6000.0, 0.6, 0.01, 1e-9),
+}
+_SCRUB = (
+    "NUM_GPUS", "CUDA_VISIBLE_DEVICES", "NUM_NODES", "NNODES", "SLURM_NNODES", "SLURM_NODEID", "NODE_RANK",
+    "MASTER_ADDR", "MASTER_PORT", "DRY_RUN", "ALLOW_CPU", "MODEL", "VAE", "DATASET", "TRAIN_DATA_DIR",
+    "OUTPUT_DIR", "GLOBAL_BATCH", "PER_GPU_BATCH", "MIXED_PRECISION", "NUM_WORKERS", "ACCEL_CONFIG",
+)  # fmt: skip
+
+
+def run_script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    full.update(PYTHON=sys.executable, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env)
+    return subprocess.run(["bash", str(SCRIPTS / f"{name}.sh"), *args], env=full, capture_output=True, text=True)
+
+
+def dry_run(name: str, *args: str, **env: str):
+    """(accelerate launch options as a dict, parsed train.py namespace, printed lines)."""
+    proc = run_script(name, "--dry-run", *args, **env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    cmd = shlex.split(lines[-1])
+    assert cmd[:2] == ["accelerate", "launch"], lines[-1]
+    split = next(i for i, a in enumerate(cmd) if a.endswith("train.py"))
+    launch, train = cmd[2:split], cmd[split + 1 :]
+    opts, i = {}, 0
+    while i < len(launch):  # every accelerate option here is a flag or "--name value"
+        if i + 1 < len(launch) and not launch[i + 1].startswith("--"):
+            opts[launch[i]] = launch[i + 1]
+            i += 2
+        else:
+            opts[launch[i]] = True
+            i += 1
+    return opts, build_parser().parse_args(train), lines
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_paper_settings(name):
+    method, beta, mu, alpha, lr = TABLE[name]
+    opts, cfg, lines = dry_run(name, NUM_GPUS="8")
+    assert (cfg.train_method, cfg.beta_dpo, cfg.winner_preserving_mu, cfg.dmpo_alpha) == (method, beta, mu, alpha)
+    assert cfg.use_winner_preserving and cfg.learning_rate == lr and cfg.scale_lr
+    assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (8, 32)  # 8 GPUs x 8 x 32 = 2048
+    assert (cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.max_train_steps) == ("constant_with_warmup", 500, 2000)
+    assert (cfg.mixed_precision, cfg.allow_tf32, cfg.checkpointing_steps) == ("bf16", True, 500)
+    assert cfg.proportion_empty_prompts == 0.2  # the reference default, not overridden
+    assert cfg.output_dir == f"outputs/{name}"
+    if name.startswith("sdxl"):
+        assert cfg.sdxl and cfg.use_adafactor and cfg.gradient_checkpointing
+        assert cfg.pretrained_model_name_or_path == "stabilityai/stable-diffusion-xl-base-1.0"
+        assert cfg.pretrained_vae_model_name_or_path == "madebyollin/sdxl-vae-fp16-fix"
+    else:
+        assert not cfg.sdxl and cfg.use_adafactor is None and cfg.pretrained_vae_model_name_or_path is None
+        assert cfg.pretrained_model_name_or_path == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert opts["--multi_gpu"] is True and opts["--num_processes"] == "8" and opts["--num_machines"] == "1"
+    assert opts["--mixed_precision"] == "bf16"
+    assert f"x 2048 (--scale_lr) = {lr * 2048:.4g};" in "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    "env, processes, accum",
+    [
+        ({"NUM_GPUS": "8"}, 8, 32),
+        ({"NUM_GPUS": "4"}, 4, 64),
+        ({"CUDA_VISIBLE_DEVICES": "0,1"}, 2, 128),  # counted from the visible devices
+        ({"NUM_GPUS": "1"}, 1, 256),
+        ({"NUM_GPUS": "8", "NUM_NODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.1.2.3"}, 16, 16),
+        ({"NUM_GPUS": "8", "NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "node0", "MASTER_PORT": "1234"}, 32, 8),
+    ],
+)
+def test_accumulation_keeps_global_batch_2048(env, processes, accum):
+    opts, cfg, lines = dry_run("sdxl_dspo", **env)
+    assert cfg.gradient_accumulation_steps == accum
+    assert cfg.train_batch_size * processes * cfg.gradient_accumulation_steps == 2048
+    assert opts["--num_processes"] == str(processes)
+    assert f"per-GPU batch 8 x {processes} x accumulation {accum} = global batch 2048" in "\n".join(lines)
+    assert ("--multi_gpu" in opts) == (processes > 1)
+    nodes = int(env.get("NUM_NODES", env.get("NNODES", "1")))
+    assert opts["--num_machines"] == str(nodes)
+    if nodes > 1:
+        assert opts["--machine_rank"] == env["NODE_RANK"] and opts["--main_process_ip"] == env["MASTER_ADDR"]
+        assert opts["--main_process_port"] == env.get("MASTER_PORT", "29500")
+
+
+def test_batch_override_rescales_accumulation():
+    _, cfg, lines = dry_run("sd15_dmpo", "--train_batch_size", "4", NUM_GPUS="8")
+    assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (4, 64)
+
+
+def test_extra_flags_reach_train_py_and_override_the_recipe():
+    _, cfg, _ = dry_run("sd15_dspo", "--max_train_steps", "10", "--beta_dpo=0.5", "--resolution", "256", NUM_GPUS="8")
+    assert (cfg.max_train_steps, cfg.beta_dpo, cfg.resolution) == (10, 0.5, 256)
+
+
+def test_paths_come_from_the_environment():
+    env = dict(NUM_GPUS="2", MODEL="/mirror/sdxl", VAE="/mirror/vae", TRAIN_DATA_DIR="/mirror/pap", OUTPUT_DIR="/o")
+    _, cfg, _ = dry_run("sdxl_diffusion_dpo", **env)
+    assert (
+        cfg.pretrained_model_name_or_path == "/mirror/sdxl" and cfg.pretrained_vae_model_name_or_path == "/mirror/vae"
+    )
+    assert cfg.train_data_dir == "/mirror/pap" and cfg.output_dir == "/o"
+
+
+def test_no_safeguard_gives_the_baseline():
+    _, cfg, _ = dry_run("sd15_diffusion_dpo", "--no-safeguard", NUM_GPUS="8")
+    assert not cfg.use_winner_preserving and cfg.winner_preserving_mu == 0.0
+
+
+def test_accelerate_config_file_decides_the_distributed_type():
+    opts, _, _ = dry_run("sdxl_dspo", NUM_GPUS="8", ACCEL_CONFIG="configs/accelerate/deepspeed_zero2.yaml")
+    assert opts["--config_file"] == "configs/accelerate/deepspeed_zero2.yaml" and "--multi_gpu" not in opts
+
+
+def test_refuses_without_gpu():
+    for env in ({"NUM_GPUS": "0"}, {"CUDA_VISIBLE_DEVICES": ""}):
+        proc = run_script("sdxl_dmpo", "--dry-run", **env)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.count("\n") == 1 and "no GPU found" in proc.stderr and "ALLOW_CPU=1" in proc.stderr
+
+
+def test_cpu_when_allowed():
+    opts, cfg, _ = dry_run("sd15_dspo", NUM_GPUS="0", ALLOW_CPU="1")
+    assert opts["--cpu"] is True and opts["--num_processes"] == "1" and "--multi_gpu" not in opts
+    assert cfg.mixed_precision == "no" and cfg.gradient_accumulation_steps == 256
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--frobnicate", "1"], {}, "unknown option '--frobnicate'"),
+        (["--max_train", "5"], {}, "unknown option '--max_train'"),  # abbreviations would dodge the batch maths
+        (["--beta_dpo"], {}, "train.py would reject the extra arguments: argument --beta_dpo: expected one argument"),
+        ([], {"PER_GPU_BATCH": "3"}, "global batch 2048 is not divisible by per-GPU batch 3 x 8 process(es) = 24"),
+        ([], {"NUM_NODES": "2"}, "NUM_NODES=2 needs MASTER_ADDR"),
+        ([], {"NUM_NODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "x"}, "NODE_RANK must be in [0, 1]"),
+    ],
+)
+def test_bad_input_is_one_line(args, env, message):
+    proc = run_script("sd15_dspo", "--dry-run", *args, NUM_GPUS="8", **env)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_real_launch_on_cpu(tmp_path):
+    from sdpo.tiny import build_tiny_model, build_tiny_pairs
+
+    model, pairs = build_tiny_model("sd15", tmp_path / "m"), build_tiny_pairs(tmp_path / "p", n=8)
+    env = dict(
+        ALLOW_CPU="1", MODEL=str(model), DATASET=str(pairs), OUTPUT_DIR=str(tmp_path / "out"),
+        GLOBAL_BATCH="2", PER_GPU_BATCH="1", NUM_WORKERS="0", HF_HUB_OFFLINE="1",
+    )  # fmt: skip
+    args = ["--resolution", "64", "--max_train_steps", "1", "--lr_warmup_steps", "0", "--report_to", "none"]
+    proc = run_script("sd15_diffusion_dpo", *args, **env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "per-GPU batch 1 x 1 x accumulation 2 = global batch 2 pairs" in proc.stdout
+    assert (tmp_path / "out" / "unet.pth").is_file() and (tmp_path / "out" / "checkpoint-1").is_dir()

@@ -91,10 +91,10 @@ def load(accelerator, path: Path) -> dict:
     tampered pickle is refused, not run) and return its training_state.json."""
     try:
         accelerator.load_state(str(path))
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise UserError(
-            f"{path}: refused to load a checkpoint file holding Python objects beyond tensors "
-            f"({str(e).splitlines()[0][:120]}); it may have been tampered with: resume from another checkpoint"
+            f"{path}: refused to load a checkpoint file holding Python objects beyond tensors (it may have been "
+            "tampered with); resume from another checkpoint"
         ) from None
     return json.loads((path / STATE_FILE).read_text())
 

@@ -27,7 +27,7 @@ _TEXT_DIM = 32
 _TIME_EMBED_DIM = 8  # SDXL addition_time_embed_dim; six time ids -> 6 * 8 inputs
 
 
-def _clip_tokenizer(out: Path):
+def clip_tokenizer(out: Path):
     """A byte-level CLIP tokenizer with no merges: every byte is a token, so any prompt encodes."""
     from open_clip.tokenizer import bytes_to_unicode
     from transformers import CLIPTokenizer
@@ -120,7 +120,7 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0) -> Path:
     else:
         scheduler = EulerDiscreteScheduler(**betas, steps_offset=1, timestep_spacing="leading")
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _clip_tokenizer(Path(tmp) / "tok")
+        tokenizer = clip_tokenizer(Path(tmp) / "tok")
     if kind == "sd15":
         pipe = StableDiffusionPipeline(
             vae=vae,

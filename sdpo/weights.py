@@ -27,24 +27,31 @@ def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
+def load_tensor_dict(path: str | Path, label: str = "") -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a torch file read with ``weights_only=True``.
+
+    A pickle that would run code is refused (one line, nothing executed); a checkpoint that nests
+    its weights under ``state_dict`` (HPSv2, some trainers) is unwrapped.  ``label`` prefixes errors.
+    """
+    path = Path(path)
+    where = f"{label}: {path}" if label else str(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise UserError(
-            f"{path}: refused to load: the file holds Python objects beyond tensors, and unpickling them could "
-            f"run code ({str(e).splitlines()[0][:120]}); re-save it as a plain state_dict or as safetensors"
+            f"{where}: refused to load: the file holds Python objects beyond tensors, and unpickling them could "
+            "run code; re-save it as a plain state_dict or as safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{path}: not a readable PyTorch file ({str(e).splitlines()[0][:160]})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        raise UserError(f"{where}: not a readable PyTorch file ({str(e).splitlines()[0][:160]})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path}: expected a UNet state_dict (a dict of tensors), found {type(obj).__name__}")
+        raise UserError(f"{where}: expected a state_dict (a dict of tensors), found {type(obj).__name__}")
     return obj
 
 
@@ -74,7 +81,7 @@ def resolve_unet_file(path: str | Path) -> Path:
 
 def load_unet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a UNet state dict from any accepted source, with DDP/compile prefixes removed."""
-    return _strip_prefixes(_load_file(resolve_unet_file(path)))
+    return _strip_prefixes(load_tensor_dict(resolve_unet_file(path)))
 
 
 def guess_family(keys) -> str:

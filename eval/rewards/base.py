@@ -7,7 +7,6 @@ not change the numbers (tests check this), so scorers never pool statistics acro
 
 from __future__ import annotations
 
-import pickle
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 
 from sdpo.errors import UserError
+from sdpo.weights import load_tensor_dict
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -64,20 +64,7 @@ def features(out) -> torch.Tensor:
 
 def load_state_dict(path: str | Path, metric: str) -> dict[str, torch.Tensor]:
     """Load a released checkpoint with ``weights_only=True``: a file that would run code when unpickled is refused."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError(
-            f"{metric}: refused to load {path}: it holds Python objects beyond tensors "
-            f"({str(e).splitlines()[0][:120]}); re-save it as a plain state_dict"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{metric}: {path} is not a readable PyTorch file ({str(e).splitlines()[0][:160]})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # HPSv2 checkpoints nest the weights under 'state_dict'
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{metric}: {path} is not a state_dict (a dict of tensors)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in load_tensor_dict(path, metric).items()}
 
 
 def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path: str | Path, metric: str) -> None:

@@ -6,10 +6,8 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from eval.rewards import openclip
-from eval.rewards.base import Scorer, cosine, rgb
 from eval.rewards.sources import RewardConfig, Source, describe, resolve_file
 
 # The hub repo holds open_clip_config.json plus the weights; a mirror of it is a complete local model folder.
@@ -35,7 +33,7 @@ def _locate(cfg: RewardConfig) -> tuple[str | Path, Path]:
     return ARCH, resolve_file(Source(REPO.metric, REPO.env, REPO.repo, openclip.WEIGHT_FILES[1]), cfg.root)
 
 
-class ClipScore(Scorer):
+class ClipScore(openclip.OpenClipCosine):
     name = "clip"
 
     def __init__(self, device: torch.device, cfg: RewardConfig) -> None:
@@ -43,11 +41,3 @@ class ClipScore(Scorer):
         self.source = sources(cfg)
         arch, weights = _locate(cfg)
         self.model, self.tokenizer, self.preprocess = openclip.load(arch, weights, self.name, device)
-
-    @torch.inference_mode()
-    def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
-        self._check(images, prompts)
-        pixels = torch.stack([self.preprocess(im) for im in rgb(images)]).to(self.device)
-        img = self.model.encode_image(pixels)
-        txt = self.model.encode_text(self.tokenizer(prompts).to(self.device))
-        return cosine(img, txt)

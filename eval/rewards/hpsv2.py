@@ -12,11 +12,9 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision import transforms as T
 
 from eval.rewards import openclip
-from eval.rewards.base import Scorer, cosine, rgb
 from eval.rewards.sources import RewardConfig, Source, describe, resolve_file
 
 REPO = "xswu/HPSv2"
@@ -53,7 +51,7 @@ def hps_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) ->
     )
 
 
-class HPSv2(Scorer):
+class HPSv2(openclip.OpenClipCosine):
     name = "hpsv2"
 
     def __init__(self, device: torch.device, cfg: RewardConfig) -> None:
@@ -63,11 +61,3 @@ class HPSv2(Scorer):
         weights = resolve_file(checkpoint_source(cfg.hps_version), cfg.root)
         self.model, self.tokenizer, _ = openclip.load(arch, weights, self.name, device)
         self.preprocess = hps_transform(**openclip.preprocess_cfg(arch))
-
-    @torch.inference_mode()
-    def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
-        self._check(images, prompts)
-        pixels = torch.stack([self.preprocess(im) for im in rgb(images)]).to(self.device)
-        img = self.model.encode_image(pixels)
-        txt = self.model.encode_text(self.tokenizer(prompts).to(self.device))
-        return cosine(img, txt)

@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from eval.rewards.base import load_state_dict, load_strict
+from eval.rewards.base import Scorer, cosine, load_state_dict, load_strict, rgb
 from sdpo.errors import UserError
 
 CONFIG_FILE = "open_clip_config.json"
@@ -90,3 +91,19 @@ def load(arch: str | Path, weights: Path, metric: str, device: torch.device):
         sd = load_state_dict(weights, metric)
     load_strict(model, sd, weights, metric)
     return model.eval().to(device), open_clip.get_tokenizer(name), preprocess
+
+
+class OpenClipCosine(Scorer):
+    """An open_clip model scored as cosine(image, text), no logit scale; subclasses set model and preprocess."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    preprocess: object
+
+    @torch.inference_mode()
+    def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
+        self._check(images, prompts)
+        pixels = torch.stack([self.preprocess(im) for im in rgb(images)]).to(self.device)
+        img = self.model.encode_image(pixels)
+        txt = self.model.encode_text(self.tokenizer(prompts).to(self.device))
+        return cosine(img, txt)

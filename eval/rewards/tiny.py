@@ -20,6 +20,7 @@ import torch
 from eval.rewards.imagereward import ImageRewardModel, text_config
 from eval.rewards.mlp import RewardMLP
 from eval.rewards.openclip import quiet
+from sdpo.tiny import clip_tokenizer
 
 IMAGE_SIZE = 32
 EMBED = 16
@@ -33,21 +34,6 @@ def _randomise(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-def clip_tokenizer(out: Path):
-    """A byte-level CLIP tokenizer without merges (every byte is a token): any prompt encodes, 514 ids."""
-    from open_clip.tokenizer import bytes_to_unicode
-    from transformers import CLIPTokenizer
-
-    chars = list(bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        tok = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
-    tok.save_pretrained(out)
-    return tok
 
 
 def clip_image_processor(out: Path) -> None:

@@ -86,11 +86,25 @@ def png_is_complete(path: str | Path, width: int, height: int) -> bool:
 
 
 def save_png(image: Image.Image, path: str | Path, prompt: str) -> None:
-    """Write ``image`` with ``prompt`` in EXIF ImageDescription, atomically (temp file, then rename)."""
+    """Write ``image`` with ``prompt`` in EXIF ImageDescription, atomically (temp file, then rename).
+
+    EXIF text is ASCII: given a str, Pillow replaces other characters with '?' (what the reference
+    scripts' files hold), so a non-ASCII prompt is stored as its UTF-8 bytes instead; read it back
+    with :func:`png_prompt`."""
     exif = Image.Exif()
-    exif[ExifTags.Base.ImageDescription] = prompt
+    exif[ExifTags.Base.ImageDescription] = prompt if prompt.isascii() else prompt.encode("utf-8")
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", exif=exif)
+
+
+def png_prompt(path: str | Path) -> str:
+    """The prompt stored by :func:`save_png` (Pillow decodes EXIF text as Latin-1; undo that)."""
+    with Image.open(path) as im:
+        text = im.getexif().get(ExifTags.Base.ImageDescription, "")
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
 
 
 def shard(indices: list[int], rank: int, world: int) -> list[int]:

@@ -10,7 +10,8 @@
 #   BATCH_SIZE (1; does not change the images)  DTYPE (auto)  SETS ("papv2 hpsv2 partiprompts";
 #   names under prompts/ or paths to prompt files)  OUTPUT (default: the folder holding unet.pth)
 #   LAUNCH ("python"; e.g. "accelerate launch --num_processes 8")  GEN_ARGS (extra generate flags)
-#   METRICS (all)  SCORE_BATCH_SIZE  DEVICE  DRY_RUN=1 (same as --dry-run: print, run nothing)
+#   METRICS (all)  SCORE_BATCH_SIZE  DEVICE  SCORE_PY (eval/score.py)  SUMMARY_PY (eval/summary.py)
+#   DRY_RUN=1 (same as --dry-run: print the commands, run nothing)
 set -euo pipefail
 
 KIND="${KIND:?KIND must be sd15 or sdxl}"
@@ -19,7 +20,7 @@ MODEL_PATH=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) MODEL_PATH="$arg" ;;
   esac
 done
@@ -63,6 +64,8 @@ SETS="${SETS:-papv2 hpsv2 partiprompts}"
 LAUNCH="${LAUNCH:-python}"
 METRICS="${METRICS:-all}"
 PYTHON="${PYTHON:-python}"
+SCORE_PY="${SCORE_PY:-eval/score.py}"
+SUMMARY_PY="${SUMMARY_PY:-eval/summary.py}"
 
 LOG_PATH="${OUTPUT}/joint_test_${SIZE}.log"
 if [[ "$DRY_RUN" != 1 ]]; then
@@ -98,17 +101,17 @@ for set in $SETS; do
     run "${LAUNCH_CMD[@]}" eval/generate.py "${GEN_COMMON[@]}" --test_json "$test_json" \
       --batch_size "$BATCH_SIZE" "${EXTRA[@]}"
   fi
-  if [[ -f eval/score.py ]]; then
-    run "$PYTHON" eval/score.py --json_path "$manifest" "${SCORE_ARGS[@]}"
+  if [[ -f "$SCORE_PY" ]]; then
+    run "$PYTHON" "$SCORE_PY" --json_path "$manifest" "${SCORE_ARGS[@]}"
   else
-    echo "scoring skipped: eval/score.py not found in this checkout"
+    echo "scoring skipped: $SCORE_PY not found in this checkout"
   fi
 done
 
 echo "== summary ($KIND, ${SIZE}x${SIZE}, ${STEPS} steps, cfg ${CFG}, seed ${SEED})"
-if [[ -f eval/summary.py && -f eval/score.py ]]; then
-  run "$PYTHON" eval/summary.py "${MANIFESTS[@]}"
+if [[ -f "$SUMMARY_PY" && -f "$SCORE_PY" ]]; then
+  run "$PYTHON" "$SUMMARY_PY" "${MANIFESTS[@]}"
 else
-  echo "no score table: eval/summary.py not found; manifests:"
+  echo "no score table: $SUMMARY_PY or $SCORE_PY not found; manifests:"
   printf '  %s\n' "${MANIFESTS[@]}"
 fi

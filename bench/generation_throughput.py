@@ -12,10 +12,12 @@ medians and their ratio are printed. Text encoding and VAE decoding are per imag
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as eval/generate.py runs (CPU matmuls batch-invariant)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default="auto")
     a = ap.parse_args(argv)
 
-    device = torch.device(a.device or (torch.accelerator.current_accelerator() or torch.device("cpu")))
+    accel = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    device = torch.device(a.device or accel or "cpu")
     dtype = resolve_dtype(a.dtype, device)
     real = a.real_arch is not None and device.type != "cpu"
     if a.real_arch and not real:

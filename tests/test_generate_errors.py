@@ -74,6 +74,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_unsafe_pickle_is_never_executed(models, tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = tmp_path / "unet.pth"

@@ -1,0 +1,129 @@
+"""Images/s of eval/generate.py's sampler at batch size 1 vs a larger batch, side by side in one run.
+
+    python bench/generation_throughput.py                       # tiny SD1.5 model, CPU or GPU
+    python bench/generation_throughput.py --real-arch sd15      # GPU: the real SD1.5 architecture,
+                                                                # random weights, nothing downloaded
+
+Batching is free for the images (they do not depend on the batch size), so this only measures what it
+buys in speed. Batch 1 and batch B runs are interleaved over the same prompts and repeated; the
+medians and their ratio are printed. Text encoding and VAE decoding are per image in both cases
+(see eval/sampling.py), so the ratio is what batching the UNet gives.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as eval/generate.py runs (CPU matmuls batch-invariant)
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from eval.sampling import Components, generate_images, load_components, resolve_dtype  # noqa: E402
+from sdpo.tiny import build_tiny_model  # noqa: E402
+
+
+def _real_sd15(device: torch.device, dtype: torch.dtype, tmp: Path) -> Components:
+    """SD1.5's UNet, text encoder and VAE architectures with random weights (no download); the
+    tokenizer is the tiny byte-level one, which only changes which token ids are looked up."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    sched = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    tok = CLIPTokenizer.from_pretrained(build_tiny_model("sd15", tmp / "tok"), subfolder="tokenizer")
+    unet.to(device, dtype).eval()
+    text.to(device, dtype).eval()
+    vae.to(device).eval()  # fp32 decode, as in the paper's setting
+    return Components(unet, vae, sched, [tok], [text], sdxl=False)
+
+
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kind", choices=["sd15", "sdxl"], default="sd15", help="tiny model kind")
+    ap.add_argument("--real-arch", choices=["sd15"], default=None, help="real SD1.5 architecture (GPU only)")
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--images", type=int, default=16, help="images per timed run (a multiple of --batch_size)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--size", type=int, default=None, help="default 64 (tiny) or 512 (real architecture)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default=None, help="default: the accelerator if there is one, else cpu")
+    ap.add_argument("--dtype", default="auto")
+    a = ap.parse_args(argv)
+
+    accel = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    device = torch.device(a.device or accel or "cpu")
+    dtype = resolve_dtype(a.dtype, device)
+    real = a.real_arch is not None and device.type != "cpu"
+    if a.real_arch and not real:
+        print("--real-arch needs an accelerator; measuring the tiny model on the CPU instead")
+    size = a.size or (512 if real else 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        if real:
+            comp, what = _real_sd15(device, dtype, Path(tmp)), "SD1.5 architecture (random weights)"
+        else:
+            folder = build_tiny_model(a.kind, Path(tmp) / a.kind)
+            comp = load_components(str(folder), None, a.kind == "sdxl", device, dtype, vae_path=str(folder))
+            what = f"tiny {a.kind}"
+        prompts = [f"prompt number {i}, a photo of a {['cat', 'dog', 'house', 'tree'][i % 4]}" for i in range(a.images)]
+
+        def run(bs: int) -> None:
+            for i in range(0, len(prompts), bs):
+                generate_images(comp, prompts[i : i + bs], size, size, a.steps, 7.5, 0)
+
+        run(a.batch_size)  # warm-up: allocator, kernels
+        run(1)
+        times: dict[int, list[float]] = {1: [], a.batch_size: []}
+        for _ in range(a.repeats):
+            for bs in (1, a.batch_size):
+                times[bs].append(_timed(lambda bs=bs: run(bs), device))
+
+    rate = {bs: a.images / statistics.median(t) for bs, t in times.items()}
+    print(f"{what}, {size}x{size}, {a.steps} steps, {dtype}, {device}, {a.images} images x {a.repeats} repeats")
+    for bs, r in rate.items():
+        spread = ", ".join(f"{a.images / t:.2f}" for t in times[bs])
+        print(f"  batch {bs:>3}: {r:8.2f} images/s (median; runs: {spread})")
+    print(f"  batch {a.batch_size} / batch 1 throughput ratio: {rate[a.batch_size] / rate[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Generate one image per prompt of a prompt set from a ``unet.pth``, as the paper's evaluation did.
+
+    python eval/generate.py --unet_path RUN/checkpoint-2000/unet.pth --test_json prompts/hpsv2.json
+    accelerate launch eval/generate.py --unet_path ... --sdxl --batch_size 8
+
+Images go to ``<set>_seed<seed>_<H>x<W>_<steps>s_<cfg>cfg/<index>_<H>x<W>.png`` (prompt in the PNG's
+EXIF ImageDescription) and the manifest to ``<set>_seed<seed>_<H>x<W>_<steps>s_<cfg>cfg.json``
+beside that folder, by default in the folder holding ``unet.pth`` (REFERENCE.md section 5). The cfg
+prints as Python prints a float (7.5 -> ``7.5cfg``, 5 -> ``5.0cfg``), like the reference scripts.
+
+``--cfg`` is the reference scripts' guidance weight: ``pred = cond + cfg * (cond - uncond)``, i.e.
+diffusers' ``guidance_scale = cfg + 1`` (cfg 7.5 here is guidance_scale 8.5 in a diffusers pipeline).
+
+A rerun skips images already written and complete, so an interrupted run is resumed by running the
+same command again; the manifest is written (atomically) once every image exists. Under
+``accelerate launch`` prompt ``i`` goes to process ``i % num_processes`` and the main process writes
+the one manifest, in prompt-file order.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+# Intel MKL's strict reproducibility mode makes a CPU matmul round the same whatever the batch size,
+# so CPU images do not depend on --batch_size. It is read at MKL's first call, so set it early.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from PIL import ExifTags, Image  # noqa: E402
+
+from eval.manifest import read_entries, read_manifest  # noqa: E402
+from sdpo.atomic import atomic_path, write_json  # noqa: E402
+from sdpo.errors import UserError, cli_main  # noqa: E402
+
+SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+SETTINGS_FILE = ".generate.json"
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
+# Test hook: the process SIGKILLs itself after writing this many images, to test resuming.
+KILL_AFTER_ENV = "SDPO_GENERATE_KILL_AFTER"
+
+
+# ----------------------------------------------------------------------------- names and paths
+
+
+def set_name(test_json: str | Path) -> str:
+    """The prompt set's name as the reference scripts take it: the file name up to its first dot."""
+    return os.path.basename(str(test_json)).split(".")[0]
+
+
+def run_name(set_: str, seed: int, height: int, width: int, steps: int, cfg: float) -> str:
+    """``<set>_seed<seed>_<H>x<W>_<steps>s_<cfg>cfg``; cfg is formatted as a Python float (7.5, 5.0)."""
+    return f"{set_}_seed{seed}_{height}x{width}_{steps}s_{float(cfg)}cfg"
+
+
+def default_output_path(unet_path: str | Path) -> Path:
+    """The folder holding ``unet.pth`` (or the given folder itself), where the reference scripts write."""
+    p = Path(unet_path)
+    return p if p.is_dir() else p.parent
+
+
+def image_name(index: int, height: int, width: int) -> str:
+    return f"{index}_{height}x{width}.png"
+
+
+def png_is_complete(path: str | Path, width: int, height: int) -> bool:
+    """A PNG of the right size whose last chunk is IEND: what a finished write leaves, and what a
+    truncated copy or an interrupted writer does not."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG" or im.size != (width, height):
+                return False
+        with open(path, "rb") as f:
+            f.seek(-len(_IEND), os.SEEK_END)
+            return f.read() == _IEND
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def save_png(image: Image.Image, path: str | Path, prompt: str) -> None:
+    """Write ``image`` with ``prompt`` in EXIF ImageDescription, atomically (temp file, then rename).
+
+    EXIF text is ASCII: given a str, Pillow replaces other characters with '?' (what the reference
+    scripts' files hold), so a non-ASCII prompt is stored as its UTF-8 bytes instead; read it back
+    with :func:`png_prompt`."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.ImageDescription] = prompt if prompt.isascii() else prompt.encode("utf-8")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", exif=exif)
+
+
+def png_prompt(path: str | Path) -> str:
+    """The prompt stored by :func:`save_png` (Pillow decodes EXIF text as Latin-1; undo that)."""
+    with Image.open(path) as im:
+        text = im.getexif().get(ExifTags.Base.ImageDescription, "")
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
+
+
+def shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """Prompt ``i`` belongs to process ``i % world``: fixed by the index alone, so processes that scan
+    the folder at different moments still agree on who does what."""
+    return [i for i in indices if i % world == rank]
+
+
+def manifest_entries(entries: list[dict], image_dir: Path, height: int, width: int) -> list[dict]:
+    """The reference manifest: one entry per prompt in prompt-file order. Image paths are absolute so
+    the manifest works from any working directory; raw_image_path and metadata come from the prompt file."""
+    return [
+        {
+            "prompt": e["prompt"],
+            "gen_image_path": str((image_dir / image_name(i, height, width)).absolute()),
+            "raw_image_path": e.get("raw_image_path", ""),
+            "metadata": e.get("metadata", {}),
+        }
+        for i, e in enumerate(entries)
+    ]
+
+
+def _manifest_still_valid(path: Path, entries: list[dict], width: int, height: int) -> bool:
+    """An existing manifest (ours or the reference scripts') is kept byte for byte when it lists the
+    same prompts in order and every image it names is complete."""
+    try:
+        old = read_manifest(path)
+    except UserError:
+        return False
+    if [e["prompt"] for e in old] != [e["prompt"] for e in entries]:
+        return False
+    for e in old:
+        p = Path(e["gen_image_path"])
+        if not png_is_complete(p, width, height) and not png_is_complete(path.parent / p, width, height):
+            return False
+    return True
+
+
+def _check_settings(image_dir: Path, settings: dict) -> None:
+    """Refuse to mix images made with different weights or numerics in one folder."""
+    f = image_dir / SETTINGS_FILE
+    if not f.is_file():
+        return
+    try:
+        old = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    diff = [k for k in settings if k in old and old[k] != settings[k]]
+    if diff:
+        k = diff[0]
+        raise UserError(
+            f"{image_dir} holds images made with {k}={old[k]!r}, this run has {k}={settings[k]!r}: "
+            f"pass another --output_path or delete the folder"
+        )
+
+
+def _remove_stale_temps(image_dir: Path, mine: set[int]) -> None:
+    """Temp files left by a killed writer (``.<name>.tmp-<pid>``) for this process's indices."""
+    for name in os.listdir(image_dir):
+        if name.startswith(".") and ".tmp-" in name:
+            try:
+                idx = int(name[1:].split("_", 1)[0])
+            except ValueError:
+                continue
+            if idx in mine:
+                (image_dir / name).unlink(missing_ok=True)
+
+
+def _zip_folder(folder: Path) -> None:
+    with atomic_path(folder.with_suffix(".zip")) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for p in sorted(folder.iterdir()):
+                if p.suffix == ".png":
+                    zf.write(p, p.name)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="eval/generate.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--unet_path", required=True, help="unet.pth, a checkpoint folder, or a diffusers UNet folder")
+    p.add_argument(
+        "--pretrain_path", default=None, help=f"base model hub id or folder (default {SD15_ID}; --sdxl: {SDXL_ID})"
+    )
+    p.add_argument("--sdxl", action="store_true", help="the base model and unet.pth are SDXL")
+    p.add_argument(
+        "--vae_path", default=None, help="VAE folder or hub id (default: the base model's; --sdxl: fp16-fix)"
+    )
+    p.add_argument("--test_json", default="prompts/papv2.json", help="prompt file: a JSON list of {'prompt': ...}")
+    p.add_argument("--height", type=int, default=None, help="default 512 (SD1.5) or 1024 (SDXL); a multiple of 16")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg", type=float, default=7.5, help="cond + cfg*(cond - uncond), i.e. diffusers guidance cfg+1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output_path", default=None, help="where the image folder and manifest go (default: by unet.pth)")
+    p.add_argument("--batch_size", type=int, default=1, help="prompts per forward pass; does not change the images")
+    p.add_argument(
+        "--dtype", default="auto", help="UNet and text encoders: auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16"
+    )
+    p.add_argument("--vae_dtype", default="fp32", help="VAE decode dtype (the paper: fp32)")
+    p.add_argument("--sampler", default="reference", choices=["reference", "pipeline"], help="see eval/sampling.py")
+    p.add_argument("--zip", action="store_true", help="also write <folder>.zip of the images, as the reference did")
+    p.add_argument(
+        "--print_manifest_path", action="store_true", help="print where the manifest goes and exit (for scripts)"
+    )
+    return p
+
+
+def _validate(a: argparse.Namespace) -> None:
+    a.pretrain_path = a.pretrain_path or (SDXL_ID if a.sdxl else SD15_ID)
+    size = 1024 if a.sdxl else 512
+    a.height = a.height or size
+    a.width = a.width or size
+    if a.height % 16 or a.width % 16 or a.height <= 0 or a.width <= 0:
+        raise UserError(f"--height/--width must be positive multiples of 16, got {a.height}x{a.width}")
+    if a.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {a.steps}")
+    if a.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {a.batch_size}")
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> Path:
+    """Generate the set and return the manifest path."""
+    args = build_parser().parse_args(argv)
+    _validate(args)
+    name = run_name(set_name(args.test_json), args.seed, args.height, args.width, args.steps, args.cfg)
+    out = Path(args.output_path) if args.output_path else default_output_path(args.unet_path)
+    image_dir, manifest = out / name, out / f"{name}.json"
+    if args.print_manifest_path:
+        print(manifest)
+        return manifest
+    entries = read_entries(args.test_json)  # a malformed prompt file fails here, before any model loads
+
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState(cpu=_cpu_only())
+
+    from eval.sampling import load_components, resolve_dtype
+
+    dtype = resolve_dtype(args.dtype, state.device)
+    vae_dtype = resolve_dtype(args.vae_dtype, state.device)
+    settings = {
+        "unet_path": str(Path(args.unet_path).absolute()),
+        "pretrain_path": args.pretrain_path,
+        "vae_path": args.vae_path,
+        "sdxl": args.sdxl,
+        "dtype": str(dtype).removeprefix("torch."),
+        "vae_dtype": str(vae_dtype).removeprefix("torch."),
+        "sampler": args.sampler,
+    }
+    _check_settings(image_dir, settings)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_json(image_dir / SETTINGS_FILE, settings)
+
+    mine = shard(list(range(len(entries))), state.process_index, state.num_processes)
+    _remove_stale_temps(image_dir, set(mine))
+    todo = [
+        i
+        for i in mine
+        if not png_is_complete(image_dir / image_name(i, args.height, args.width), args.width, args.height)
+    ]
+    if state.is_main_process:
+        done = len(mine) - len(todo)
+        print(f"{name}: {len(entries)} prompts, {done} of this process's {len(mine)} already done -> {image_dir}")
+
+    start, written, sampling = time.perf_counter(), 0, 0.0
+    if todo:
+        written, sampling = _generate(args, entries, todo, image_dir, dtype, vae_dtype, state, load_components)
+    state.wait_for_everyone()
+    total_written = sum(gather_object([written]))
+    sampling = max(gather_object([sampling]))
+    if state.is_main_process:
+        _finish(args, entries, image_dir, manifest)
+        print(
+            f"generated {total_written} images ({len(entries) - total_written} already present) in {sampling:.1f} s, "
+            f"{total_written / max(sampling, 1e-9):.2f} images/s on {state.num_processes} process(es) "
+            f"({time.perf_counter() - start:.1f} s with model loading); manifest {manifest}",
+            flush=True,
+        )
+    state.wait_for_everyone()
+    return manifest
+
+
+def _cpu_only() -> bool:
+    """accelerate runs CPU-only processes as one data-parallel group only when told they are CPU ones."""
+    import torch
+
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.accelerator.is_available()
+
+
+def _generate(args, entries, todo, image_dir, dtype, vae_dtype, state, load_components) -> tuple[int, float]:
+    """Generate this process's ``todo`` indices; return (images written, seconds spent sampling)."""
+    from tqdm import tqdm
+
+    from eval.sampling import generate_images
+
+    comp = load_components(
+        args.pretrain_path, args.unet_path, args.sdxl, state.device, dtype, vae_path=args.vae_path, vae_dtype=vae_dtype
+    )
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+    written, start = 0, time.perf_counter()
+    bar = tqdm(total=len(todo), desc=f"generate[{state.process_index}]", disable=not state.is_main_process)
+    for b in range(0, len(todo), args.batch_size):
+        idx = todo[b : b + args.batch_size]
+        prompts = [entries[i]["prompt"] for i in idx]
+        images = generate_images(comp, prompts, args.height, args.width, args.steps, args.cfg, args.seed, args.sampler)
+        for i, prompt, image in zip(idx, prompts, images):
+            save_png(image, image_dir / image_name(i, args.height, args.width), prompt)
+            written += 1
+            if kill_after and written >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        bar.update(len(idx))
+    bar.close()
+    return written, time.perf_counter() - start
+
+
+def _finish(args, entries: list[dict], image_dir: Path, manifest: Path) -> None:
+    """Check every image exists, then write the manifest (unless an equivalent one is already there)."""
+    missing = [
+        i
+        for i in range(len(entries))
+        if not png_is_complete(image_dir / image_name(i, args.height, args.width), args.width, args.height)
+    ]
+    if missing:
+        raise UserError(
+            f"{image_dir}: {len(missing)} images missing or incomplete after generation "
+            f"(indices {missing[:5]}{' ...' if len(missing) > 5 else ''}); rerun the same command to finish"
+        )
+    if not (manifest.is_file() and _manifest_still_valid(manifest, entries, args.width, args.height)):
+        write_json(manifest, manifest_entries(entries, image_dir, args.height, args.width))
+    if args.zip:
+        _zip_folder(image_dir)
+
+
+if __name__ == "__main__":
+    main()

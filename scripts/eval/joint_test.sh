@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Shared body of test_sd15.sh / test_sdxl.sh: generate the prompt sets for one unet.pth, score them
+# with the five reward models, and print a set x metric table. Not meant to be called directly.
+#
+#   KIND=sd15|sdxl joint_test.sh [--dry-run] <unet.pth | checkpoint folder>
+#
+# Environment (defaults are the paper's settings):
+#   PRETRAIN_PATH  base model id or folder    VAE_PATH  VAE id or folder (SDXL: fp16-fix VAE)
+#   SIZE (512 / 1024)  STEPS (50)  CFG (7.5, reference formula = diffusers guidance CFG+1)  SEED (0)
+#   BATCH_SIZE (1; does not change the images)  DTYPE (auto)  SETS ("papv2 hpsv2 partiprompts";
+#   names under prompts/ or paths to prompt files)  OUTPUT (default: the folder holding unet.pth)
+#   LAUNCH ("python"; e.g. "accelerate launch --num_processes 8")  GEN_ARGS (extra generate flags)
+#   METRICS (all)  SCORE_BATCH_SIZE  DEVICE  SCORE_PY (eval/score.py)  SUMMARY_PY (eval/summary.py)
+#   DRY_RUN=1 (same as --dry-run: print the commands, run nothing)
+set -euo pipefail
+
+KIND="${KIND:?KIND must be sd15 or sdxl}"
+DRY_RUN="${DRY_RUN:-0}"
+MODEL_PATH=""
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) MODEL_PATH="$arg" ;;
+  esac
+done
+if [[ -z "$MODEL_PATH" ]]; then
+  echo "usage: $(basename "${CALLER:-$0}") [--dry-run] <unet.pth | checkpoint folder>" >&2
+  exit 2
+fi
+if [[ ! -e "$MODEL_PATH" ]]; then
+  echo "error: $MODEL_PATH: no such file or folder" >&2
+  exit 2
+fi
+
+# Absolute paths first: the rest runs from the repository root.
+if [[ -d "$MODEL_PATH" ]]; then
+  MODEL_PATH="$(cd "$MODEL_PATH" && pwd)"
+  DEFAULT_OUTPUT="$MODEL_PATH"
+else
+  MODEL_PATH="$(cd "$(dirname "$MODEL_PATH")" && pwd)/$(basename "$MODEL_PATH")"
+  DEFAULT_OUTPUT="$(dirname "$MODEL_PATH")"
+fi
+OUTPUT="${OUTPUT:-$DEFAULT_OUTPUT}"
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+if [[ "$KIND" == sdxl ]]; then
+  SIZE="${SIZE:-1024}"
+  PRETRAIN_PATH="${PRETRAIN_PATH:-stabilityai/stable-diffusion-xl-base-1.0}"
+  VAE_PATH="${VAE_PATH:-madebyollin/sdxl-vae-fp16-fix}"
+  KIND_ARGS=(--sdxl)
+else
+  SIZE="${SIZE:-512}"
+  PRETRAIN_PATH="${PRETRAIN_PATH:-stable-diffusion-v1-5/stable-diffusion-v1-5}"
+  VAE_PATH="${VAE_PATH:-}"
+  KIND_ARGS=()
+fi
+STEPS="${STEPS:-${STEP:-50}}"
+CFG="${CFG:-7.5}"
+SEED="${SEED:-0}"
+BATCH_SIZE="${BATCH_SIZE:-1}"
+DTYPE="${DTYPE:-auto}"
+SETS="${SETS:-papv2 hpsv2 partiprompts}"
+LAUNCH="${LAUNCH:-python}"
+METRICS="${METRICS:-all}"
+PYTHON="${PYTHON:-python}"
+SCORE_PY="${SCORE_PY:-eval/score.py}"
+SUMMARY_PY="${SUMMARY_PY:-eval/summary.py}"
+
+LOG_PATH="${OUTPUT}/joint_test_${SIZE}.log"
+if [[ "$DRY_RUN" != 1 ]]; then
+  mkdir -p "$OUTPUT"
+  exec > >(tee -a "$LOG_PATH") 2>&1
+  echo "== $(date '+%F %T') joint test ($KIND) of $MODEL_PATH, log $LOG_PATH"
+fi
+
+run() {  # print a command; run it unless this is a dry run
+  echo "+ $*"
+  if [[ "$DRY_RUN" != 1 ]]; then "$@"; fi
+}
+
+GEN_COMMON=(--unet_path "$MODEL_PATH" --pretrain_path "$PRETRAIN_PATH" --output_path "$OUTPUT"
+  --height "$SIZE" --width "$SIZE" --steps "$STEPS" --cfg "$CFG" --seed "$SEED" --dtype "$DTYPE" "${KIND_ARGS[@]}")
+if [[ -n "$VAE_PATH" ]]; then GEN_COMMON+=(--vae_path "$VAE_PATH"); fi
+read -r -a LAUNCH_CMD <<< "$LAUNCH"
+read -r -a EXTRA <<< "${GEN_ARGS:-}"
+SCORE_ARGS=(--metrics "$METRICS")
+if [[ -n "${SCORE_BATCH_SIZE:-}" ]]; then SCORE_ARGS+=(--batch_size "$SCORE_BATCH_SIZE"); fi
+if [[ -n "${DEVICE:-}" ]]; then SCORE_ARGS+=(--device "$DEVICE"); fi
+
+MANIFESTS=()
+for set in $SETS; do
+  if [[ "$set" == *.json ]]; then test_json="$set"; else test_json="prompts/${set}.json"; fi
+  # generate.py names the manifest, so the names here always match its rules (e.g. cfg 5 -> "5.0cfg").
+  manifest="$("$PYTHON" eval/generate.py "${GEN_COMMON[@]}" --test_json "$test_json" --print_manifest_path)"
+  MANIFESTS+=("$manifest")
+  echo "== $test_json -> $manifest"
+  if [[ -e "$manifest" ]]; then
+    echo "generation skipped: $manifest exists (the set is complete)"
+  else
+    run "${LAUNCH_CMD[@]}" eval/generate.py "${GEN_COMMON[@]}" --test_json "$test_json" \
+      --batch_size "$BATCH_SIZE" "${EXTRA[@]}"
+  fi
+  if [[ -f "$SCORE_PY" ]]; then
+    run "$PYTHON" "$SCORE_PY" --json_path "$manifest" "${SCORE_ARGS[@]}"
+  else
+    echo "scoring skipped: $SCORE_PY not found in this checkout"
+  fi
+done
+
+echo "== summary ($KIND, ${SIZE}x${SIZE}, ${STEPS} steps, cfg ${CFG}, seed ${SEED})"
+if [[ -f "$SUMMARY_PY" && -f "$SCORE_PY" ]]; then
+  run "$PYTHON" "$SUMMARY_PY" "${MANIFESTS[@]}"
+else
+  echo "no score table: $SUMMARY_PY or $SCORE_PY not found; manifests:"
+  printf '  %s\n' "${MANIFESTS[@]}"
+fi

@@ -54,7 +54,7 @@ def safeguard_lambda(
     if m == "output":
         return winner_preserving_lambda(model_pred, target, mu, per_pair=granularity(cfg) == "pair")
     if m == "fixed":
-        return torch.tensor(float(cfg.winner_preserving_lambda), device=model_pred.device)
+        return torch.tensor(float(cfg.winner_preserving_lambda), dtype=torch.float64, device=model_pred.device)
     if m == "param":
         pred_w, pred_l = pred_halves if pred_halves is not None else model_pred.chunk(2)
         tgt_w, tgt_l = target.chunk(2)
@@ -89,7 +89,8 @@ def param_space_lambda(
     the graph stays for the objective's own backward, and under DDP no gradient hook (all-reduce)
     fires.  So lambda is computed from this process's micro-batch gradients only, exactly as the
     output-space lambda is; with gradient accumulation, each micro-batch gets its own lambda.
-    Products accumulate in float64.
+    Products accumulate in float64 and lambda stays float64 (a 0-dim tensor: ``scale_loser`` keeps the
+    loss's dtype).
     """
     params = [p for p in params if p.requires_grad]
     g_w = list(torch.autograd.grad(loss_w, params, retain_graph=True, allow_unused=True))
@@ -112,4 +113,4 @@ def param_space_lambda(
         for h in handles:
             h.remove()
     num = torch.as_tensor(num, dtype=torch.float64, device=loss_w.device)
-    return lambda_from_products(num, den[0], mu, eps, max_lambda).float()
+    return lambda_from_products(num, den[0], mu, eps, max_lambda)

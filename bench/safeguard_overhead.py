@@ -9,9 +9,10 @@ time and the peak memory of each, as ratios to plain Diffusion-DPO.
     python bench/safeguard_overhead.py --real-arch sd15      # SD1.5's UNet config, random weights (GPU)
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (weights, optimizer state and activations,
-as in the paper).  On CPU, the process's peak resident set (VmHWM, reset before every step via
-``/proc/self/clear_refs``) minus the resident set before any model was built, with glibc told to
-return large blocks to the system at once so that the resident set follows live tensors.
+as in the paper), from the timed steps.  On CPU, in separate rounds after the timed ones: the
+process's peak resident set (VmHWM, reset before every step via ``/proc/self/clear_refs``) minus the
+resident set before any model was built, with glibc told to return large blocks to the system at
+once so that the resident set follows live tensors.
 """
 
 from __future__ import annotations
@@ -69,16 +70,23 @@ class CpuPeak:
     """Peak resident set of this process around one step, above a baseline taken before models exist."""
 
     def __init__(self):
-        try:  # glibc: large blocks straight from/to mmap, so freed tensors leave the resident set
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-            libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
-        except OSError:
-            pass
         self.ok = Path("/proc/self/clear_refs").exists()
         self.base = _rss_kb("VmRSS") if self.ok else 0
+        self.libc = None
+
+    def track_live_memory(self) -> None:
+        """From now on glibc serves large blocks straight from mmap and returns them on free, so the
+        resident set follows live tensors.  Slows allocation down: only for the memory rounds."""
+        try:
+            self.libc = ctypes.CDLL("libc.so.6")
+            self.libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+            self.libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+        except OSError:
+            self.libc = None
 
     def reset(self) -> None:
+        if self.libc is not None:
+            self.libc.malloc_trim(0)
         if self.ok:
             Path("/proc/self/clear_refs").write_text("5")
 
@@ -172,6 +180,7 @@ def main(argv=None) -> None:
         mem = torch.cuda.max_memory_allocated() if cuda else cpu_peak.peak_bytes()
         return elapsed, float(mem)
 
+    # Timing rounds, then memory rounds (on CPU the memory probe slows allocation, so it runs apart).
     times = {m: [] for m in MODES}
     mems = {m: [] for m in MODES}
     for r in range(args.warmup + args.steps):
@@ -181,6 +190,9 @@ def main(argv=None) -> None:
             if r >= args.warmup:
                 times[m].append(t)
                 mems[m].append(mem)
+    if not cuda:
+        cpu_peak.track_live_memory()
+        mems = {m: [step(m)[1] for _ in range(2)] for m in MODES}
 
     n_params = sum(q.numel() for q in params)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=GRANULARITIES,
         help="one lambda per micro-batch (batch, the reference) or per pair (output mode only)",
     )
+    a(
+        "--log_param_lambda",
+        action="store_true",
+        help="also compute the parameter-space lambda (Eq. 14) every step and log it as param_lambda, beside "
+        "avg_lose_l_scale (the paper's Figure 2); costs what --winner_preserving_mode param costs",
+    )
     a("--beta_mapo", type=float, default=0.1, help="mapo: weight of the odds-ratio term")
     a("--mapo_snr", type=float, default=0.5, help="mapo: the s in s*l / (exp(s*l) - 1)")
     a("--dpop_lambda", type=float, default=50.0, help="dpop: weight of relu(L_w - L_ref_w) inside the margin")
@@ -172,7 +178,7 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
 
 def _validate_safeguard(cfg: argparse.Namespace) -> None:
     """Mode flags without ``--use_winner_preserving`` would be silently ignored: reject them instead."""
-    given = [f"--{n}" for n in _SAFEGUARD_FLAGS if getattr(cfg, n, None) is not None]
+    given = [f"--{n}" for n in (*_SAFEGUARD_FLAGS, "log_param_lambda") if _given(cfg, n)]
     if given and not cfg.use_winner_preserving:
         raise UserError(f"{', '.join(given)} only act with --use_winner_preserving; add it or drop them")
     cfg.winner_preserving_mode = cfg.winner_preserving_mode or "output"
@@ -203,6 +209,11 @@ def _validate_extra_objectives(cfg: argparse.Namespace) -> None:
 
 
 _SAFEGUARD_FLAGS = ("winner_preserving_mode", "winner_preserving_lambda", "winner_preserving_granularity")
+
+
+def _given(cfg: argparse.Namespace, name: str) -> bool:
+    v = getattr(cfg, name, None)
+    return v is not None and v is not False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ import torch
 from sdpo.losses import PreferenceTerms
 from sdpo.models import Components, encode_prompt, sdxl_time_ids
 from sdpo.safeguard import scale_loser
-from sdpo.safeguard_modes import safeguard_lambda, splits_policy_forward
+from sdpo.safeguard_modes import lambda_logs, safeguard_lambda, splits_policy_forward
 from sdpo.seeding import torch_generator
 
 
@@ -93,9 +93,10 @@ def preference_forward(batch: dict, comps: Components, cfg, objective, device: t
         return PreferenceTerms(model_pred=model_pred, target=target, timesteps=timesteps, model_w=losses)
 
     model_w, model_l = losses.chunk(2)
-    lam = torch.ones((), device=device)
+    lam, logs = torch.ones((), device=device), {}
     if cfg.use_winner_preserving:
         lam = safeguard_lambda(cfg, model_pred, target, comps.unet.parameters(), halves)
+        logs = lambda_logs(cfg, model_pred, target, comps.unet.parameters(), halves, lam)
         model_l = scale_loser(model_l, lam)
     ref_pred = ref_w = ref_l = None
     if comps.ref_unet is not None:
@@ -118,6 +119,7 @@ def preference_forward(batch: dict, comps: Components, cfg, objective, device: t
         alphas_cumprod=sched.alphas_cumprod,
         prediction_type=sched.config.prediction_type,
         sample_seeds=batch["sample_seeds"],
+        logs=logs,
     )
 
 

@@ -32,10 +32,15 @@ def granularity(cfg) -> str:
     return getattr(cfg, "winner_preserving_granularity", None) or "batch"
 
 
+def logs_param_lambda(cfg) -> bool:
+    """``--log_param_lambda``: also compute the Eq. 14 lambda, for logging only (the paper's Figure 2)."""
+    return bool(cfg.use_winner_preserving) and bool(getattr(cfg, "log_param_lambda", False))
+
+
 def splits_policy_forward(cfg) -> bool:
     """``param`` mode runs the policy UNet on winners and losers as two calls (same FLOPs) so that
     the backward pass of ``L_w`` only walks the winners' graph and that of ``L_l`` only the losers'."""
-    return bool(cfg.use_winner_preserving) and mode(cfg) == "param"
+    return bool(cfg.use_winner_preserving) and (mode(cfg) == "param" or logs_param_lambda(cfg))
 
 
 def safeguard_lambda(
@@ -56,12 +61,32 @@ def safeguard_lambda(
     if m == "fixed":
         return torch.tensor(float(cfg.winner_preserving_lambda), dtype=torch.float64, device=model_pred.device)
     if m == "param":
-        pred_w, pred_l = pred_halves if pred_halves is not None else model_pred.chunk(2)
-        tgt_w, tgt_l = target.chunk(2)
-        loss_w = ((pred_w.float() - tgt_w.float()) ** 2).mean()
-        loss_l = ((pred_l.float() - tgt_l.float()) ** 2).mean()
-        return param_space_lambda(loss_w, loss_l, params, mu).to(model_pred.device)
+        return _param_lambda(model_pred, target, params, mu, pred_halves)
     raise ValueError(f"unknown winner_preserving_mode {m!r}; choose one of: {', '.join(MODES)}")
+
+
+def lambda_logs(
+    cfg,
+    model_pred: torch.Tensor,
+    target: torch.Tensor,
+    params: Iterable[torch.nn.Parameter],
+    pred_halves: tuple[torch.Tensor, torch.Tensor] | None,
+    lam: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Extra logged scalars: ``param_lambda`` (Eq. 14) beside the lambda in use, with ``--log_param_lambda``."""
+    if not logs_param_lambda(cfg):
+        return {}
+    if mode(cfg) == "param":
+        return {"param_lambda": lam}
+    return {"param_lambda": _param_lambda(model_pred, target, params, cfg.winner_preserving_mu, pred_halves)}
+
+
+def _param_lambda(model_pred, target, params, mu, pred_halves) -> torch.Tensor:
+    pred_w, pred_l = pred_halves if pred_halves is not None else model_pred.chunk(2)
+    tgt_w, tgt_l = target.chunk(2)
+    loss_w = ((pred_w.float() - tgt_w.float()) ** 2).mean()
+    loss_l = ((pred_l.float() - tgt_l.float()) ** 2).mean()
+    return param_space_lambda(loss_w, loss_l, params, mu).to(model_pred.device)
 
 
 def param_space_lambda(

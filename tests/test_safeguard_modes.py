@@ -252,6 +252,28 @@ def test_param_mode_in_preference_forward_matches_brute_force(tiny_model, checkp
     assert torch.allclose(terms.model_pred, ref_terms.model_pred, atol=1e-5)  # split forward == stacked forward
 
 
+def test_log_param_lambda_logs_eq14_beside_the_output_lambda(tiny_model):
+    """Figure 2's two curves from one run: lambda in use (output space) and the Eq. 14 lambda, logged."""
+    from sdpo.forward import preference_forward
+    from sdpo.losses import get_objective
+    from sdpo.metrics import micro_step_scalars
+
+    mu = ["--use_winner_preserving", "--winner_preserving_mu", "0.2"]
+    cfg, comps, batch = _comps_and_batch(tiny_model, [*mu, "--log_param_lambda"])
+    dpo = get_objective("diffusion-dpo")
+    terms = preference_forward(batch, comps, cfg, dpo, torch.device("cpu"))
+    param_cfg = SimpleNamespace(**{**vars(cfg), "winner_preserving_mode": "param", "log_param_lambda": False})
+    output_cfg = SimpleNamespace(**{**vars(cfg), "log_param_lambda": False})
+    param = preference_forward(batch, comps, param_cfg, dpo, torch.device("cpu"))
+    output = preference_forward(batch, comps, output_cfg, dpo, torch.device("cpu"))
+    assert float(terms.lam) == float(output.lam)
+    assert float(terms.logs["param_lambda"]) == pytest.approx(float(param.lam), rel=1e-6)
+    assert float(terms.lam) != pytest.approx(float(param.lam), rel=1e-3)  # two different curves
+    scalars = micro_step_scalars(terms, dpo.loss(terms, cfg))
+    assert float(scalars["param_lambda"]) == pytest.approx(float(param.lam), rel=1e-6)
+    assert "param_lambda" not in output.logs
+
+
 # ----------------------------------------------------------------------------- flags
 
 
@@ -270,6 +292,7 @@ def test_param_mode_in_preference_forward_matches_brute_force(tiny_model, checkp
             "granularity pair needs --winner_preserving_mode output",
         ),
         (["--sipo_clip_eps", "1.5"], "--sipo_clip_eps must be in (0, 1)"),
+        (["--log_param_lambda"], "only act with --use_winner_preserving"),
     ],
 )
 def test_bad_safeguard_flags_are_one_line_errors(flags, message):

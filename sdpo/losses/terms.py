@@ -33,6 +33,7 @@ class PreferenceTerms:
     alphas_cumprod: torch.Tensor | None = None
     prediction_type: str = "epsilon"
     sample_seeds: torch.Tensor | None = None
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)  # extra scalars from the forward pass
 
     def halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         winners, losers = x.chunk(2)

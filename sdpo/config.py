@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sdpo.errors import UserError
 from sdpo.losses import LOSSES
+from sdpo.safeguard_modes import GRANULARITIES, MODES
 
 _PRECISIONS = ("no", "fp16", "bf16")
 
@@ -65,6 +66,41 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dmpo_alpha", type=float, default=0.0)
     a("--use_winner_preserving", action="store_true", help="enable the SDPO safeguard on the loser branch")
     a("--winner_preserving_mu", type=float, default=0.0, help="safety slack mu in [0, 1]")
+    a(
+        "--winner_preserving_mode",
+        default=None,
+        choices=MODES,
+        help="where lambda comes from: output-space gradients (Eq. 17, default), a fixed value, or "
+        "parameter-space gradients (Eq. 14)",
+    )
+    a(
+        "--winner_preserving_lambda",
+        type=float,
+        default=None,
+        help="lambda in [0, 1] for --winner_preserving_mode fixed",
+    )
+    a(
+        "--winner_preserving_granularity",
+        default=None,
+        choices=GRANULARITIES,
+        help="one lambda per micro-batch (batch, the reference) or per pair (output mode only)",
+    )
+    a(
+        "--log_param_lambda",
+        action="store_true",
+        help="also compute the parameter-space lambda (Eq. 14) every step and log it as param_lambda, beside "
+        "avg_lose_l_scale (the paper's Figure 2); costs what --winner_preserving_mode param costs",
+    )
+    a("--beta_mapo", type=float, default=0.1, help="mapo: weight of the odds-ratio term")
+    a("--mapo_snr", type=float, default=0.5, help="mapo: the s in s*l / (exp(s*l) - 1)")
+    a("--dpop_lambda", type=float, default=50.0, help="dpop: weight of relu(L_w - L_ref_w) inside the margin")
+    a("--sipo_clip_eps", type=float, default=0.1, help="dpo-cm / sipo: importance weights clipped to [1-e, 1+e]")
+    a(
+        "--sipo_mask_threshold",
+        type=float,
+        default=0.9,
+        help="dpo-cm: pairs whose importance weight is below this are masked",
+    )
     a("--noise_offset", type=float, default=0.0)
     a("--input_perturbation", type=float, default=0.0)
 
@@ -121,6 +157,8 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         cfg.use_adafactor = cfg.sdxl
     if not 0.0 <= cfg.winner_preserving_mu <= 1.0:
         raise UserError(f"--winner_preserving_mu must be in [0, 1], got {cfg.winner_preserving_mu}")
+    _validate_safeguard(cfg)
+    _validate_extra_objectives(cfg)
     if not 0.0 <= cfg.proportion_empty_prompts <= 1.0:
         raise UserError(f"--proportion_empty_prompts must be in [0, 1], got {cfg.proportion_empty_prompts}")
     if not 0.0 <= cfg.max_bad_fraction <= 1.0:
@@ -155,6 +193,46 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
     if cfg.resume_from_checkpoint in ("none", "None", ""):
         cfg.resume_from_checkpoint = None
     return cfg
+
+
+def _validate_safeguard(cfg: argparse.Namespace) -> None:
+    """Mode flags without ``--use_winner_preserving`` would be silently ignored: reject them instead."""
+    given = [f"--{n}" for n in (*_SAFEGUARD_FLAGS, "log_param_lambda") if _given(cfg, n)]
+    if given and not cfg.use_winner_preserving:
+        raise UserError(f"{', '.join(given)} only act with --use_winner_preserving; add it or drop them")
+    cfg.winner_preserving_mode = cfg.winner_preserving_mode or "output"
+    cfg.winner_preserving_granularity = cfg.winner_preserving_granularity or "batch"
+    mode, lam = cfg.winner_preserving_mode, cfg.winner_preserving_lambda
+    if mode == "fixed" and lam is None:
+        raise UserError("--winner_preserving_mode fixed needs --winner_preserving_lambda (a value in [0, 1])")
+    if lam is not None and mode != "fixed":
+        raise UserError(f"--winner_preserving_lambda is only used with --winner_preserving_mode fixed (mode is {mode})")
+    if lam is not None and not 0.0 <= lam <= 1.0:
+        raise UserError(f"--winner_preserving_lambda must be in [0, 1], got {lam}")
+    if cfg.winner_preserving_granularity == "pair" and mode != "output":
+        # param: one lambda per pair needs two backward passes per pair; fixed: one value anyway.
+        raise UserError(f"--winner_preserving_granularity pair needs --winner_preserving_mode output (mode is {mode})")
+
+
+def _validate_extra_objectives(cfg: argparse.Namespace) -> None:
+    if cfg.beta_mapo < 0:
+        raise UserError(f"--beta_mapo must be >= 0, got {cfg.beta_mapo}")
+    if cfg.mapo_snr <= 0:
+        raise UserError(f"--mapo_snr must be positive, got {cfg.mapo_snr}")
+    if cfg.dpop_lambda < 0:
+        raise UserError(f"--dpop_lambda must be >= 0, got {cfg.dpop_lambda}")
+    if not 0.0 < cfg.sipo_clip_eps < 1.0:
+        raise UserError(f"--sipo_clip_eps must be in (0, 1), got {cfg.sipo_clip_eps}")
+    if not 0.0 <= cfg.sipo_mask_threshold <= 1.0:
+        raise UserError(f"--sipo_mask_threshold must be in [0, 1], got {cfg.sipo_mask_threshold}")
+
+
+_SAFEGUARD_FLAGS = ("winner_preserving_mode", "winner_preserving_lambda", "winner_preserving_granularity")
+
+
+def _given(cfg: argparse.Namespace, name: str) -> bool:
+    v = getattr(cfg, name, None)
+    return v is not None and v is not False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,8 @@ import torch
 from sdpo.losses import PreferenceTerms
 from sdpo.losses.terms import at_least_fp32
 from sdpo.models import Components, encode_prompt, sdxl_time_ids
-from sdpo.safeguard import scale_loser, winner_preserving_lambda
+from sdpo.safeguard import scale_loser
+from sdpo.safeguard_modes import lambda_logs, safeguard_lambda, splits_policy_forward
 from sdpo.seeding import torch_generator
 
 
@@ -83,15 +84,23 @@ def preference_forward(batch: dict, comps: Components, cfg, objective, device: t
             "text_embeds": pooled.repeat(reps, 1).to(dtype),
             "time_ids": sdxl_time_ids(cfg.resolution, hidden.shape[0], device, dtype),
         }
-    model_pred = comps.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+    halves = None
+    if uses_loser and splits_policy_forward(cfg):  # param-mode lambda: winners and losers as separate graphs
+        halves = tuple(
+            _policy(comps.unet, noisy, timesteps, hidden, added, rows) for rows in (slice(None, bsz), slice(bsz, None))
+        )
+        model_pred = torch.cat(halves)
+    else:
+        model_pred = comps.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
     losses = per_sample_mse(model_pred, target)
     if not uses_loser:
         return PreferenceTerms(model_pred=model_pred, target=target, timesteps=timesteps, model_w=losses)
 
     model_w, model_l = losses.chunk(2)
-    lam = torch.ones((), device=device)
+    lam, logs = torch.ones((), device=device), {}
     if cfg.use_winner_preserving:
-        lam = winner_preserving_lambda(model_pred, target, cfg.winner_preserving_mu)
+        lam = safeguard_lambda(cfg, model_pred, target, comps.unet.parameters(), halves)
+        logs = lambda_logs(cfg, model_pred, target, comps.unet.parameters(), halves, lam)
         model_l = scale_loser(model_l, lam)
     ref_pred = ref_w = ref_l = None
     if comps.ref_unet is not None:
@@ -111,4 +120,14 @@ def preference_forward(batch: dict, comps: Components, cfg, objective, device: t
         noisy_latents=noisy,
         latents=latents,
         sdxl=comps.sdxl,
+        alphas_cumprod=sched.alphas_cumprod,
+        prediction_type=sched.config.prediction_type,
+        sample_seeds=batch["sample_seeds"],
+        logs=logs,
     )
+
+
+def _policy(unet, noisy, timesteps, hidden, added, rows: slice) -> torch.Tensor:
+    """The policy UNet on a slice of the stacked batch (UNet rows are independent: same result)."""
+    kw = None if added is None else {k: v[rows] for k, v in added.items()}
+    return unet(noisy[rows], timesteps[rows], hidden[rows], added_cond_kwargs=kw).sample

@@ -36,7 +36,7 @@ def micro_step_scalars(terms: PreferenceTerms, out: LossOutput) -> dict[str, tor
         s["implicit_acc_accumulated"] = (out.inside.detach() > 0).float().mean()
     if terms.lam is not None:
         s["avg_lose_l_scale"] = terms.lam.detach().float().mean()
-    for k, v in out.logs.items():
+    for k, v in {**terms.logs, **out.logs}.items():
         s[k] = v.detach().float().mean()
     return s
 

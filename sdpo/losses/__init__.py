@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from sdpo.losses import dmpo, dpo, dspo, sft
+from sdpo.losses import dmpo, dpo, dpo_cm, dpop, dspo, mapo, sft, sipo
 from sdpo.losses.terms import LossOutput, PreferenceTerms, inside_term
 
 LOSSES: dict[str, ModuleType] = {
@@ -18,6 +18,12 @@ LOSSES: dict[str, ModuleType] = {
     "dspo": dspo,
     "dmpo": dmpo,
     "sft": sft,
+    # Baselines and ablations (issue 8): MaPO and DPOP as the SDPO paper reimplements them,
+    # DPO-C&M and SIPO from the SIPO paper.
+    "mapo": mapo,
+    "dpop": dpop,
+    "dpo-cm": dpo_cm,
+    "sipo": sipo,
 }
 
 

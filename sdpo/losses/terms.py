@@ -28,6 +28,12 @@ class PreferenceTerms:
     noisy_latents: torch.Tensor | None = None
     latents: torch.Tensor | None = None
     sdxl: bool = False
+    # For objectives that need the diffusion process itself (mapo: T; dpo-cm / sipo: transition
+    # densities and a per-pair draw of x_{t-1}): the scheduler's schedule and each pair's seed.
+    alphas_cumprod: torch.Tensor | None = None
+    prediction_type: str = "epsilon"
+    sample_seeds: torch.Tensor | None = None
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)  # extra scalars from the forward pass
 
     def halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         winners, losers = x.chunk(2)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdpo.atomic import atomic_path
 from sdpo.errors import UserError, cli_main
 from sdpo.metrics import JSONL_NAME, read_jsonl
 
@@ -110,7 +111,8 @@ def plot_runs(
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".").lower() or "png")  # tmp's name has no suffix
     plt.close(fig)
     return out
 
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.smooth < 1:
         raise UserError(f"--smooth must be >= 1, got {a.smooth}")
+    if Path(a.out).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UserError(f"--out {a.out}: name a .png, .pdf or .svg file")
     print(plot_runs(a.runs, a.out, tuple(a.metrics), a.smooth))
 
 

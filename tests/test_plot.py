@@ -73,3 +73,10 @@ def test_empty_log_is_refused(tmp_path):
     (tmp_path / "run" / "metrics.jsonl").write_text("")
     with pytest.raises(UserError, match="empty log"):
         load_run(tmp_path / "run")
+
+
+def test_unsupported_output_format_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(_write_run(tmp_path / "ok")), "--out", str(tmp_path / "fig.txt")])
+    assert exc.value.code == 2
+    assert "name a .png, .pdf or .svg file" in capsys.readouterr().err

@@ -60,13 +60,16 @@ def _text_config(**extra):
     )
 
 
-def tiny_unet_config(kind: str) -> dict:
-    """UNet2DConditionModel kwargs of the tiny model of ``kind`` ("sd15" or "sdxl")."""
+def tiny_unet_config(kind: str, block_out_channels: tuple[int, int] = (16, 32)) -> dict:
+    """UNet2DConditionModel kwargs of the tiny model of ``kind`` ("sd15" or "sdxl").
+
+    ``block_out_channels`` widens the UNet (the CPU demo uses a wider one so SFT makes a usable
+    reference denoiser); channels must be multiples of 8 (the group norm's group count)."""
     cfg = dict(
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(16, 32),
+        block_out_channels=tuple(block_out_channels),
         layers_per_block=1,
         norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -87,7 +90,7 @@ def tiny_unet_config(kind: str) -> dict:
     return cfg
 
 
-def build_tiny_model(kind: str, out: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(kind: str, out: str | Path, seed: int = 0, block_out_channels: tuple[int, int] = (16, 32)) -> Path:
     """Write a tiny SD1.5- or SDXL-format diffusers pipeline folder and return its path."""
     from diffusers import (
         AutoencoderKL,
@@ -101,7 +104,7 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0) -> Path:
 
     out = Path(out)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**tiny_unet_config(kind))
+    unet = UNet2DConditionModel(**tiny_unet_config(kind, block_out_channels))
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -144,6 +147,28 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0) -> Path:
         )
     pipe.save_pretrained(out)
     return out
+
+
+def calibrate_tiny_vae(folder: str | Path, pixels: torch.Tensor, log_std: float = -7.0) -> float:
+    """Make a tiny random VAE encode images the way a trained one does; returns the new scaling factor.
+
+    A randomly initialised encoder predicts a log-variance near 0, so a posterior sample is mostly
+    noise (std ~1) and the picture barely shows in the latents.  A trained SD VAE has a posterior
+    std near 1e-3 and a ``scaling_factor`` (0.18215) that brings its latents to unit variance.  This
+    pins the log-variance output to ``2 * log_std`` and sets ``scaling_factor`` to 1 / std of the
+    posterior means of ``pixels`` (N, 3, H, W in [-1, 1]).  The demo needs it; tests need not.
+    """
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    c = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[c:].zero_()
+        vae.quant_conv.bias[c:].fill_(2.0 * log_std)
+        scale = float(1.0 / vae.encode(pixels).latent_dist.mean.std())
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_pretrained(Path(folder) / "vae")
+    return scale
 
 
 # ----------------------------------------------------------------------------- pair data

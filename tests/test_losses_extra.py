@@ -204,28 +204,6 @@ def test_transition_noise_follows_the_pair_not_its_slot():
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from sdpo.tiny import build_tiny_model
-
-    return build_tiny_model("sd15", tmp_path_factory.mktemp("m") / "sd15", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_pairs(tmp_path_factory):
-    from sdpo.tiny import build_tiny_pairs
-
-    return build_tiny_pairs(tmp_path_factory.mktemp("d") / "pairs", n=8, size=64, seed=0)
-
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
 @pytest.mark.parametrize(
     "method, extra",
     [
@@ -235,20 +213,12 @@ def _reset_accelerate() -> None:
         ("sipo", ["--use_winner_preserving", "--winner_preserving_mode", "fixed", "--winner_preserving_lambda", "0.5"]),
     ],
 )
-def test_two_step_training_run(method, extra, tiny_model, tiny_pairs, tmp_path):
-    from sdpo.config import parse_args
-    from sdpo.training import train
+def test_two_step_training_run(method, extra, tiny_sd15, tiny_pairs, tmp_path, run_train):
+    from conftest import tiny_flags
 
-    _reset_accelerate()
     out = tmp_path / "out"
-    argv = [
-        "--pretrained_model_name_or_path", str(tiny_model), "--dataset_name", str(tiny_pairs),
-        "--resolution", "64", "--max_train_steps", "2", "--checkpointing_steps", "2", "--output_dir", str(out),
-        "--learning_rate", "1e-5", "--lr_warmup_steps", "0", "--train_batch_size", "2", "--report_to", "none",
-        "--train_method", method, *extra,
-    ]  # fmt: skip
-    assert train(parse_args(argv)).is_file()
-    _reset_accelerate()
+    assert run_train(*tiny_flags(tiny_sd15, tiny_pairs, out, "--max_train_steps", "2", "--train_method", method,
+                                 *extra)).is_file()  # fmt: skip
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["train_loss"]) and 0.0 <= r["avg_lose_l_scale"] <= 1.0 for r in rows)

@@ -59,7 +59,8 @@ def safeguard_lambda(
     if m == "output":
         return winner_preserving_lambda(model_pred, target, mu, per_pair=granularity(cfg) == "pair")
     if m == "fixed":
-        return torch.tensor(float(cfg.winner_preserving_lambda), dtype=torch.float32, device=model_pred.device)
+        dtype = torch.promote_types(model_pred.dtype, torch.float32)  # float64 only if the model is (MPS has none)
+        return torch.tensor(float(cfg.winner_preserving_lambda), dtype=dtype, device=model_pred.device)
     if m == "param":
         return _param_lambda(model_pred, target, params, mu, pred_halves)
     raise ValueError(f"unknown winner_preserving_mode {m!r}; choose one of: {', '.join(MODES)}")

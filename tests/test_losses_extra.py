@@ -64,7 +64,7 @@ def test_mapo_value_by_hand():
     assert out.inside[0] > 0 > out.inside[1]  # the better-denoised image has the higher odds
 
 
-def test_mapo_needs_no_reference_and_loads_none(tiny_model):
+def test_mapo_needs_no_reference_and_loads_none(tiny_sd15):
     """No reference UNet reaches the device: the parameter count is the no-reference count."""
     from sdpo.config import parse_args
     from sdpo.models import load_components
@@ -73,7 +73,7 @@ def test_mapo_needs_no_reference_and_loads_none(tiny_model):
         mods = [comps.unet, comps.vae, *comps.text_encoders] + ([comps.ref_unet] if comps.ref_unet else [])
         return sum(p.numel() for m in mods for p in m.parameters())
 
-    args = ["--pretrained_model_name_or_path", str(tiny_model), "--resolution", "64", "--train_method"]
+    args = ["--pretrained_model_name_or_path", str(tiny_sd15), "--resolution", "64", "--train_method"]
     mapo = get_objective("mapo")
     assert mapo.NEEDS_REFERENCE is False
     comps = load_components(parse_args([*args, "mapo"]), torch.device("cpu"), torch.float32, mapo.NEEDS_REFERENCE)

@@ -98,12 +98,11 @@ def load_components(cfg, device: torch.device, weight_dtype: torch.dtype, needs_
     else:
         vae = _from_pretrained(AutoencoderKL, path, subfolder="vae", revision=rev)
     unet = load_unet(cfg)
-    ref_unet = None
-    if needs_reference:
-        ref_unet = load_unet(cfg)
-        ref_unet.requires_grad_(False).eval().to(device, dtype=weight_dtype)
-    for m in (vae, *encoders):
-        m.requires_grad_(False).eval().to(device, dtype=weight_dtype)
+    ref_unet = load_unet(cfg) if needs_reference else None
+    for m in (vae, *encoders, *([ref_unet] if ref_unet is not None else [])):
+        m.requires_grad_(False).eval().to(device)
+        if weight_dtype != torch.float32:  # (fp32 already: skip diffusers' cast warning)
+            m.to(dtype=weight_dtype)
     if cfg.sdxl and weight_dtype == torch.float16 and not cfg.pretrained_vae_model_name_or_path:
         # SDXL's original VAE overflows to NaN in fp16; the reference runs use the fp16-fix VAE.
         log.warning("SDXL in fp16 without --pretrained_vae_model_name_or_path: keeping the VAE in fp32")

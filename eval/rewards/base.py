@@ -18,7 +18,7 @@ from sdpo.weights import load_tensor_dict
 
 
 def default_device(device: str | None = None) -> torch.device:
-    """The caller's device, else CUDA when present, else CPU (never a hard-coded 'cuda')."""
+    """The caller's device, else CUDA when present, else CPU (no device name is hard-coded)."""
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -48,12 +48,8 @@ def encode_latents(vae, pixels: torch.Tensor, posterior_noise: torch.Tensor) -> 
     return latents * vae.config.scaling_factor
 
 
-def preference_forward(batch: dict, comps: Components, cfg, objective, device: torch.device) -> PreferenceTerms:
-    pixels = batch["pixel_values"].to(device)
-    bsz = pixels.shape[0] // 2
-    uses_loser = objective.USES_LOSER
-    if not uses_loser:  # SFT: only the preferred images are denoised
-        pixels = pixels[:bsz]
+def noised_latents(batch: dict, pixels: torch.Tensor, comps: Components, cfg, reps: int, device):
+    """Latents, the noised latents fed to the UNet, the regression target, and timesteps (shared per pair)."""
     f = 2 ** (len(comps.vae.config.block_out_channels) - 1)
     latent_shape = (comps.vae.config.latent_channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
     sched = comps.noise_scheduler
@@ -61,10 +57,8 @@ def preference_forward(batch: dict, comps: Components, cfg, objective, device: t
         batch["sample_seeds"], latent_shape, sched.config.num_train_timesteps, cfg, device
     )
     latents = encode_latents(comps.vae, pixels, vae_eps[: pixels.shape[0]])
-
     if cfg.noise_offset:
         eps = eps + cfg.noise_offset * offset
-    reps = 2 if uses_loser else 1
     noise, timesteps = eps.repeat(reps, 1, 1, 1), t.repeat(reps)
     fed_noise = noise + cfg.input_perturbation * perturb.repeat(reps, 1, 1, 1) if cfg.input_perturbation else noise
     noisy = sched.add_noise(latents, fed_noise, timesteps)
@@ -72,18 +66,36 @@ def preference_forward(batch: dict, comps: Components, cfg, objective, device: t
         target = noise
     else:
         target = sched.get_velocity(latents, noise, timesteps)
+    return latents, noisy, target, timesteps
 
-    hidden, pooled = encode_prompt(comps, batch["captions"], device)
+
+def conditioning(comps: Components, captions: list[str], cfg, reps: int, dtype: torch.dtype, device):
+    """Text states (and SDXL's pooled embedding and time ids), repeated for winners and losers."""
+    hidden, pooled = encode_prompt(comps, captions, device)
+    hidden = hidden.repeat(reps, 1, 1).to(dtype)
+    if not comps.sdxl:
+        return hidden, None
+    added = {
+        "text_embeds": pooled.repeat(reps, 1).to(dtype),
+        "time_ids": sdxl_time_ids(cfg.resolution, hidden.shape[0], device, dtype),
+    }
+    return hidden, added
+
+
+def preference_forward(batch: dict, comps: Components, cfg, objective, device: torch.device) -> PreferenceTerms:
+    pixels = batch["pixel_values"].to(device)
+    bsz = pixels.shape[0] // 2
+    uses_loser = objective.USES_LOSER
+    if not uses_loser:  # SFT: only the preferred images are denoised
+        pixels = pixels[:bsz]
+    reps = 2 if uses_loser else 1
+    latents, noisy, target, timesteps = noised_latents(batch, pixels, comps, cfg, reps, device)
     # Inputs in the trained UNet's parameter dtype: fp32 normally (autocast does the rest), bf16/fp16
     # when DeepSpeed has cast the module itself and accelerate's autocast is off.
     dtype = next(comps.unet.parameters()).dtype
-    noisy, hidden = noisy.to(dtype), hidden.repeat(reps, 1, 1).to(dtype)
-    added = None
-    if comps.sdxl:
-        added = {
-            "text_embeds": pooled.repeat(reps, 1).to(dtype),
-            "time_ids": sdxl_time_ids(cfg.resolution, hidden.shape[0], device, dtype),
-        }
+    noisy = noisy.to(dtype)
+    hidden, added = conditioning(comps, batch["captions"], cfg, reps, dtype, device)
+
     halves = None
     if uses_loser and splits_policy_forward(cfg):  # param-mode lambda: winners and losers as separate graphs
         halves = tuple(
@@ -107,6 +119,7 @@ def preference_forward(batch: dict, comps: Components, cfg, objective, device: t
         with torch.no_grad():
             ref_pred = comps.ref_unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
             ref_w, ref_l = per_sample_mse(ref_pred, target).chunk(2)
+    sched = comps.noise_scheduler
     return PreferenceTerms(
         model_pred=model_pred,
         target=target,

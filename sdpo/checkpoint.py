@@ -1,7 +1,8 @@
 """Checkpoints that are complete or absent: ``output_dir/checkpoint-<step>/``.
 
 A checkpoint holds accelerate's state (model, optimizer, lr scheduler, RNG; loaded back with
-``weights_only=True``), ``unet.pth`` (a plain UNet state dict, the reference format) and
+``weights_only=True``), ``unet.pth`` (a plain UNet state dict, the reference format; ``transformer.pth``
+for transformer families: the file is named after the denoiser's pipeline subfolder) and
 ``training_state.json`` (step and data position), written last.  It is assembled in
 ``checkpoint-<step>.partial`` and renamed, so ``latest`` never sees a half-written one.
 """
@@ -63,7 +64,9 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None) -> Path:
+def save(
+    accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None, name: str = "unet"
+) -> Path:
     """Write ``checkpoint-<step>`` atomically; every process must call this."""
     root = Path(output_dir)
     final, partial = root / f"checkpoint-{step}", root / f"checkpoint-{step}.partial"
@@ -73,7 +76,7 @@ def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, tota
     accelerator.save_state(str(partial))
     weights = unet_state_dict(accelerator, unet)
     if accelerator.is_main_process:
-        torch.save(weights, partial / "unet.pth")
+        torch.save(weights, partial / f"{name}.pth")
         crash_point(f"checkpoint-{step}")
         write_json(partial / STATE_FILE, {**state, "step": step})
         shutil.rmtree(final, ignore_errors=True)
@@ -99,14 +102,16 @@ def load(accelerator, path: Path) -> dict:
     return json.loads((path / STATE_FILE).read_text())
 
 
-def save_final(accelerator, unet, output_dir: str | Path) -> None:
-    """``output_dir/unet.pth`` and ``output_dir/unet/`` (diffusers, safetensors), both atomic."""
+def save_final(accelerator, unet, output_dir: str | Path, name: str = "unet") -> Path:
+    """``output_dir/<name>.pth`` and ``output_dir/<name>/`` (diffusers, safetensors), both atomic;
+    ``name`` is the denoiser's pipeline subfolder (``unet``, ``transformer``).  Returns the .pth path."""
     from sdpo.atomic import atomic_path
 
     weights = unet_state_dict(accelerator, unet)
     if accelerator.is_main_process:
         root = Path(output_dir)
-        torch_save(weights, root / "unet.pth")
-        with atomic_path(root / "unet") as tmp:
+        torch_save(weights, root / f"{name}.pth")
+        with atomic_path(root / name) as tmp:
             accelerator.unwrap_model(unet).save_pretrained(tmp, safe_serialization=True)
     accelerator.wait_for_everyone()
+    return Path(output_dir) / f"{name}.pth"

@@ -12,7 +12,11 @@ import os
 from pathlib import Path
 
 from sdpo.errors import UserError
-from sdpo.losses import LOSSES
+from sdpo.families import CHOICES as FAMILY_CHOICES
+from sdpo.families import FAMILIES, get_family, resolve_family
+from sdpo.families.flow import WEIGHTING_SCHEMES
+from sdpo.losses import LOSSES, processes
+from sdpo.models import check_family
 from sdpo.safeguard_modes import GRANULARITIES, MODES
 
 _PRECISIONS = ("no", "fp16", "bf16")
@@ -28,15 +32,33 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(
         prog="train.py",
-        description="Preference-tune SD1.5 / SDXL with Diffusion-DPO, DSPO, DMPO (+ the SDPO safeguard).",
+        description="Preference-tune SD1.5 / SDXL / SD3 / FLUX with Diffusion-DPO, DSPO, DMPO (+ the SDPO safeguard).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = p.add_argument_group("model").add_argument
     a("--pretrained_model_name_or_path", required=True, help="hub id or local diffusers pipeline folder")
     a("--pretrained_vae_model_name_or_path", default=None, help="separate VAE (SDXL: madebyollin/sdxl-vae-fp16-fix)")
     a("--revision", default=None)
-    a("--sdxl", action="store_true", help="train an SDXL model (two text encoders, time ids)")
-    a("--unet_init", default=None, help="initial UNet weights for policy and reference: unet.pth or diffusers folder")
+    a(
+        "--model_family",
+        default="auto",
+        choices=FAMILY_CHOICES,
+        help="model family; auto reads the pipeline's model_index.json (local folder or hub)",
+    )
+    a("--sdxl", action="store_true", help="alias for --model_family sdxl")
+    a(
+        "--unet_init",
+        default=None,
+        help="initial denoiser weights for policy and reference (UNet or transformer): a .pth, or a diffusers folder",
+    )
+
+    a = p.add_argument_group("rectified flow (sd3, flux)").add_argument
+    a("--weighting_scheme", default="none", choices=WEIGHTING_SCHEMES, help="density of the training sigmas")
+    a("--logit_mean", type=float, default=0.0, help="logit_normal: mean")
+    a("--logit_std", type=float, default=1.0, help="logit_normal: std")
+    a("--mode_scale", type=float, default=1.29, help="mode: scale")
+    a("--flux_guidance", type=float, default=1.0, help="FLUX guidance-embedding value during training")
+    a("--max_sequence_length", type=int, default=None, help="T5 tokens (default: the pipeline's, flux 512, sd3 256)")
 
     a = p.add_argument_group("data").add_argument
     a("--dataset_name", default="yuvalkirstain/pickapic_v2", help="hub id, local dataset folder or parquet file")
@@ -47,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--streaming", action="store_true", help="stream the dataset instead of downloading it whole (335 GB)")
     a("--streaming_buffer_size", type=int, default=1000, help="shuffle buffer (rows) when --streaming")
     a("--max_train_samples", type=int, default=None, help="keep this many pairs (after dropping ties)")
-    a("--resolution", type=int, default=None, help="training resolution (default 512, or 1024 with --sdxl)")
+    a("--resolution", type=int, default=None, help="training resolution (default 512 for sd15, 1024 for the others)")
     a("--random_crop", action="store_true")
     a("--no_hflip", action="store_true")
     a("--proportion_empty_prompts", type=float, default=0.2, help="fraction of captions blanked (reference: 0.2)")
@@ -110,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_train_steps", type=int, default=2000, help="optimizer steps; overrides --num_train_epochs")
     a("--num_train_epochs", type=int, default=None)
     a("--gradient_accumulation_steps", type=int, default=1)
-    a("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=None, help="default: on for SDXL")
+    a(
+        "--gradient_checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on for SDXL, SD3 and FLUX",
+    )
     a("--learning_rate", type=float, default=1e-8)
     a("--scale_lr", action="store_true", help="lr *= accumulation * batch * processes")
     a("--lr_scheduler", default="constant_with_warmup")
@@ -147,14 +174,7 @@ def _looks_local(path: str) -> bool:
 
 
 def validate(cfg: argparse.Namespace) -> argparse.Namespace:
-    """Fill SD1.5/SDXL-dependent defaults and reject impossible settings; one line per problem."""
-    if cfg.resolution is None:
-        cfg.resolution = 1024 if cfg.sdxl else 512
-    # The reference SDXL runs always use gradient checkpointing and Adafactor; explicit flags win.
-    if cfg.gradient_checkpointing is None:
-        cfg.gradient_checkpointing = cfg.sdxl
-    if cfg.use_adafactor is None:
-        cfg.use_adafactor = cfg.sdxl
+    """Fill family-dependent defaults and reject impossible settings; one line per problem."""
     if not 0.0 <= cfg.winner_preserving_mu <= 1.0:
         raise UserError(f"--winner_preserving_mu must be in [0, 1], got {cfg.winner_preserving_mu}")
     _validate_safeguard(cfg)
@@ -167,23 +187,24 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--dmpo_alpha must be in [0, 1), got {cfg.dmpo_alpha}")
     if cfg.beta_dpo <= 0:
         raise UserError(f"--beta_dpo must be positive, got {cfg.beta_dpo}")
-    if cfg.resolution % 8:
-        raise UserError(f"--resolution must be a multiple of 8 (the VAE downsamples by 8), got {cfg.resolution}")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.max_train_steps is not None and cfg.max_train_steps < 1:
         raise UserError(f"--max_train_steps must be >= 1, got {cfg.max_train_steps}")
+    if cfg.max_sequence_length is not None and cfg.max_sequence_length < 1:
+        raise UserError(f"--max_sequence_length must be >= 1, got {cfg.max_sequence_length}")
     if cfg.streaming and cfg.max_train_steps is None:
         raise UserError("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
     for flag in ("pretrained_model_name_or_path", "pretrained_vae_model_name_or_path"):
         path = getattr(cfg, flag)
         if path and _looks_local(path) and not Path(path).expanduser().exists():
             raise UserError(f"--{flag} {path}: no such folder; pass a local diffusers folder or a hub id")
-    if Path(cfg.pretrained_model_name_or_path).expanduser().is_dir():  # before the data is read
-        from sdpo.models import check_family
-
-        check_family(cfg.pretrained_model_name_or_path, cfg.sdxl)
+    _validate_family(cfg)  # before the data is read
+    if cfg.resolution % 8:
+        raise UserError(f"--resolution must be a multiple of 8 (the VAE downsamples by 8), got {cfg.resolution}")
+    if cfg.model_family == "flux" and cfg.resolution % 16:
+        raise UserError(f"--resolution must be a multiple of 16 for FLUX (2x2 latent patches), got {cfg.resolution}")
     if cfg.unet_init and not Path(cfg.unet_init).expanduser().exists():
         raise UserError(f"--unet_init {cfg.unet_init}: no such file or folder")
     if cfg.train_data_dir and not Path(cfg.train_data_dir).is_dir():
@@ -193,6 +214,39 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
     if cfg.resume_from_checkpoint in ("none", "None", ""):
         cfg.resume_from_checkpoint = None
     return cfg
+
+
+def _validate_family(cfg: argparse.Namespace) -> None:
+    """Resolve the family, fill its defaults, and refuse objectives it cannot run."""
+    _resolve_family(cfg)
+    family = get_family(cfg.model_family)
+    if cfg.resolution is None:
+        cfg.resolution = family.default_resolution
+    # The reference SDXL runs always use gradient checkpointing and Adafactor; explicit flags win.
+    if cfg.gradient_checkpointing is None:
+        cfg.gradient_checkpointing = family.heavy
+    if cfg.use_adafactor is None:
+        cfg.use_adafactor = family.name == "sdxl"
+    objective = LOSSES[cfg.train_method]
+    if family.process not in processes(objective):
+        where = ", ".join(n for n, f in FAMILIES.items() if f.process in processes(objective))
+        raise UserError(
+            f"--train_method {cfg.train_method} is defined on DDPM quantities and does not run on the {family.name} "
+            f"family (rectified flow); it works on: {where}"
+        )
+
+
+def _resolve_family(cfg: argparse.Namespace) -> None:
+    """``--model_family`` (``--sdxl`` is its alias) against the folder or hub config, before any weights load."""
+    path = cfg.pretrained_model_name_or_path
+    requested, flag = cfg.model_family, "--model_family"
+    if cfg.sdxl:
+        if requested not in ("auto", "sdxl"):
+            raise UserError(f"--sdxl contradicts --model_family {requested}; drop one")
+        requested, flag = "sdxl", "--sdxl"
+        check_family(path, True)
+    cfg.model_family = resolve_family(path, requested, cfg.revision, flag)
+    cfg.sdxl = cfg.model_family == "sdxl"
 
 
 def _validate_safeguard(cfg: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from sdpo.data_checks import BadRowReport, filter_bad_rows, row_problem
 from sdpo.errors import UserError
+from sdpo.families import get_family
 from sdpo.seeding import python_rng, sample_seed
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,8 @@ class PairTransform:
         self.resolution = cfg.resolution
         self.random_crop = cfg.random_crop
         self.hflip = not cfg.no_hflip
-        self.joint = bool(cfg.sdxl)
+        family = getattr(cfg, "model_family", None)
+        self.joint = get_family(family).joint_augment if family not in (None, "auto") else bool(cfg.sdxl)
         self.p_empty = cfg.proportion_empty_prompts
         self.seed = cfg.seed
 

@@ -13,7 +13,6 @@ augmentation (no flips, no caption dropout).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -59,7 +58,8 @@ class HeldOutEvaluator:
         self.objective = get_objective("diffusion-dpo")  # only its USES_LOSER matters to the forward pass
         with torch.no_grad():
             self.ref = [(t.ref_w, t.ref_l) for t in (self._forward(b, comps) for b in self.batches)]
-        self.comps = dataclasses.replace(comps, ref_unet=None)  # the policy alone from now on
+        comps.reference = None  # the policy alone from now on
+        self.comps = comps
 
     def _forward(self, batch: dict, comps) -> PreferenceTerms:
         return preference_forward(batch, comps, self.cfg, self.objective, self.device)

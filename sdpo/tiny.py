@@ -4,7 +4,7 @@ Every test and the CPU demo use these: a *real* diffusers folder (same layout, s
 loadable with ``from_pretrained``) whose networks are a few thousand parameters, and a real
 Pick-a-Pic-format parquet dataset with JPEG bytes.  Nothing here touches the network.
 
-    python -m sdpo.tiny model --kind sd15 --out DIR [--seed 0]
+    python -m sdpo.tiny model --kind sd15|sdxl|sd3|flux --out DIR [--seed 0]
     python -m sdpo.tiny pairs --out DIR --n 32 [--size 64] [--seed 0]
 """
 
@@ -40,6 +40,95 @@ def clip_tokenizer(out: Path):
         tok = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
     tok.save_pretrained(out)
     return tok
+
+
+def t5_tokenizer(out: Path, max_length: int = 32):
+    """A T5 tokenizer built offline: a ``tokenizers`` Unigram model over printable ASCII (plus a few
+    accented letters and the word-boundary mark), ``</s>`` appended, as T5's post-processor does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)] + ["\u2581"] + list("\u00e9\u00e0\u00e8\u00fc\u00f6\u00e4\u00e7\u00f1")
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -2.0) for c in chars]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    tok = T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                          extra_ids=0, model_max_length=max_length)  # fmt: skip
+    tok.save_pretrained(out)
+    return tok
+
+
+def _t5_encoder(seed_offset: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(vocab_size=128, d_model=_TEXT_DIM, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu")  # fmt: skip
+    return T5EncoderModel(cfg).eval()
+
+
+def _flow_vae(latent_channels: int = 16, shift_factor: float = 0.1159, scaling_factor: float = 0.3611):
+    """A 16-channel VAE with FLUX's shift and scale (four blocks: downsamples by 8, like the real one)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=_VAE_BLOCKS, layers_per_block=1,
+        norm_num_groups=8, latent_channels=latent_channels, sample_size=64, shift_factor=shift_factor,
+        scaling_factor=scaling_factor, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+
+
+def build_tiny_flow_model(kind: str, out: str | Path, seed: int = 0) -> Path:
+    """A tiny FLUX.1 (``kind="flux"``, with a guidance embedding like FLUX.1-dev) or SD3 pipeline folder."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    out = Path(out)
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip_tok = clip_tokenizer(Path(tmp) / "clip")
+        t5_tok = t5_tokenizer(Path(tmp) / "t5")
+    if kind == "flux":
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=_TEXT_DIM, pooled_projection_dim=_TEXT_DIM,
+            guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+        )  # fmt: skip
+        # FLUX.1-dev's scheduler config: dynamic shifting at sampling time, unshifted training sigmas.
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+            max_image_seq_len=4096,
+        )  # fmt: skip
+        pipe = FluxPipeline(scheduler=scheduler, vae=_flow_vae(), text_encoder=CLIPTextModel(_text_config()),
+                            tokenizer=clip_tok, text_encoder_2=_t5_encoder(), tokenizer_2=t5_tok,
+                            transformer=transformer)  # fmt: skip
+    elif kind == "sd3":
+        transformer = SD3Transformer2DModel(
+            sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+            joint_attention_dim=_TEXT_DIM, caption_projection_dim=16, pooled_projection_dim=2 * _TEXT_DIM,
+            out_channels=16, pos_embed_max_size=16,
+        )  # fmt: skip
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # SD3's static shift
+        pipe = StableDiffusion3Pipeline(
+            scheduler=scheduler, vae=_flow_vae(shift_factor=0.0609, scaling_factor=1.5305),
+            text_encoder=CLIPTextModelWithProjection(_text_config()), tokenizer=clip_tok,
+            text_encoder_2=CLIPTextModelWithProjection(_text_config()), tokenizer_2=clip_tok,
+            text_encoder_3=_t5_encoder(), tokenizer_3=t5_tok, transformer=transformer,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown flow model kind {kind!r}: use 'flux' or 'sd3'")
+    pipe.save_pretrained(out)
+    return out
 
 
 def _text_config(**extra):
@@ -91,7 +180,9 @@ def tiny_unet_config(kind: str, block_out_channels: tuple[int, int] = (16, 32)) 
 
 
 def build_tiny_model(kind: str, out: str | Path, seed: int = 0, block_out_channels: tuple[int, int] = (16, 32)) -> Path:
-    """Write a tiny SD1.5- or SDXL-format diffusers pipeline folder and return its path."""
+    """Write a tiny diffusers pipeline folder of ``kind`` (sd15, sdxl, sd3, flux) and return its path."""
+    if kind in ("sd3", "flux"):
+        return build_tiny_flow_model(kind, out, seed)
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -239,7 +330,7 @@ def _main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m sdpo.tiny", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     m = sub.add_parser("model", help="write a tiny diffusers pipeline folder")
-    m.add_argument("--kind", choices=["sd15", "sdxl"], default="sd15")
+    m.add_argument("--kind", choices=["sd15", "sdxl", "sd3", "flux"], default="sd15")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("pairs", help="write a tiny Pick-a-Pic-format parquet dataset")

@@ -1,4 +1,7 @@
-"""The accelerate training loop: set up, step, log, checkpoint, resume, save ``unet.pth``."""
+"""The accelerate training loop: set up, step, log, checkpoint, resume, save the weights.
+
+The loop talks to the model only through its family (``sdpo.families``): ``run.family.denoiser`` is
+the trained module, whatever the family."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from sdpo.errors import UserError
 from sdpo.forward import preference_forward
 from sdpo.losses import get_objective
 from sdpo.metrics import JsonlLog, StepAverager, micro_step_scalars
-from sdpo.models import load_components
+from sdpo.families import get_family
 from sdpo.rank_trace import RankTrace
 
 log = logging.getLogger("sdpo")
@@ -97,7 +100,7 @@ class Run:
 
     cfg: argparse.Namespace
     accelerator: object
-    comps: object
+    family: object
     objective: object
     optimizer: object
     lr_scheduler: object
@@ -129,8 +132,9 @@ def setup(cfg) -> Run:
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     weight_dtype = _DTYPES.get(accelerator.mixed_precision, torch.float32)
-    comps = load_components(cfg, accelerator.device, weight_dtype, needs_reference=objective.NEEDS_REFERENCE)
-    optimizer = make_optimizer(cfg, [p for p in comps.unet.parameters() if p.requires_grad], accelerator.num_processes)
+    family = get_family(cfg.model_family).load(cfg, accelerator.device, weight_dtype, objective.NEEDS_REFERENCE)
+    params = [p for p in family.denoiser.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, params, accelerator.num_processes)
     loader, stream, sampler = make_loader(cfg, hf, accelerator)
     if cfg.max_train_steps is None:  # count optimizer steps from epochs
         cfg.max_train_steps = cfg.num_train_epochs * math.ceil(
@@ -138,7 +142,7 @@ def setup(cfg) -> Run:
         )
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=cfg.max_train_steps)  # fmt: skip
-    comps.unet, optimizer, lr_scheduler = accelerator.prepare(comps.unet, optimizer, lr_scheduler)
+    family.denoiser, optimizer, lr_scheduler = accelerator.prepare(family.denoiser, optimizer, lr_scheduler)
 
     resume = checkpoint.find_resume_point(out_dir, cfg.resume_from_checkpoint)
     state = checkpoint.load(accelerator, resume) if resume else {}
@@ -150,14 +154,14 @@ def setup(cfg) -> Run:
     n, b, a = accelerator.num_processes, cfg.train_batch_size, cfg.gradient_accumulation_steps
     log.info("%s pairs; %d process(es) x batch %d x accumulation %d = global batch %d; %d optimizer steps",
              len(hf) if sampler else "streamed", n, b, a, n * b * a, cfg.max_train_steps)  # fmt: skip
-    run = Run(cfg, accelerator, comps, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl)
+    run = Run(cfg, accelerator, family, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl)
     for key in ("step", "epoch", "epoch_batches", "nonfinite_total"):
         setattr(run, key, state.get(key, 0))
     return run
 
 
 def train(cfg) -> Path:
-    """Run (or resume) training; returns the path of the final ``unet.pth``."""
+    """Run (or resume) training; returns the path of the final weights (``unet.pth``, ``transformer.pth``)."""
     run = setup(cfg)
     averager, window_ok, trace = StepAverager(), True, RankTrace(run.accelerator)
     bar = tqdm(total=cfg.max_train_steps, initial=run.step, desc="steps",
@@ -179,19 +183,19 @@ def train(cfg) -> Path:
         else:
             run.epoch, run.epoch_batches = run.epoch + 1, 0
     bar.close()
-    trace.weights(run.accelerator, run.comps.unet)
-    checkpoint.save_final(run.accelerator, run.comps.unet, cfg.output_dir)
+    trace.weights(run.accelerator, run.family.denoiser)
+    path = checkpoint.save_final(run.accelerator, run.family.denoiser, cfg.output_dir, run.family.denoiser_folder)
     run.accelerator.end_training()
-    log.info("done: %s", Path(cfg.output_dir) / "unet.pth")
-    return Path(cfg.output_dir) / "unet.pth"
+    log.info("done: %s", path)
+    return path
 
 
 def micro_step(run: Run, batch: dict) -> tuple[dict, bool]:
     """Forward and backward of one micro-batch.  A non-finite loss on any process skips the backward
     on every process (so DDP stays in step) and marks the optimizer step as skipped."""
     acc = run.accelerator
-    with acc.accumulate(run.comps.unet), acc.autocast():
-        terms = preference_forward(batch, run.comps, run.cfg, run.objective, acc.device)
+    with acc.accumulate(run.family.denoiser), acc.autocast():
+        terms = preference_forward(batch, run.family, run.cfg, run.objective, acc.device)
         out = run.objective.loss(terms, run.cfg)
         finite = torch.isfinite(out.loss.detach()).float()
         if acc.num_processes > 1:
@@ -207,7 +211,7 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
     cfg, acc = run.cfg, run.accelerator
     if ok:
         if cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_(run.comps.unet.parameters(), cfg.max_grad_norm)
+            acc.clip_grad_norm_(run.family.denoiser.parameters(), cfg.max_grad_norm)
         run.optimizer.step()
         run.lr_scheduler.step()
         run.nonfinite_run = 0
@@ -223,7 +227,8 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
     stop = run.nonfinite_run >= cfg.max_nonfinite_steps
     if stop or run.step % cfg.checkpointing_steps == 0 or run.step == cfg.max_train_steps:
         state = {"epoch": run.epoch, "epoch_batches": run.epoch_batches, "nonfinite_total": run.nonfinite_total}
-        path = checkpoint.save(acc, run.comps.unet, cfg.output_dir, run.step, state, cfg.checkpoints_total_limit)
+        path = checkpoint.save(acc, run.family.denoiser, cfg.output_dir, run.step, state, cfg.checkpoints_total_limit,
+                               run.family.denoiser_folder)  # fmt: skip
         if stop:
             raise UserError(
                 f"{run.nonfinite_run} consecutive optimizer steps had a non-finite loss (up to step {run.step}); "

@@ -1,8 +1,10 @@
-"""Loading UNet weights from the files people pass around, safely and with errors that help.
+"""Loading denoiser weights (UNet or transformer) from the files people pass around, safely and with
+errors that help.
 
-Accepted sources: a ``unet.pth`` state dict (loaded with ``weights_only=True``, so a pickle that
-would run code is refused), a ``.safetensors`` file, a checkpoint folder holding ``unet.pth``, or a
-diffusers folder (the UNet folder itself or a pipeline folder with ``unet/``).
+Accepted sources: a ``unet.pth`` / ``transformer.pth`` state dict (loaded with ``weights_only=True``,
+so a pickle that would run code is refused), a ``.safetensors`` file, a checkpoint folder holding
+one of those, or a diffusers folder (the model folder itself or a pipeline folder with ``unet/`` or
+``transformer/``; sharded safetensors included).
 """
 
 from __future__ import annotations
@@ -55,38 +57,62 @@ def load_tensor_dict(path: str | Path, label: str = "") -> dict[str, torch.Tenso
     return obj
 
 
+_NAMES = ("unet", "transformer")
+_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+
+
 def _diffusers_weights(folder: Path) -> Path | None:
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+    for name in ("diffusion_pytorch_model.safetensors", _INDEX, "diffusion_pytorch_model.bin"):
         if (folder / name).is_file():
             return folder / name
     return None
 
 
 def resolve_unet_file(path: str | Path) -> Path:
-    """The file holding the UNet weights for any accepted ``path`` (see module docstring)."""
+    """The file holding the denoiser weights for any accepted ``path`` (see module docstring)."""
     p = Path(path)
     if p.is_file():
         return p
     if p.is_dir():
-        for cand in (p / "unet.pth", p / "unet" / "diffusion_pytorch_model.safetensors"):
-            if cand.is_file():
-                return cand
-        for folder in (p, p / "unet"):
+        for name in _NAMES:
+            for cand in (p / f"{name}.pth", p / name / "diffusion_pytorch_model.safetensors"):
+                if cand.is_file():
+                    return cand
+        for folder in (p, *(p / n for n in _NAMES)):
             f = _diffusers_weights(folder)
             if f is not None:
                 return f
-        raise UserError(f"{p}: no UNet weights found (looked for unet.pth, unet/ and diffusion_pytorch_model.*)")
-    raise UserError(f"{p}: no such file or folder; pass a unet.pth, a checkpoint folder or a diffusers UNet folder")
+        raise UserError(
+            f"{p}: no denoiser weights found (looked for unet.pth, transformer.pth, unet/, transformer/ and "
+            "diffusion_pytorch_model.*)"
+        )
+    raise UserError(f"{p}: no such file or folder; pass a unet.pth/transformer.pth, a checkpoint or a diffusers folder")
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.name == _INDEX:  # sharded safetensors: every shard the index names
+        import json
+
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        out: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            out.update(load_tensor_dict(path.parent / shard))
+        return out
+    return load_tensor_dict(path)
 
 
 def load_unet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a UNet state dict from any accepted source, with DDP/compile prefixes removed."""
-    return _strip_prefixes(load_tensor_dict(resolve_unet_file(path)))
+    """Read a denoiser state dict from any accepted source, with DDP/compile prefixes removed."""
+    return _strip_prefixes(_load_file(resolve_unet_file(path)))
 
 
 def guess_family(keys) -> str:
-    """A human name for the UNet a set of state-dict keys belongs to."""
+    """A human name for the denoiser a set of state-dict keys belongs to."""
     keys = set(keys)
+    if any(k.startswith("single_transformer_blocks.") for k in keys):
+        return "a FLUX transformer (use --model_family flux)"
+    if any(k.startswith("transformer_blocks.") for k in keys) and any(k.startswith("pos_embed.") for k in keys):
+        return "an SD3 transformer (use --model_family sd3)"
     if not any(k.startswith(("down_blocks.", "conv_in.", "time_embedding.")) for k in keys):
         return "not a diffusers UNet state_dict"
     if any(k.startswith("add_embedding.") for k in keys):
@@ -95,7 +121,8 @@ def guess_family(keys) -> str:
 
 
 def load_unet_weights(unet: torch.nn.Module, path: str | Path) -> None:
-    """Load weights into ``unet`` strictly; a mismatch raises one line naming counts and the likely family."""
+    """Load weights into ``unet`` (any denoiser) strictly; a mismatch raises one line naming counts and the
+    likely family."""
     sd = load_unet_state_dict(path)
     own = unet.state_dict()
     missing = [k for k in own if k not in sd]
@@ -103,8 +130,11 @@ def load_unet_weights(unet: torch.nn.Module, path: str | Path) -> None:
     bad_shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or bad_shape:
         raise UserError(
-            f"{path}: weights do not fit this UNet ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{path}: weights do not fit this {'UNet' if 'UNet' in type(unet).__name__ else 'model'} ({len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(bad_shape)} wrong-shape keys); the file looks like {guess_family(sd)}, "
             f"the model is {guess_family(own).split(' (')[0]}"
         )
     unet.load_state_dict(sd, strict=True)
+
+
+load_denoiser_weights = load_unet_weights  # the family-neutral name

@@ -27,6 +27,11 @@ LOSSES: dict[str, ModuleType] = {
 }
 
 
+def processes(objective: ModuleType) -> tuple[str, ...]:
+    """The noise processes an objective is defined for (``PROCESSES``; default: DDPM and flow)."""
+    return getattr(objective, "PROCESSES", ("ddpm", "flow"))
+
+
 def get_objective(name: str) -> ModuleType:
     try:
         return LOSSES[name]
@@ -34,4 +39,4 @@ def get_objective(name: str) -> ModuleType:
         raise ValueError(f"unknown --train_method {name!r}; choose one of: {', '.join(LOSSES)}") from None
 
 
-__all__ = ["LOSSES", "LossOutput", "PreferenceTerms", "get_objective", "inside_term"]
+__all__ = ["LOSSES", "LossOutput", "PreferenceTerms", "get_objective", "inside_term", "processes"]

@@ -25,6 +25,7 @@ from sdpo.losses.transition import log_importance_weights
 
 NEEDS_REFERENCE = True
 USES_LOSER = True
+PROCESSES = ("ddpm",)  # its importance weights are DDPM transition densities
 
 
 def pair_weights(terms: PreferenceTerms, clip_eps: float, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,9 @@ from sdpo.losses.terms import LossOutput, PreferenceTerms, at_least_fp32, inside
 
 NEEDS_REFERENCE = True
 USES_LOSER = True
+PROCESSES = (
+    "ddpm",
+)  # its score-preference form pulls the winner's epsilon residual towards the reference (DDPM quantities)
 SDXL_DIFF_THRESHOLD = 0.1
 
 

@@ -8,7 +8,8 @@ With per-sample denoising losses ``l_w``, ``l_l`` (mean over C, H, W) and ``s = 
 Choices the formula leaves open, as taken here:
 
 * ``T`` is the scheduler's number of training timesteps (``len(alphas_cumprod)``, 1000 for SD1.5 and
-  SDXL), as in the public MaPO training code.
+  SDXL), as in the public MaPO training code; on rectified-flow families, whose losses are velocity
+  MSEs, it is their scheduler's ``num_train_timesteps`` (also 1000).
 * ``x / (exp(x) - 1)`` is evaluated as ``x / expm1(x)`` (same value, no cancellation for small
   ``x``), and as its limit 1 at ``x = 0`` (a perfect prediction) instead of 0/0.
 * No reference UNet: ``NEEDS_REFERENCE = False``, so none is loaded.  ``inside`` (used for the
@@ -36,9 +37,12 @@ def odds_term(loss: torch.Tensor, snr: float) -> torch.Tensor:
 
 
 def loss(terms: PreferenceTerms, cfg) -> LossOutput:
-    if terms.alphas_cumprod is None:
-        raise ValueError("mapo needs the scheduler's alphas_cumprod in PreferenceTerms (for T)")
-    num_timesteps = terms.alphas_cumprod.numel()
+    if terms.alphas_cumprod is not None:
+        num_timesteps = terms.alphas_cumprod.numel()
+    elif terms.num_train_timesteps:
+        num_timesteps = terms.num_train_timesteps
+    else:
+        raise ValueError("mapo needs the scheduler's number of training timesteps in PreferenceTerms (for T)")
     log_odds = odds_term(terms.model_w, cfg.mapo_snr) - odds_term(terms.model_l, cfg.mapo_snr)
     ratio = F.logsigmoid(log_odds * num_timesteps)
     value = terms.model_w.mean() - cfg.beta_mapo * ratio.mean()

@@ -23,6 +23,7 @@ from sdpo.losses.transition import log_importance_weights
 
 NEEDS_REFERENCE = True
 USES_LOSER = True
+PROCESSES = ("ddpm",)  # its importance weights are DDPM transition densities
 
 
 def pair_scales(terms: PreferenceTerms, clip_eps: float) -> torch.Tensor:

@@ -30,8 +30,10 @@ class PreferenceTerms:
     sdxl: bool = False
     # For objectives that need the diffusion process itself (mapo: T; dpo-cm / sipo: transition
     # densities and a per-pair draw of x_{t-1}): the scheduler's schedule and each pair's seed.
+    # DDPM families fill alphas_cumprod/prediction_type; every family fills num_train_timesteps.
     alphas_cumprod: torch.Tensor | None = None
     prediction_type: str = "epsilon"
+    num_train_timesteps: int | None = None
     sample_seeds: torch.Tensor | None = None
     logs: dict[str, torch.Tensor] = field(default_factory=dict)  # extra scalars from the forward pass
 

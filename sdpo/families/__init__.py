@@ -1,0 +1,82 @@
+"""Model families behind one interface (``sdpo.families.base.ModelFamily``), keyed by name.
+
+``--model_family auto`` (the default) reads the pipeline's ``model_index.json`` (a local folder, or
+the hub's copy, cached) and picks the family whose pipeline class it names.  ``--sdxl`` is an alias
+for ``--model_family sdxl``.  A family flag that contradicts the folder stops with one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sdpo.errors import UserError
+from sdpo.families.base import ModelFamily
+from sdpo.families.flux import Flux
+from sdpo.families.sd3 import SD3
+from sdpo.families.sd15 import SD15
+from sdpo.families.sdxl import SDXL
+
+FAMILIES: dict[str, type[ModelFamily]] = {f.name: f for f in (SD15, SDXL, SD3, Flux)}
+CHOICES = ("auto", *FAMILIES)
+
+
+def get_family(name: str) -> type[ModelFamily]:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UserError(f"unknown model family {name!r}; choose one of: {', '.join(FAMILIES)}") from None
+
+
+def read_model_index(path: str, revision: str | None = None) -> dict | None:
+    """The pipeline's ``model_index.json``: from a local folder, else from the hub (or its cache).
+    ``None`` when a hub id cannot be resolved (offline and not cached)."""
+    root = Path(path).expanduser()
+    if root.is_dir():
+        f = root / "model_index.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(path, "model_index.json", revision=revision)).read_text())
+    except Exception:  # offline, unknown repo, no such file: the caller says what to do
+        return None
+
+
+def family_of_index(index: dict | None) -> str | None:
+    cls = (index or {}).get("_class_name")
+    for name, fam in FAMILIES.items():
+        if cls in fam.pipeline_classes:
+            return name
+    return None
+
+
+def _guess_from_folders(root: Path) -> str | None:
+    """Folders without a model_index.json (hand-assembled mirrors): guess from the subfolders."""
+    if (root / "transformer").is_dir():
+        return "flux" if not (root / "text_encoder_3").is_dir() else "sd3"
+    if (root / "unet").is_dir():
+        return "sdxl" if (root / "text_encoder_2").is_dir() else "sd15"
+    return None
+
+
+def resolve_family(
+    path: str, requested: str = "auto", revision: str | None = None, flag: str = "--model_family"
+) -> str:
+    """The family of the pipeline at ``path``; ``requested`` other than ``auto`` must agree with it."""
+    root = Path(path).expanduser()
+    index = read_model_index(path, revision)
+    found = family_of_index(index)
+    if found is None and root.is_dir():
+        found = _guess_from_folders(root)
+        if found is None:
+            raise UserError(f"{root}: not a diffusers pipeline folder (no model_index.json, unet/ or transformer/)")
+    if requested == "auto":
+        if found is None:
+            what = f"pipeline class {index.get('_class_name')!r}" if index else "no readable model_index.json"
+            raise UserError(f"{path}: cannot tell the model family ({what}); pass --model_family {'|'.join(FAMILIES)}")
+        return found
+    get_family(requested)
+    if found is not None and found != requested:
+        raise UserError(f"{path} is a {found} model but {flag} {requested} was given; drop the flag or use {found}")
+    return requested

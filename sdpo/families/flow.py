@@ -1,0 +1,80 @@
+"""Rectified flow (SD3, FLUX, Wan), shared by every flow family.
+
+    x_t = (1 - sigma) x_0 + sigma * eps,    target = eps - x_0 (the velocity)
+
+``sigma`` is drawn per pair as diffusers' flow trainers draw it: ``u`` from
+``diffusers.training_utils.compute_density_for_timestep_sampling`` (``--weighting_scheme`` none |
+logit_normal | mode, ``--logit_mean``, ``--logit_std``, ``--mode_scale``), here with the pair's own
+generator so a resumed run draws the same ``u``; then ``index = floor(u * num_train_timesteps)``,
+``sigma = scheduler.sigmas[index]`` and ``timestep = scheduler.timesteps[index]`` (``sigma * 1000``).
+The scheduler is the model's own config, never ``set_timesteps``-ed: SD3's static ``shift`` 3.0 is
+in those sigmas; FLUX.1 uses dynamic shifting at sampling time only, so its training sigmas are
+unshifted, as in diffusers' FLUX trainers.  For none/logit_normal/mode diffusers'
+``compute_loss_weighting_for_sd3`` is 1, so the per-sample losses carry no weight.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from sdpo.families.base import ModelFamily, from_pretrained
+
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode")
+
+
+def draw_u(cfg, generator: torch.Generator, device) -> torch.Tensor:
+    """One pair's ``u`` in [0, 1), shape ``(1,)``, from diffusers' density helper and the pair's stream."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    return compute_density_for_timestep_sampling(
+        weighting_scheme=cfg.weighting_scheme, batch_size=1, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
+        mode_scale=cfg.mode_scale, device=device, generator=generator,
+    )  # fmt: skip
+
+
+def sigmas_for(scheduler, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma, timestep)`` per row for ``u`` in [0, 1), as diffusers' flow trainers index them."""
+    n = scheduler.config.num_train_timesteps
+    index = (u * n).long().clamp(0, n - 1).cpu()
+    return scheduler.sigmas[index].to(u.device), scheduler.timesteps[index].to(u.device)
+
+
+def flow_noise(latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor):
+    """``(x_t, target)`` with ``sigma`` broadcast over every non-batch axis."""
+    s = sigma.to(latents.dtype).view(-1, *([1] * (latents.dim() - 1)))
+    return (1.0 - s) * latents + s * noise, noise - latents
+
+
+class FlowFamily(ModelFamily):
+    """A transformer on rectified flow; subclasses add text encoding and the denoiser call."""
+
+    process: ClassVar[str] = "flow"
+    denoiser_folder: ClassVar[str] = "transformer"
+    dspo_form: ClassVar[str | None] = None
+    default_resolution: ClassVar[int] = 1024
+    heavy: ClassVar[bool] = True  # gradient checkpointing on by default
+    joint_augment: ClassVar[bool] = True  # one crop/flip per pair, as the SDXL reference script
+
+    def load_scheduler(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        cfg = self.cfg
+        return from_pretrained(FlowMatchEulerDiscreteScheduler, cfg.pretrained_model_name_or_path,
+                               subfolder="scheduler", revision=cfg.revision)  # fmt: skip
+
+    def draw_time(self, generator, device) -> torch.Tensor:
+        return draw_u(self.cfg, generator, device)
+
+    def add_noise(self, latents, noise, time):
+        sigma, timestep = sigmas_for(self.scheduler, time)
+        noisy, target = flow_noise(latents, noise, sigma)
+        return noisy, target, timestep
+
+    def process_terms(self) -> dict:
+        return {"num_train_timesteps": self.scheduler.config.num_train_timesteps}
+
+    def text_pipeline(self):
+        """A diffusers pipeline holding only the text parts, for its own ``encode_prompt``."""
+        raise NotImplementedError

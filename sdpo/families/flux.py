@@ -1,0 +1,114 @@
+"""FLUX.1: a 12B rectified-flow transformer on 2x2-packed 16-channel latents (paper, Appendix B).
+
+* Latents are packed into 2x2 patches (``FluxPipeline._pack_latents``) with image position ids
+  (``_prepare_latent_image_ids``) and zero text ids, exactly as the pipeline does; the prediction is
+  unpacked again, so losses, the safeguard and objectives see ``(N, 16, h, w)`` like any family
+  (packing is a permutation: every mean over elements is unchanged).
+* Text: CLIP-L pooled embedding + T5-XXL sequence via ``FluxPipeline.encode_prompt``
+  (``--max_sequence_length``, default 512 as FLUX.1-dev's pipeline).
+* The transformer takes ``timestep = sigma`` (diffusers scales by 1000 inside).
+* FLUX.1-dev is guidance-distilled: its transformer has a guidance embedding
+  (``config.guidance_embeds``).  The paper does not say what value training feeds it;
+  ``--flux_guidance`` (default 1.0, as several public FLUX trainers use; diffusers' DreamBooth FLUX
+  script uses 3.5) is passed for every row.  Models without the embedding (schnell) get none.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from sdpo.errors import UserError
+from sdpo.families.base import Conditioning, from_pretrained
+from sdpo.families.flow import FlowFamily
+
+DEFAULT_MAX_SEQUENCE_LENGTH = 512
+
+
+class Flux(FlowFamily):
+    name: ClassVar[str] = "flux"
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
+
+    @classmethod
+    def denoiser_class(cls):
+        from diffusers import FluxTransformer2DModel
+
+        return FluxTransformer2DModel
+
+    def load_text_encoders(self) -> None:
+        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+        path, rev = self.cfg.pretrained_model_name_or_path, self.cfg.revision
+        self.tokenizers = [from_pretrained(AutoTokenizer, path, subfolder=s, revision=rev)
+                           for s in ("tokenizer", "tokenizer_2")]  # fmt: skip
+        self.text_encoders = [
+            from_pretrained(CLIPTextModel, path, subfolder="text_encoder", revision=rev),
+            from_pretrained(T5EncoderModel, path, subfolder="text_encoder_2", revision=rev),
+        ]
+
+    def load_denoiser(self):
+        model = super().load_denoiser()
+        self.guidance_embeds = bool(getattr(model.config, "guidance_embeds", False))
+        return model
+
+    def latent_shape(self, pixel_shape):
+        shape = super().latent_shape(pixel_shape)
+        if shape[-1] % 2 or shape[-2] % 2:
+            raise UserError(
+                f"FLUX packs 2x2 latent patches: the resolution must be a multiple of 16, got {pixel_shape}"
+            )
+        return shape
+
+    def text_pipeline(self):
+        from diffusers import FluxPipeline
+
+        te, tok = self.text_encoders, self.tokenizers
+        return FluxPipeline(transformer=None, scheduler=self.scheduler, vae=None, text_encoder=te[0],
+                            tokenizer=tok[0], text_encoder_2=te[1], tokenizer_2=tok[1])  # fmt: skip
+
+    @torch.no_grad()
+    def encode_prompt(self, captions: list[str]) -> Conditioning:
+        embeds, pooled, _ = self.text_pipeline().encode_prompt(
+            prompt=captions,
+            prompt_2=captions,
+            device=self.device,
+            max_sequence_length=max_sequence_length(self.cfg, self.tokenizers[1]),
+        )
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+    def predict(self, module, noisy, t, cond: Conditioning):
+        from diffusers import FluxPipeline
+
+        n, c, h, w = noisy.shape
+        hidden = cond["encoder_hidden_states"]
+        guidance = None
+        if self.guidance_embeds:
+            guidance = torch.full((n,), float(self.cfg.flux_guidance), device=noisy.device, dtype=noisy.dtype)
+        out = module(
+            hidden_states=FluxPipeline._pack_latents(noisy, n, c, h, w),
+            timestep=t.to(noisy.dtype) / 1000.0,
+            guidance=guidance,
+            pooled_projections=cond["pooled_projections"],
+            encoder_hidden_states=hidden,
+            txt_ids=torch.zeros(hidden.shape[1], 3, device=noisy.device, dtype=noisy.dtype),
+            img_ids=FluxPipeline._prepare_latent_image_ids(n, h // 2, w // 2, noisy.device, noisy.dtype),
+            return_dict=False,
+        )[0]
+        return unpack(out, h, w)
+
+
+def unpack(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``FluxPipeline._unpack_latents`` for latent (not pixel) height and width."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._unpack_latents(packed, h, w, 1)
+
+
+def max_sequence_length(cfg, t5_tokenizer=None) -> int:
+    """``--max_sequence_length``, else the pipeline's default capped at the T5 tokenizer's own maximum."""
+    given = getattr(cfg, "max_sequence_length", None)
+    if given:
+        return given
+    cap = getattr(t5_tokenizer, "model_max_length", None) or DEFAULT_MAX_SEQUENCE_LENGTH
+    return min(DEFAULT_MAX_SEQUENCE_LENGTH, cap)

@@ -1,0 +1,81 @@
+"""Stable Diffusion 1.x / 2.x: a UNet on DDPM epsilon (or v) prediction, one CLIP text encoder.
+
+The noise process is the scheduler's own ``add_noise`` with ``t ~ U{0..T-1}``; the target is the
+noise (``epsilon``) or ``scheduler.get_velocity`` (``v_prediction``, an extension: the reference
+code asserts epsilon).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from sdpo.errors import UserError
+from sdpo.families.base import Conditioning, ModelFamily, from_pretrained
+
+
+class SD15(ModelFamily):
+    name: ClassVar[str] = "sd15"
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
+    default_resolution: ClassVar[int] = 512
+
+    @classmethod
+    def denoiser_class(cls):
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel
+
+    def check_denoiser(self, model) -> None:
+        is_sdxl = getattr(model.config, "addition_embed_type", None) == "text_time"
+        if is_sdxl != (self.name == "sdxl"):
+            hint = "add --sdxl (or --model_family sdxl)" if is_sdxl else "drop --sdxl"
+            kind = "SDXL" if is_sdxl else "SD1.5-style"
+            raise UserError(f"{self.cfg.pretrained_model_name_or_path}: UNet is {kind}; {hint}")
+
+    def load_scheduler(self):
+        from diffusers import DDPMScheduler
+
+        cfg = self.cfg
+        sched = from_pretrained(DDPMScheduler, cfg.pretrained_model_name_or_path, subfolder="scheduler",
+                                revision=cfg.revision)  # fmt: skip
+        if sched.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise UserError(
+                f"{cfg.pretrained_model_name_or_path}: prediction_type {sched.config.prediction_type!r} is not supported"
+            )
+        return sched
+
+    def load_text_encoders(self) -> None:
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        path, rev = self.cfg.pretrained_model_name_or_path, self.cfg.revision
+        self.tokenizers = [from_pretrained(AutoTokenizer, path, subfolder="tokenizer", revision=rev)]
+        self.text_encoders = [from_pretrained(CLIPTextModel, path, subfolder="text_encoder", revision=rev)]
+
+    @torch.no_grad()
+    def encode_prompt(self, captions: list[str]) -> Conditioning:
+        """Last hidden state of the CLIP text encoder, max-length padding, no attention mask."""
+        tok, enc = self.tokenizers[0], self.text_encoders[0]
+        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return {"encoder_hidden_states": enc(ids.input_ids.to(self.device))[0]}
+
+    def draw_time(self, generator, device) -> torch.Tensor:
+        return torch.randint(0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=device)
+
+    def add_noise(self, latents, noise, time):
+        sched = self.scheduler
+        noisy = sched.add_noise(latents, noise, time)
+        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, time)
+        return noisy, target, time
+
+    def predict(self, module, noisy, t, cond: Conditioning):
+        added = {k: v for k, v in cond.items() if k != "encoder_hidden_states"} or None
+        return module(noisy, t, cond["encoder_hidden_states"], added_cond_kwargs=added).sample
+
+    def process_terms(self) -> dict:
+        sched = self.scheduler
+        return {
+            "alphas_cumprod": sched.alphas_cumprod,
+            "prediction_type": sched.config.prediction_type,
+            "num_train_timesteps": sched.config.num_train_timesteps,
+        }

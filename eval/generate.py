@@ -1,7 +1,14 @@
 """Generate one image per prompt of a prompt set from a ``unet.pth``, as the paper's evaluation did.
 
-    python eval/generate.py --unet_path RUN/checkpoint-2000/unet.pth --test_json prompts/hpsv2.json
-    accelerate launch eval/generate.py --unet_path ... --sdxl --batch_size 8
+    python eval/generate.py --weights_path RUN/checkpoint-2000/unet.pth --test_json prompts/hpsv2.json
+    accelerate launch eval/generate.py --weights_path ... --sdxl --batch_size 8
+    python eval/generate.py --weights_path RUN/transformer.pth --model_family flux   # FLUX.1-dev, guidance 3.5
+
+``--weights_path`` (alias ``--unet_path``) takes a ``unet.pth`` / ``transformer.pth``, a checkpoint
+folder or a diffusers folder.  SD3 and FLUX use their own pipelines' samplers and guidance
+(``eval/flow_sampling.py``): ``--cfg`` is then the model's own guidance scale (FLUX: the distilled
+guidance embedding, not classifier-free guidance; default 3.5 for both), and the manifest's
+``metadata`` says which kind it was.
 
 Images go to ``<set>_seed<seed>_<H>x<W>_<steps>s_<cfg>cfg/<index>_<H>x<W>.png`` (prompt in the PNG's
 EXIF ImageDescription) and the manifest to ``<set>_seed<seed>_<H>x<W>_<steps>s_<cfg>cfg.json``
@@ -42,6 +49,12 @@ from sdpo.errors import UserError, cli_main  # noqa: E402
 
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_BASE = {
+    "sd15": SD15_ID,
+    "sdxl": SDXL_ID,
+    "sd3": "stabilityai/stable-diffusion-3.5-large",
+    "flux": "black-forest-labs/FLUX.1-dev",
+}
 SETTINGS_FILE = ".generate.json"
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
 # Test hook: the process SIGKILLs itself after writing this many images, to test resuming.
@@ -113,7 +126,7 @@ def shard(indices: list[int], rank: int, world: int) -> list[int]:
     return [i for i in indices if i % world == rank]
 
 
-def manifest_entries(entries: list[dict], image_dir: Path, height: int, width: int) -> list[dict]:
+def manifest_entries(entries: list[dict], image_dir: Path, height: int, width: int, extra: dict | None = None) -> list[dict]:
     """The reference manifest: one entry per prompt in prompt-file order. Image paths are absolute so
     the manifest works from any working directory; raw_image_path and metadata come from the prompt file."""
     return [
@@ -121,7 +134,7 @@ def manifest_entries(entries: list[dict], image_dir: Path, height: int, width: i
             "prompt": e["prompt"],
             "gen_image_path": str((image_dir / image_name(i, height, width)).absolute()),
             "raw_image_path": e.get("raw_image_path", ""),
-            "metadata": e.get("metadata", {}),
+            "metadata": {**e.get("metadata", {}), **(extra or {})},
         }
         for i, e in enumerate(entries)
     ]
@@ -188,11 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eval/generate.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--unet_path", required=True, help="unet.pth, a checkpoint folder, or a diffusers UNet folder")
+    p.add_argument(
+        "--weights_path",
+        "--unet_path",
+        dest="unet_path",
+        required=True,
+        help="unet.pth / transformer.pth, a checkpoint folder, or a diffusers folder (--unet_path: the old name)",
+    )
     p.add_argument(
         "--pretrain_path", default=None, help=f"base model hub id or folder (default {SD15_ID}; --sdxl: {SDXL_ID})"
     )
-    p.add_argument("--sdxl", action="store_true", help="the base model and unet.pth are SDXL")
+    p.add_argument(
+        "--model_family",
+        default="auto",
+        choices=["auto", *DEFAULT_BASE],
+        help="auto: from --pretrain_path's model_index.json (sd15 when no --pretrain_path is given)",
+    )
+    p.add_argument("--sdxl", action="store_true", help="the base model and unet.pth are SDXL (--model_family sdxl)")
+    p.add_argument("--max_sequence_length", type=int, default=None, help="SD3/FLUX: T5 tokens (pipeline default)")
     p.add_argument(
         "--vae_path", default=None, help="VAE folder or hub id (default: the base model's; --sdxl: fp16-fix)"
     )
@@ -200,7 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="default 512 (SD1.5) or 1024 (SDXL); a multiple of 16")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=7.5, help="cond + cfg*(cond - uncond), i.e. diffusers guidance cfg+1")
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        help="SD1.5/SDXL: cond + cfg*(cond - uncond), i.e. diffusers guidance cfg+1 (default 7.5); "
+        "SD3/FLUX: the pipeline's own guidance scale (default 3.5; FLUX: distilled embedding, not CFG)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_path", default=None, help="where the image folder and manifest go (default: by unet.pth)")
     p.add_argument("--batch_size", type=int, default=1, help="prompts per forward pass; does not change the images")
@@ -216,9 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _family(a: argparse.Namespace) -> str:
+    """``--sdxl`` is the SD-era spelling of ``--model_family sdxl``; auto reads --pretrain_path's folder."""
+    if a.sdxl:
+        if a.model_family not in ("auto", "sdxl"):
+            raise UserError(f"--sdxl contradicts --model_family {a.model_family}; drop one")
+        return "sdxl"  # an SD1.5 base folder is caught by the UNet check, with the SD-era message
+    if a.pretrain_path is None:
+        return "sd15" if a.model_family == "auto" else a.model_family
+    from sdpo.families import resolve_family
+
+    return resolve_family(a.pretrain_path, a.model_family)
+
+
 def _validate(a: argparse.Namespace) -> None:
-    a.pretrain_path = a.pretrain_path or (SDXL_ID if a.sdxl else SD15_ID)
-    size = 1024 if a.sdxl else 512
+    a.model_family = _family(a)
+    a.sdxl = a.model_family == "sdxl"
+    a.pretrain_path = a.pretrain_path or DEFAULT_BASE[a.model_family]
+    flow = a.model_family in ("sd3", "flux")
+    if a.cfg is None:
+        from eval.flow_sampling import DEFAULT_GUIDANCE
+
+        a.cfg = DEFAULT_GUIDANCE[a.model_family] if flow else 7.5
+    size = 512 if a.model_family == "sd15" else 1024
     a.height = a.height or size
     a.width = a.width or size
     if a.height % 16 or a.width % 16 or a.height <= 0 or a.width <= 0:
@@ -256,6 +308,7 @@ def main(argv: list[str] | None = None) -> Path:
         "pretrain_path": args.pretrain_path,
         "vae_path": args.vae_path,
         "sdxl": args.sdxl,
+        "model_family": args.model_family,
         "dtype": str(dtype).removeprefix("torch."),
         "vae_dtype": str(vae_dtype).removeprefix("torch."),
         "sampler": args.sampler,
@@ -309,8 +362,9 @@ def _generate(args, entries, todo, image_dir, dtype, vae_dtype, state, load_comp
     from eval.sampling import generate_images
 
     comp = load_components(
-        args.pretrain_path, args.unet_path, args.sdxl, state.device, dtype, vae_path=args.vae_path, vae_dtype=vae_dtype
-    )
+        args.pretrain_path, args.unet_path, args.sdxl, state.device, dtype, vae_path=args.vae_path,
+        vae_dtype=vae_dtype, family=args.model_family, max_sequence_length=args.max_sequence_length,
+    )  # fmt: skip
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
     written, start = 0, time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"generate[{state.process_index}]", disable=not state.is_main_process)
@@ -328,6 +382,15 @@ def _generate(args, entries, todo, image_dir, dtype, vae_dtype, state, load_comp
     return written, time.perf_counter() - start
 
 
+def guidance_metadata(args) -> dict | None:
+    """SD3/FLUX manifests say what their guidance number means (FLUX's is a distilled embedding)."""
+    if args.model_family not in ("sd3", "flux"):
+        return None  # SD1.5/SDXL manifests stay byte-compatible with the reference scripts'
+    from eval.flow_sampling import GUIDANCE_KIND
+
+    return {"model_family": args.model_family, "guidance": args.cfg, "guidance_kind": GUIDANCE_KIND[args.model_family]}
+
+
 def _finish(args, entries: list[dict], image_dir: Path, manifest: Path) -> None:
     """Check every image exists, then write the manifest (unless an equivalent one is already there)."""
     missing = [
@@ -341,7 +404,7 @@ def _finish(args, entries: list[dict], image_dir: Path, manifest: Path) -> None:
             f"(indices {missing[:5]}{' ...' if len(missing) > 5 else ''}); rerun the same command to finish"
         )
     if not (manifest.is_file() and _manifest_still_valid(manifest, entries, args.width, args.height)):
-        write_json(manifest, manifest_entries(entries, image_dir, args.height, args.width))
+        write_json(manifest, manifest_entries(entries, image_dir, args.height, args.width, guidance_metadata(args)))
     if args.zip:
         _zip_folder(image_dir)
 

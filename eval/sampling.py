@@ -115,10 +115,18 @@ def load_components(
     dtype: torch.dtype,
     vae_path: str | None = None,
     vae_dtype: torch.dtype = torch.float32,
-) -> Components:
+    family: str | None = None,
+    max_sequence_length: int | None = None,
+):
     """Load the base model's parts from ``pretrain_path`` (hub id or folder) and put ``unet_path``'s
     weights into its UNet (``None`` keeps the base UNet). The VAE comes from ``vae_path`` when given
-    (SDXL: the fp16-fix VAE by default, as in the paper), else from the base model."""
+    (SDXL: the fp16-fix VAE by default, as in the paper), else from the base model.  ``family`` sd3 or
+    flux loads a rectified-flow model instead (``eval/flow_sampling.py``)."""
+    if family in ("sd3", "flux"):
+        from eval.flow_sampling import load_flow_components
+
+        return load_flow_components(family, pretrain_path, unet_path, device, dtype, vae_path, vae_dtype,
+                                    max_sequence_length)  # fmt: skip
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -311,5 +319,12 @@ def generate_images(
     seed: int = 0,
     sampler: str = "reference",
 ) -> list[Image.Image]:
-    """One image per prompt; the result for a prompt does not depend on the other prompts in the batch."""
+    """One image per prompt; the result for a prompt does not depend on the other prompts in the batch.
+
+    For SD3/FLUX components ``cfg`` is the model's own guidance (see ``eval/flow_sampling.py``)."""
+    from eval.flow_sampling import FlowComponents, sample_flow_latents
+
+    if isinstance(comp, FlowComponents):
+        seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
+        return decode_latents(comp, sample_flow_latents(comp, prompts, height, width, steps, cfg, seeds))
     return decode_latents(comp, sample_latents(comp, prompts, height, width, steps, cfg, seed, sampler))

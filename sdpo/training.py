@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 
 from sdpo import checkpoint, data
 from sdpo.errors import UserError
+from sdpo.families import get_family
 from sdpo.forward import preference_forward
 from sdpo.losses import get_objective
 from sdpo.metrics import JsonlLog, StepAverager, micro_step_scalars
-from sdpo.families import get_family
 from sdpo.rank_trace import RankTrace
 
 log = logging.getLogger("sdpo")

@@ -65,3 +65,27 @@ def tiny_flags(model, pairs, out, *extra) -> list[str]:
         "--report_to", "none", "--max_train_steps", "4", "--checkpointing_steps", "2", "--beta_dpo", "500",
         *map(str, extra),
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    from sdpo.tiny import build_tiny_model
+
+    return build_tiny_model("flux", tmp_path_factory.mktemp("models") / "flux", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory):
+    from sdpo.tiny import build_tiny_model
+
+    return build_tiny_model("sd3", tmp_path_factory.mktemp("models") / "sd3", seed=0)
+
+
+def flow_flags(model, pairs, out, *extra) -> list[str]:
+    """A fast tiny SD3/FLUX run: 32 px, batch 1, no gradient checkpointing."""
+    return [
+        "--pretrained_model_name_or_path", str(model), "--dataset_name", str(pairs), "--output_dir", str(out),
+        "--resolution", "32", "--train_batch_size", "1", "--learning_rate", "1e-3", "--lr_warmup_steps", "0",
+        "--report_to", "none", "--max_train_steps", "1", "--checkpointing_steps", "1", "--beta_dpo", "500",
+        "--no-gradient_checkpointing", *map(str, extra),
+    ]  # fmt: skip

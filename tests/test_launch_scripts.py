@@ -183,3 +183,22 @@ def test_real_launch_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "per-GPU batch 1 x 1 x accumulation 2 = global batch 2 pairs" in proc.stdout
     assert (tmp_path / "out" / "unet.pth").is_file() and (tmp_path / "out" / "checkpoint-1").is_dir()
+
+
+@pytest.mark.parametrize("name, model", [("flux_diffusion_dpo", "black-forest-labs/FLUX.1-dev"),
+                                         ("sd35_diffusion_dpo", "stabilityai/stable-diffusion-3.5-medium")])  # fmt: skip
+def test_flow_recipes_follow_appendix_b(name, model):
+    opts, cfg, lines = dry_run(name, NUM_GPUS="8", NUM_NODES="2", NODE_RANK="0", MASTER_ADDR="node0")
+    assert (cfg.train_method, cfg.beta_dpo, cfg.winner_preserving_mu, cfg.use_winner_preserving) == (
+        "diffusion-dpo", 1000.0, 0.99, True)  # fmt: skip
+    assert cfg.learning_rate == 1e-5 and not cfg.scale_lr and cfg.resolution == 1024 and cfg.gradient_checkpointing
+    assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (1, 32)  # 16 GPUs x 1 x 32 = 512
+    assert cfg.model_family == name.split("_")[0].replace("sd35", "sd3") and cfg.pretrained_model_name_or_path == model
+    assert opts["--num_processes"] == "16" and opts["--num_machines"] == "2" and cfg.mixed_precision == "bf16"
+    assert "global batch 512 pairs" in "\n".join(lines) and "(not scaled)" in "\n".join(lines)
+
+
+def test_flux_script_refuses_a_real_gpu_launch_without_sharding():
+    proc = run_script("flux_diffusion_dpo", NUM_GPUS="8")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "does not fit plain DDP" in proc.stderr and "sharded training" in proc.stderr

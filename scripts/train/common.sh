@@ -1,5 +1,5 @@
-# Shared launcher for the six paper recipes (sourced, not run).  A recipe script sets
-#   FAMILY=sd15|sdxl   and   RECIPE=(--train_method ... --beta_dpo ... --winner_preserving_mu ...)
+# Shared launcher for the paper recipes (sourced, not run).  A recipe script sets
+#   FAMILY=sd15|sdxl|flux|sd3   and   RECIPE=(--train_method ... --beta_dpo ... --winner_preserving_mu ...)
 # and then calls:   launch "$@"
 #
 # What it does: counts the local GPUs, works out the processes over all nodes, scales gradient
@@ -14,7 +14,7 @@
 #   OUTPUT_DIR            default outputs/<script name>
 #   NUM_GPUS              GPUs per node (default: counted from CUDA_VISIBLE_DEVICES or nvidia-smi -L)
 #   NUM_NODES (NNODES, SLURM_NNODES), NODE_RANK (SLURM_NODEID), MASTER_ADDR, MASTER_PORT (29500)
-#   GLOBAL_BATCH (2048), PER_GPU_BATCH (8), MIXED_PRECISION (bf16), NUM_WORKERS (4)
+#   GLOBAL_BATCH (2048; flux/sd3: 512), PER_GPU_BATCH (8; flux/sd3: 1), MIXED_PRECISION (bf16), NUM_WORKERS (4)
 #   ACCEL_CONFIG          an accelerate config file, e.g. configs/accelerate/deepspeed_zero2.yaml
 #   ALLOW_CPU=1           run on CPU when no GPU is found (tiny smoke tests only)
 #   DRY_RUN=1             print the command instead of running it
@@ -72,7 +72,10 @@ EOF_PY
 }
 
 launch() {
-    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch="${PER_GPU_BATCH:-8}"
+    local flow=0
+    [[ "$FAMILY" == flux || "$FAMILY" == sd3 ]] && flow=1
+    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch
+    batch="${PER_GPU_BATCH:-$( ((flow)) && echo 1 || echo 8)}"
     local -a extra=()
     name="$(basename "$0" .sh)"
     while (($#)); do
@@ -131,7 +134,7 @@ launch() {
     world=$((procs_per_node * nodes))
 
     # --- batch: per-GPU batch x processes x accumulation = global batch -----------------------
-    local global="${GLOBAL_BATCH:-2048}"
+    local global="${GLOBAL_BATCH:-$( ((flow)) && echo 512 || echo 2048)}"
     _is_uint "$batch" && ((batch >= 1)) || _die "per-GPU batch must be a whole number >= 1, got '$batch'"
     if [[ -z "$accum" ]]; then
         _is_uint "$global" && ((global >= 1)) || _die "GLOBAL_BATCH must be a whole number >= 1, got '$global'"
@@ -145,11 +148,21 @@ launch() {
     fi
 
     # --- train.py flags: family defaults, the recipe, then the user's extras ------------------
-    local model vae lr
+    local model vae lr scale_lr=(--scale_lr)
     if [[ "$FAMILY" == sdxl ]]; then
         model="${MODEL:-stabilityai/stable-diffusion-xl-base-1.0}"
         vae="${VAE:-madebyollin/sdxl-vae-fp16-fix}"
         lr=1e-9
+    elif ((flow)); then
+        # Appendix B (FLUX.1-dev): lr 1e-5 as is (not scaled by the batch), 1024 px, bf16.
+        if [[ "$FAMILY" == flux ]]; then model="${MODEL:-black-forest-labs/FLUX.1-dev}"; else
+            model="${MODEL:-stabilityai/stable-diffusion-3.5-medium}"; fi
+        vae="${VAE:-none}"
+        lr=1e-5
+        scale_lr=()
+        if [[ "$device" == gpu && "$FAMILY" == flux && "$dry" != 1 ]]; then
+            _die "a FLUX.1-dev full fine-tune (12B policy + 12B frozen reference = 48 GB of bf16 weights, plus gradients and optimizer state) does not fit plain DDP, and sharded training (FSDP/HSDP) is not in this version yet; see the README's FLUX section (--dry-run prints the command)"
+        fi
     else
         model="${MODEL:-stable-diffusion-v1-5/stable-diffusion-v1-5}"
         vae="${VAE:-none}"
@@ -160,6 +173,7 @@ launch() {
     local -a train=(--pretrained_model_name_or_path "$model")
     [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
     [[ "$FAMILY" == sdxl ]] && train+=(--sdxl --use_adafactor --gradient_checkpointing)
+    ((flow)) && train+=(--model_family "$FAMILY" --gradient_checkpointing --resolution 1024)
     if [[ -n "${TRAIN_DATA_DIR:-}" ]]; then
         train+=(--train_data_dir "$TRAIN_DATA_DIR")
     else
@@ -177,7 +191,7 @@ launch() {
     done
     train+=(
         "${recipe[@]}"
-        --learning_rate "$lr" --scale_lr
+        --learning_rate "$lr" "${scale_lr[@]}"
         --lr_scheduler constant_with_warmup --lr_warmup_steps 500 --max_train_steps 2000
         --train_batch_size "$batch" --gradient_accumulation_steps "$accum"
         --mixed_precision "$precision" --allow_tf32
@@ -204,6 +218,7 @@ launch() {
 
     local scaled
     scaled="$(awk -v lr="$lr" -v g="$global" 'BEGIN { printf "%.4g", lr * g }')"
+    ((${#scale_lr[@]})) || scaled="$lr (not scaled)"
     local unit="GPU(s)"
     [[ "$device" == cpu ]] && unit="CPU process"
     echo "$name: $nodes node(s) x $procs_per_node $unit = $world process(es) (this node: rank $rank)"

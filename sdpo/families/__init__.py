@@ -78,5 +78,6 @@ def resolve_family(
         return found
     get_family(requested)
     if found is not None and found != requested:
-        raise UserError(f"{path} is a {found} model but {flag} {requested} was given; drop the flag or use {found}")
+        given = flag if flag == "--sdxl" else f"{flag} {requested}"
+        raise UserError(f"{path} is a {found} model but {given} was given; drop the flag or use {found}")
     return requested

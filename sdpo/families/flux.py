@@ -73,7 +73,7 @@ class Flux(FlowFamily):
             prompt=captions,
             prompt_2=captions,
             device=self.device,
-            max_sequence_length=max_sequence_length(self.cfg, self.tokenizers[1]),
+            max_sequence_length=max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[1]),
         )
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
@@ -105,9 +105,8 @@ def unpack(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return FluxPipeline._unpack_latents(packed, h, w, 1)
 
 
-def max_sequence_length(cfg, t5_tokenizer=None) -> int:
+def max_sequence_length(given: int | None, t5_tokenizer=None) -> int:
     """``--max_sequence_length``, else the pipeline's default capped at the T5 tokenizer's own maximum."""
-    given = getattr(cfg, "max_sequence_length", None)
     if given:
         return given
     cap = getattr(t5_tokenizer, "model_max_length", None) or DEFAULT_MAX_SEQUENCE_LENGTH

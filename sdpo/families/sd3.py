@@ -54,7 +54,7 @@ class SD3(FlowFamily):
     def encode_prompt(self, captions: list[str]) -> Conditioning:
         embeds, _, pooled, _ = self.text_pipeline().encode_prompt(
             prompt=captions, prompt_2=captions, prompt_3=captions, device=self.device,
-            do_classifier_free_guidance=False, max_sequence_length=max_sequence_length(self.cfg, self.tokenizers[2]),
+            do_classifier_free_guidance=False, max_sequence_length=max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[2]),
         )  # fmt: skip
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
@@ -63,9 +63,8 @@ class SD3(FlowFamily):
                       pooled_projections=cond["pooled_projections"], return_dict=False)[0]  # fmt: skip
 
 
-def max_sequence_length(cfg, t5_tokenizer=None) -> int:
+def max_sequence_length(given: int | None, t5_tokenizer=None) -> int:
     """``--max_sequence_length``, else the pipeline's default capped at the T5 tokenizer's own maximum."""
-    given = getattr(cfg, "max_sequence_length", None)
     if given:
         return given
     cap = getattr(t5_tokenizer, "model_max_length", None) or DEFAULT_MAX_SEQUENCE_LENGTH

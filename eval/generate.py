@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model_family",
         default="auto",
         choices=["auto", *DEFAULT_BASE],
-        help="auto: from --pretrain_path's model_index.json (sd15 when no --pretrain_path is given)",
+        help="auto: from --pretrain_path's model_index.json (sd15 when there is none to read)",
     )
     p.add_argument("--sdxl", action="store_true", help="the base model and unet.pth are SDXL (--model_family sdxl)")
     p.add_argument("--max_sequence_length", type=int, default=None, help="SD3/FLUX: T5 tokens (pipeline default)")
@@ -256,8 +256,11 @@ def _family(a: argparse.Namespace) -> str:
         return "sdxl"  # an SD1.5 base folder is caught by the UNet check, with the SD-era message
     if a.pretrain_path is None:
         return "sd15" if a.model_family == "auto" else a.model_family
-    from sdpo.families import resolve_family
+    from sdpo.families import family_of_index, read_model_index, resolve_family
 
+    if a.model_family == "auto" and not Path(a.pretrain_path).expanduser().exists():
+        # a hub id whose model_index.json cannot be read (offline, not cached): SD1.5, as before families
+        return family_of_index(read_model_index(a.pretrain_path)) or "sd15"
     return resolve_family(a.pretrain_path, a.model_family)
 
 

@@ -1,6 +1,6 @@
 """The offline demo: the paper's training-dynamics claim (Figures 1 and 3) on a CPU in minutes.
 
-    python -m sdpo.demo --out DIR [--overwrite] [--quick]
+    python -m sdpo.demo --out DIR [--overwrite] [--quick] [--family sd15|flux]
 
 Everything runs through the real training code (``sdpo.training.train`` on flags parsed by
 ``sdpo.config.parse_args``, in this process) on a tiny model folder from ``sdpo.tiny``:
@@ -23,12 +23,17 @@ Everything runs through the real training code (``sdpo.training.train`` on flags
 Settings follow the paper's SD1.5 scripts where they have a meaning at this scale (beta and mu per
 method, AdamW, gradient clipping 1.0, 20% empty captions); the learning rate and step counts are
 chosen for the tiny model and are the same for all six runs.
+
+``--family flux`` runs the same stages on a tiny FLUX.1-format rectified-flow transformer (velocity
+targets, packed latents, guidance embedding) with the paper's FLUX settings (Appendix B: beta 1000,
+mu 0.99) for Diffusion-DPO and DMPO (DSPO is not defined on flow models here).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import logging
 import math
 import shutil
@@ -50,6 +55,7 @@ _OWN = ("model", "data", "sft", "runs", "dynamics.csv", "dynamics.png")
 
 @dataclass(frozen=True)
 class DemoSize:
+    family: str = "sd15"
     resolution: int = 64
     channels: tuple[int, int] = (32, 64)
     sft_images: int = 256
@@ -84,6 +90,12 @@ METHODS: dict[str, tuple[float, float, list[str]]] = {
     "dmpo": (2000.0, 0.9, ["--dmpo_alpha", "0.01"]),
     "dspo": (0.001, 0.2, []),
 }
+# The paper's FLUX.1-dev setting (Appendix B) for every flow method shown.
+FLOW_METHODS: dict[str, tuple[float, float, list[str]]] = {
+    "diffusion-dpo": (1000.0, 0.99, []),
+    "dmpo": (1000.0, 0.99, ["--dmpo_alpha", "0.01"]),
+}
+FAMILY_METHODS = {"sd15": METHODS, "flux": FLOW_METHODS}
 CSV_COLUMNS = (
     "method",
     "safeguard",
@@ -153,7 +165,7 @@ def build_inputs(out: Path, size: DemoSize) -> dict[str, Path]:
         "heldout_data": tiny.write_pairs(
             tiny.tiny_pair_rows(size.heldout_pairs, res, seed + 3, tie_every=0), out / "data" / "heldout"
         ),
-        "model": tiny.build_tiny_model("sd15", out / "model", seed=seed, block_out_channels=size.channels),
+        "model": tiny.build_tiny_model(size.family, out / "model", seed=seed, block_out_channels=size.channels),
     }
     tiny.calibrate_tiny_vae(paths["model"], _pixels(sft_rows))
     return paths
@@ -190,12 +202,13 @@ def common_flags(model: Path, dataset: Path, out: Path, size: DemoSize) -> list[
         "--report_to", "none",
         "--resume_from_checkpoint", "none",
         "--mixed_precision", "no",
+        "--no-gradient_checkpointing",
     ]  # fmt: skip
 
 
 def preference_flags(method: str, safeguard: bool, paths: dict, out: Path, size: DemoSize) -> list[str]:
     """The one place a pair's flags are made: they differ only in ``--use_winner_preserving``."""
-    beta, mu, extra = METHODS[method]
+    beta, mu, extra = FAMILY_METHODS[size.family][method]
     flags = common_flags(paths["model"], paths["train_data"], out, size) + [
         "--unet_init", str(paths["sft_unet"]),
         "--train_method", method,
@@ -251,7 +264,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def plot_dynamics(rows: list[dict], path: Path) -> None:
+def plot_dynamics(rows: list[dict], path: Path, flow: bool = False) -> None:
     """Figure 1 layout, one column per method: held-out winner (solid) and loser (dashed) losses
     relative to the reference; the margin (winner - loser; below 0: the winner gained on the loser);
     the safeguard's lambda as logged in training.  Red: no safeguard, blue: with it (drawn on top,
@@ -276,7 +289,7 @@ def plot_dynamics(rows: list[dict], path: Path) -> None:
             axes[1, j].plot(steps, [r["margin"] for r in run], "-", color=colour, lw=lw, label=label)
             if sg:
                 axes[2, j].plot(steps[1:], [r["lambda"] for r in run[1:]], "-", color=colour, lw=1.5)
-        beta, mu, _ = METHODS.get(method, (math.nan, math.nan, []))
+        beta, mu, _ = (FLOW_METHODS if flow else METHODS).get(method, (math.nan, math.nan, []))
         pair = [
             [(r["step"], r["win_diff"], r["lose_diff"]) for r in rows if r["method"] == method and r["safeguard"] == sg]
             for sg in (0, 1)
@@ -334,10 +347,11 @@ def _quiet() -> None:
 
 
 def run_demo(
-    out: Path, size: DemoSize, overwrite: bool = False, methods: tuple[str, ...] = tuple(METHODS), threads: int = 1
+    out: Path, size: DemoSize, overwrite: bool = False, methods: tuple[str, ...] | None = None, threads: int = 1
 ) -> list[dict]:
     """The whole demo; returns the CSV rows.  ``threads``: torch intra-op threads while it runs (restored after)."""
     prepare_out(out, overwrite)
+    methods = methods or tuple(FAMILY_METHODS[size.family])
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -376,7 +390,7 @@ def _run(out: Path, size: DemoSize, methods: tuple[str, ...]) -> list[dict]:
         parse_args(preference_flags(methods[0], False, paths, out / "runs", size)), paths["heldout_data"]
     )
     evaluator = HeldOutEvaluator(eval_cfg, repeats=size.heldout_repeats)
-    init, ref = evaluator.evaluate(paths["model"] / "unet"), evaluator.evaluate(paths["sft_unet"])
+    init, ref = evaluator.evaluate(paths["model"]), evaluator.evaluate(paths["sft_unet"])
     sft_line = f"reference (SFT) held-out winner denoising MSE: {init['model_w']:.4f} at init -> {ref['model_w']:.4f}"
     print("       " + sft_line, flush=True)
 
@@ -390,7 +404,7 @@ def _run(out: Path, size: DemoSize, methods: tuple[str, ...]) -> list[dict]:
             rows += score_run(run_dir, evaluator, method, safeguard)
             k += 1
     write_csv(rows, out / "dynamics.csv")
-    plot_dynamics(rows, out / "dynamics.png")
+    plot_dynamics(rows, out / "dynamics.png", flow=size.family != "sd15")
     print(final_table(rows))
     print(sft_line)
     print(f"wrote {out / 'dynamics.png'} and {out / 'dynamics.csv'} in {time.time() - t0:.0f} s")
@@ -404,6 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder not made by this demo")
     p.add_argument("--quick", action="store_true", help="a seconds-long run of every stage (for tests)")
     p.add_argument(
+        "--family", default="sd15", choices=sorted(FAMILY_METHODS), help="tiny model: SD1.5 UNet or FLUX.1 transformer"
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -413,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.threads < 1:
         raise UserError(f"--threads must be >= 1, got {a.threads}")
-    run_demo(Path(a.out), QUICK if a.quick else FULL, overwrite=a.overwrite, threads=a.threads)
+    size = dataclasses.replace(QUICK if a.quick else FULL, family=a.family)
+    run_demo(Path(a.out), size, overwrite=a.overwrite, threads=a.threads)
 
 
 if __name__ == "__main__":

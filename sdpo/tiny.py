@@ -82,8 +82,10 @@ def _flow_vae(latent_channels: int = 16, shift_factor: float = 0.1159, scaling_f
     )  # fmt: skip
 
 
-def build_tiny_flow_model(kind: str, out: str | Path, seed: int = 0) -> Path:
-    """A tiny FLUX.1 (``kind="flux"``, with a guidance embedding like FLUX.1-dev) or SD3 pipeline folder."""
+def build_tiny_flow_model(kind: str, out: str | Path, seed: int = 0, heads: int = 2, layers: int = 1) -> Path:
+    """A tiny FLUX.1 (``kind="flux"``, with a guidance embedding like FLUX.1-dev) or SD3 pipeline folder.
+
+    ``heads`` (of width 8) and ``layers`` widen and deepen the transformer (the CPU demo uses more)."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         FluxPipeline,
@@ -100,8 +102,8 @@ def build_tiny_flow_model(kind: str, out: str | Path, seed: int = 0) -> Path:
         t5_tok = t5_tokenizer(Path(tmp) / "t5")
     if kind == "flux":
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8,
-            num_attention_heads=2, joint_attention_dim=_TEXT_DIM, pooled_projection_dim=_TEXT_DIM,
+            patch_size=1, in_channels=64, num_layers=layers, num_single_layers=layers, attention_head_dim=8,
+            num_attention_heads=heads, joint_attention_dim=_TEXT_DIM, pooled_projection_dim=_TEXT_DIM,
             guidance_embeds=True, axes_dims_rope=(2, 2, 4),
         )  # fmt: skip
         # FLUX.1-dev's scheduler config: dynamic shifting at sampling time, unshifted training sigmas.
@@ -114,7 +116,8 @@ def build_tiny_flow_model(kind: str, out: str | Path, seed: int = 0) -> Path:
                             transformer=transformer)  # fmt: skip
     elif kind == "sd3":
         transformer = SD3Transformer2DModel(
-            sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+            sample_size=8, patch_size=2, in_channels=16, num_layers=2 * layers, attention_head_dim=8,
+            num_attention_heads=heads,
             joint_attention_dim=_TEXT_DIM, caption_projection_dim=16, pooled_projection_dim=2 * _TEXT_DIM,
             out_channels=16, pos_embed_max_size=16,
         )  # fmt: skip
@@ -180,9 +183,13 @@ def tiny_unet_config(kind: str, block_out_channels: tuple[int, int] = (16, 32)) 
 
 
 def build_tiny_model(kind: str, out: str | Path, seed: int = 0, block_out_channels: tuple[int, int] = (16, 32)) -> Path:
-    """Write a tiny diffusers pipeline folder of ``kind`` (sd15, sdxl, sd3, flux) and return its path."""
+    """Write a tiny diffusers pipeline folder of ``kind`` (sd15, sdxl, sd3, flux) and return its path.
+
+    For sd3/flux, ``block_out_channels`` other than the default widens the transformer the same way
+    (``block_out_channels[0] // 8`` heads, two blocks of each kind)."""
     if kind in ("sd3", "flux"):
-        return build_tiny_flow_model(kind, out, seed)
+        wide = tuple(block_out_channels) != (16, 32)
+        return build_tiny_flow_model(kind, out, seed, *((block_out_channels[0] // 8, 2) if wide else ()))
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -253,10 +260,14 @@ def calibrate_tiny_vae(folder: str | Path, pixels: torch.Tensor, log_std: float 
 
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     c = vae.config.latent_channels
+    moments = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out  # FLUX/SD3 VAEs: no quant_conv
     with torch.no_grad():
-        vae.quant_conv.weight[c:].zero_()
-        vae.quant_conv.bias[c:].fill_(2.0 * log_std)
-        scale = float(1.0 / vae.encode(pixels).latent_dist.mean.std())
+        moments.weight[c:].zero_()
+        moments.bias[c:].fill_(2.0 * log_std)
+        means = vae.encode(pixels).latent_dist.mean
+        scale = float(1.0 / means.std())
+    if vae.config.shift_factor is not None:  # flow VAEs centre their latents too: (z - shift) * scale
+        vae.register_to_config(shift_factor=float(means.mean()))
     vae.register_to_config(scaling_factor=scale)
     vae.save_pretrained(Path(folder) / "vae")
     return scale

@@ -105,3 +105,16 @@ def test_real_run_on_a_tiny_model_logs_beside_the_checkpoint(models, tmp_path, f
     again = _script("test_sd15.sh", str(unet), **env)
     assert again.returncode == 0 and "generation skipped" in again.stdout
     assert Path(unet.parent / "joint_test_64.log").read_text().count("== ") >= 6  # appended, not overwritten
+
+
+def test_flux_dry_run_uses_the_flow_defaults(tmp_path, fakes):
+    ckpt = tmp_path / "checkpoint-2000"
+    ckpt.mkdir()
+    (ckpt / "transformer.pth").write_bytes(b"")
+    proc = _script("test_flux.sh", "--dry-run", str(ckpt / "transformer.pth"), SETS="papv2", **fakes)
+    assert proc.returncode == 0, proc.stderr
+    (gen,) = _commands(proc.stdout, "eval/generate.py")
+    assert "--model_family flux" in gen and "--pretrain_path black-forest-labs/FLUX.1-dev" in gen
+    assert "--height 1024 --width 1024 --steps 50 --cfg 3.5 --seed 0" in gen
+    (score,) = _commands(proc.stdout, "--json_path")
+    assert f"--json_path {ckpt}/papv2_seed0_1024x1024_50s_3.5cfg.json" in score

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Shared body of test_sd15.sh / test_sdxl.sh: generate the prompt sets for one unet.pth, score them
-# with the five reward models, and print a set x metric table. Not meant to be called directly.
+# Shared body of test_sd15.sh / test_sdxl.sh / test_sd3.sh / test_flux.sh: generate the prompt sets
+# for one checkpoint, score them with the five reward models, and print a set x metric table.
+# Not meant to be called directly.
 #
-#   KIND=sd15|sdxl joint_test.sh [--dry-run] <unet.pth | checkpoint folder>
+#   KIND=sd15|sdxl|sd3|flux joint_test.sh [--dry-run] <unet.pth | transformer.pth | checkpoint folder>
 #
 # Environment (defaults are the paper's settings):
 #   PRETRAIN_PATH  base model id or folder    VAE_PATH  VAE id or folder (SDXL: fp16-fix VAE)
-#   SIZE (512 / 1024)  STEPS (50)  CFG (7.5, reference formula = diffusers guidance CFG+1)  SEED (0)
+#   SIZE (512 / 1024)  STEPS (50)  SEED (0)  CFG (SD1.5/SDXL: 7.5, reference formula = diffusers
+#   guidance CFG+1; SD3/FLUX: 3.5, the pipeline's own guidance, FLUX's a distilled embedding)
 #   BATCH_SIZE (1; does not change the images)  DTYPE (auto)  SETS ("papv2 hpsv2 partiprompts";
 #   names under prompts/ or paths to prompt files)  OUTPUT (default: the folder holding unet.pth)
 #   LAUNCH ("python"; e.g. "accelerate launch --num_processes 8")  GEN_ARGS (extra generate flags)
@@ -14,7 +16,7 @@
 #   DRY_RUN=1 (same as --dry-run: print the commands, run nothing)
 set -euo pipefail
 
-KIND="${KIND:?KIND must be sd15 or sdxl}"
+KIND="${KIND:?KIND must be sd15, sdxl, sd3 or flux}"
 DRY_RUN="${DRY_RUN:-0}"
 MODEL_PATH=""
 for arg in "$@"; do
@@ -25,7 +27,7 @@ for arg in "$@"; do
   esac
 done
 if [[ -z "$MODEL_PATH" ]]; then
-  echo "usage: $(basename "${CALLER:-$0}") [--dry-run] <unet.pth | checkpoint folder>" >&2
+  echo "usage: $(basename "${CALLER:-$0}") [--dry-run] <unet.pth | transformer.pth | checkpoint folder>" >&2
   exit 2
 fi
 if [[ ! -e "$MODEL_PATH" ]]; then
@@ -44,11 +46,20 @@ fi
 OUTPUT="${OUTPUT:-$DEFAULT_OUTPUT}"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
+DEFAULT_CFG=7.5
 if [[ "$KIND" == sdxl ]]; then
   SIZE="${SIZE:-1024}"
   PRETRAIN_PATH="${PRETRAIN_PATH:-stabilityai/stable-diffusion-xl-base-1.0}"
   VAE_PATH="${VAE_PATH:-madebyollin/sdxl-vae-fp16-fix}"
   KIND_ARGS=(--sdxl)
+elif [[ "$KIND" == flux || "$KIND" == sd3 ]]; then
+  SIZE="${SIZE:-1024}"
+  if [[ "$KIND" == flux ]]; then DEFAULT_BASE=black-forest-labs/FLUX.1-dev; else
+    DEFAULT_BASE=stabilityai/stable-diffusion-3.5-medium; fi
+  PRETRAIN_PATH="${PRETRAIN_PATH:-$DEFAULT_BASE}"
+  VAE_PATH="${VAE_PATH:-}"
+  KIND_ARGS=(--model_family "$KIND")
+  DEFAULT_CFG=3.5
 else
   SIZE="${SIZE:-512}"
   PRETRAIN_PATH="${PRETRAIN_PATH:-stable-diffusion-v1-5/stable-diffusion-v1-5}"
@@ -56,7 +67,7 @@ else
   KIND_ARGS=()
 fi
 STEPS="${STEPS:-${STEP:-50}}"
-CFG="${CFG:-7.5}"
+CFG="${CFG:-$DEFAULT_CFG}"
 SEED="${SEED:-0}"
 BATCH_SIZE="${BATCH_SIZE:-1}"
 DTYPE="${DTYPE:-auto}"
@@ -79,7 +90,7 @@ run() {  # print a command; run it unless this is a dry run
   if [[ "$DRY_RUN" != 1 ]]; then "$@"; fi
 }
 
-GEN_COMMON=(--unet_path "$MODEL_PATH" --pretrain_path "$PRETRAIN_PATH" --output_path "$OUTPUT"
+GEN_COMMON=(--weights_path "$MODEL_PATH" --pretrain_path "$PRETRAIN_PATH" --output_path "$OUTPUT"
   --height "$SIZE" --width "$SIZE" --steps "$STEPS" --cfg "$CFG" --seed "$SEED" --dtype "$DTYPE" "${KIND_ARGS[@]}")
 if [[ -n "$VAE_PATH" ]]; then GEN_COMMON+=(--vae_path "$VAE_PATH"); fi
 read -r -a LAUNCH_CMD <<< "$LAUNCH"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Evaluate a FLUX checkpoint (transformer.pth or a checkpoint folder) with the paper's protocol where it
+# carries over: papv2, hpsv2 and partiprompts at 1024x1024, 50 steps, seed 0, guidance 3.5 (the
+# pipeline's own: FLUX.1-dev's distilled guidance embedding, as in Appendix B),
+# scored with the five reward models; log beside the checkpoint; prints the table.
+#
+#   bash scripts/eval/test_flux.sh [--dry-run] path/to/checkpoint-2000/transformer.pth
+#
+# Settings are environment variables; see scripts/eval/joint_test.sh for the list.
+CALLER="$0" KIND=flux exec bash "$(dirname "${BASH_SOURCE[0]}")/joint_test.sh" "$@"

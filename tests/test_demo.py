@@ -122,3 +122,17 @@ def test_calibrated_tiny_vae_encodes_the_picture_not_the_noise(tmp_path):
         dist = vae.encode(pixels).latent_dist
     assert float(dist.std.max()) < 1e-2  # a posterior sample is the mean, as with a trained VAE
     assert float((dist.mean * scale).std()) == pytest.approx(1.0, rel=1e-4)  # unit-variance latents
+
+
+def test_flux_demo_runs_every_stage_on_a_flow_model(tmp_path):
+    """``--family flux``: the same stages on a tiny FLUX-format transformer, with Appendix B's beta and mu."""
+    import dataclasses
+
+    size = dataclasses.replace(demo.QUICK, family="flux")
+    rows = demo.run_demo(tmp_path / "out", size)
+    assert {r["method"] for r in rows} == set(demo.FLOW_METHODS)
+    run = tmp_path / "out" / "runs" / "diffusion-dpo+sdpo"
+    assert (run / "transformer.pth").is_file() and not (run / "unet.pth").exists()
+    logged = read_jsonl(run)
+    assert all(0.0 <= r["avg_lose_l_scale"] <= 1.0 for r in logged)
+    assert all(math.isfinite(r[k]) for r in rows for k in ("win_diff", "lose_diff", "margin"))

@@ -97,17 +97,26 @@ def _refuse(path: Path) -> UserError:
     )
 
 
+def _guarded_load(folder: Path, load) -> None:
+    """Run ``load(reader)`` with the safe reader; any refused unpickle becomes one ``UserError`` line."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    reader = _reader(folder)
+    try:
+        reader.read_metadata()  # the allow-listed unpickle, before DCP starts (and wraps errors in) collectives
+        load(reader)
+    except pickle.UnpicklingError:
+        raise _refuse(folder) from None
+    except CheckpointException as e:  # raised on some rank inside DCP: (exception, traceback) per failed rank
+        if any(isinstance(failure[0], pickle.UnpicklingError) for failure in e.failures.values()):
+            raise _refuse(folder) from None
+        raise
+
+
 def _dcp_load(state: dict, folder: Path) -> None:
     import torch.distributed.checkpoint as dcp
 
-    try:
-        dcp.load(state, storage_reader=_reader(folder), planner=_planner())
-    except pickle.UnpicklingError:
-        raise _refuse(folder) from None
-    except Exception as e:  # DCP wraps errors raised on any rank in a CheckpointException
-        if "UnpicklingError" in repr(e) or "not allowed" in str(e) or "Weights only load failed" in str(e):
-            raise _refuse(folder) from None
-        raise
+    _guarded_load(folder, lambda reader: dcp.load(state, storage_reader=reader, planner=_planner()))
 
 
 # ----------------------------------------------------------------------------- training state
@@ -213,10 +222,9 @@ def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
             super().load_bytes(read_item, value)
 
     weights: dict[str, torch.Tensor] = {}
-    try:
-        _load_state_dict(weights, storage_reader=_reader(folder), planner=Planner(), no_dist=True)
-    except pickle.UnpicklingError:
-        raise _refuse(folder) from None
+    _guarded_load(
+        folder, lambda reader: _load_state_dict(weights, storage_reader=reader, planner=Planner(), no_dist=True)
+    )
     return weights
 
 

@@ -97,6 +97,8 @@ def test_export_loads_strictly_into_the_family_class(runs):
     assert max_diff(model.state_dict(), exported) == 0.0
     load_denoiser_weights(model, out / "transformer.pth")  # strict: every key, every shape
     assert max_diff(checkpoint_weights(out / "checkpoint-2"), exported) == 0.0  # the offline converter agrees
+    with pytest.raises(UserError, match="a sharded checkpoint .* python -m sdpo.sharded_checkpoint"):
+        load_unet_state_dict(out / "checkpoint-2")  # what eval/generate.py says when given one
     # A 12B export is several safetensors files with an index: force that at tiny size, read it back.
     write_export(exported, FluxTransformer2DModel, model.config, root, "split", max_shard_size="20KB")
     assert (root / "split" / "diffusion_pytorch_model.safetensors.index.json").is_file()

@@ -22,7 +22,8 @@ def _how_to_launch(world: int) -> str:
 
 
 def check_launch(accelerator, environ: dict[str, str] | None = None) -> None:
-    """Raise a one-line ``UserError`` when the launcher's process count or rank differs from accelerate's."""
+    """Raise a one-line ``UserError`` when the launcher's process count, rank or local rank differs from
+    accelerate's."""
     env = os.environ if environ is None else environ
     world = env.get("WORLD_SIZE")
     if world is None:
@@ -38,4 +39,10 @@ def check_launch(accelerator, environ: dict[str, str] | None = None) -> None:
     if rank != r:
         raise UserError(
             f"the launcher calls this process rank {rank} (RANK) but accelerate calls it {r}; {_how_to_launch(world)}"
+        )
+    local = env.get("LOCAL_RANK")
+    if local is not None and int(local) != accelerator.local_process_index:
+        raise UserError(
+            f"the launcher calls this process local rank {local} (LOCAL_RANK) but accelerate calls it "
+            f"{accelerator.local_process_index}; {_how_to_launch(world)}"
         )

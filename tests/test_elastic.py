@@ -89,7 +89,7 @@ def test_sampler_continues_at_a_sample_on_any_layout():
 
 class _Acc:
     def __init__(self, n, r=0, kind="NO"):
-        self.num_processes, self.process_index = n, r
+        self.num_processes, self.process_index, self.local_process_index = n, r, r
         self.distributed_type = SimpleNamespace(value=kind)
 
 
@@ -100,6 +100,8 @@ def test_launch_guard():
         check_launch(_Acc(1), {"WORLD_SIZE": "2", "RANK": "0"})
     with pytest.raises(UserError, match="calls this process rank 1 .* accelerate calls it 0"):
         check_launch(_Acc(2, 0, "MULTI_GPU"), {"WORLD_SIZE": "2", "RANK": "1"})
+    with pytest.raises(UserError, match="local rank 1 \\(LOCAL_RANK\\) but accelerate calls it 0"):
+        check_launch(_Acc(2, 0, "MULTI_GPU"), {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "1"})
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,10 @@
 A checkpoint holds accelerate's state (model, optimizer, lr scheduler, RNG; loaded back with
 ``weights_only=True``), ``unet.pth`` (a plain UNet state dict, the reference format; ``transformer.pth``
 for transformer families: the file is named after the denoiser's pipeline subfolder) and
-``training_state.json`` (step and data position), written last.  It is assembled in
-``checkpoint-<step>.partial`` and renamed, so ``latest`` never sees a half-written one.
+``training_state.json`` (step, data position in samples, the batch arithmetic: ``sdpo.elastic``),
+written last.  It is assembled in ``checkpoint-<step>.partial`` and renamed, so ``latest`` never sees a
+half-written one.  A sharded run (``--sharding fsdp|hsdp``) writes DCP shards instead of accelerate's
+state and ``unet.pth`` (``sdpo.sharded_checkpoint``), in the same folder, with the same atomicity.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def find_resume_point(output_dir: str | Path, request: str | None) -> Path | Non
     return path
 
 
+def read_state(path: Path) -> dict:
+    """A complete checkpoint's ``training_state.json``."""
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
 def unet_state_dict(accelerator, unet) -> dict[str, torch.Tensor]:
     model = accelerator.unwrap_model(unet)
     return {k: v.detach().cpu().contiguous() for k, v in accelerator.get_state_dict(model).items()}
@@ -65,18 +72,27 @@ def crash_point(name: str) -> None:
 
 
 def save(
-    accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None, name: str = "unet"
+    accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None, name: str = "unet",
+    sharded=None,
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically; every process must call this."""
+    """Write ``checkpoint-<step>`` atomically; every process must call this.  ``sharded``: a
+    ``sdpo.sharded_checkpoint.ShardedState`` (every process writes its own shards, no ``<name>.pth``)."""
     root = Path(output_dir)
     final, partial = root / f"checkpoint-{step}", root / f"checkpoint-{step}.partial"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
+        if sharded is not None:
+            partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    weights = unet_state_dict(accelerator, unet)
+    weights = None
+    if sharded is None:
+        accelerator.save_state(str(partial))
+        weights = unet_state_dict(accelerator, unet)
+    else:
+        sharded.save(partial, accelerator.is_main_process)
     if accelerator.is_main_process:
-        torch.save(weights, partial / f"{name}.pth")
+        if weights is not None:
+            torch.save(weights, partial / f"{name}.pth")
         crash_point(f"checkpoint-{step}")
         write_json(partial / STATE_FILE, {**state, "step": step})
         shutil.rmtree(final, ignore_errors=True)
@@ -89,24 +105,39 @@ def save(
     return final
 
 
-def load(accelerator, path: Path) -> dict:
+def load(accelerator, path: Path, sharded=None) -> dict:
     """Restore accelerate's state from ``path`` (every file read with ``weights_only=True``, so a
-    tampered pickle is refused, not run) and return its training_state.json."""
+    tampered pickle is refused, not run), or the sharded state into ``sharded``; return its
+    training_state.json."""
     try:
-        accelerator.load_state(str(path))
+        if sharded is None:
+            accelerator.load_state(str(path))
+            # accelerate restores its micro-step counter; checkpoints sit on accumulation boundaries, so 0 is
+            # the same there, and stays right when an elastic resume changed the accumulation (or a new rank
+            # found no saved counter to restore)
+            accelerator.step = 0
+        else:
+            sharded.load(path)
     except pickle.UnpicklingError:
         raise UserError(
             f"{path}: refused to load a checkpoint file holding Python objects beyond tensors (it may have been "
             "tampered with); resume from another checkpoint"
         ) from None
-    return json.loads((path / STATE_FILE).read_text())
+    return read_state(path)
 
 
-def save_final(accelerator, unet, output_dir: str | Path, name: str = "unet") -> Path:
+def save_final(accelerator, unet, output_dir: str | Path, name: str = "unet", sharded=None) -> Path:
     """``output_dir/<name>.pth`` and ``output_dir/<name>/`` (diffusers, safetensors), both atomic;
-    ``name`` is the denoiser's pipeline subfolder (``unet``, ``transformer``).  Returns the .pth path."""
+    ``name`` is the denoiser's pipeline subfolder (``unet``, ``transformer``).  Returns the .pth path.
+    A sharded run gathers the weights here, once (``sdpo.sharded_checkpoint.export``)."""
     from sdpo.atomic import atomic_path
 
+    if sharded is not None:
+        from sdpo.sharded_checkpoint import export
+
+        path = export(sharded.model, Path(output_dir), name, accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+        return path
     weights = unet_state_dict(accelerator, unet)
     if accelerator.is_main_process:
         root = Path(output_dir)

@@ -18,6 +18,7 @@ from sdpo.families.flow import WEIGHTING_SCHEMES
 from sdpo.losses import LOSSES, processes
 from sdpo.models import check_family
 from sdpo.safeguard_modes import GRANULARITIES, MODES
+from sdpo.sharding import REDUCE_DTYPES, STRATEGIES
 
 _PRECISIONS = ("no", "fp16", "bf16")
 
@@ -157,6 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--mixed_precision", default=None, choices=_PRECISIONS, help="default: accelerate config")
 
+    a = p.add_argument_group("distribution").add_argument
+    a(
+        "--sharding",
+        default="none",
+        choices=STRATEGIES,
+        help="none: DDP (whole model on every process); fsdp: FSDP2, every parameter, gradient and optimizer "
+        "moment sharded over all processes; hsdp: FSDP inside groups, data parallel across them",
+    )
+    a(
+        "--dp_replicate",
+        type=int,
+        default=None,
+        help="hsdp: number of replica groups (the mesh is replicate x shard); default: the number of nodes",
+    )
+    a(
+        "--fsdp_reduce_dtype",
+        default=None,
+        choices=sorted(REDUCE_DTYPES),
+        help="fsdp/hsdp: dtype of the gradient reduce-scatter (default fp32; weights are gathered in the "
+        "--mixed_precision dtype)",
+    )
+
     a = p.add_argument_group("output").add_argument
     a("--output_dir", default="sdpo-model")
     a("--logging_dir", default="logs", help="tensorboard folder, relative to --output_dir")
@@ -179,6 +202,7 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--winner_preserving_mu must be in [0, 1], got {cfg.winner_preserving_mu}")
     _validate_safeguard(cfg)
     _validate_extra_objectives(cfg)
+    _validate_sharding(cfg)
     if not 0.0 <= cfg.proportion_empty_prompts <= 1.0:
         raise UserError(f"--proportion_empty_prompts must be in [0, 1], got {cfg.proportion_empty_prompts}")
     if not 0.0 <= cfg.max_bad_fraction <= 1.0:
@@ -225,8 +249,8 @@ def _validate_family(cfg: argparse.Namespace) -> None:
     # The reference SDXL runs always use gradient checkpointing and Adafactor; explicit flags win.
     if cfg.gradient_checkpointing is None:
         cfg.gradient_checkpointing = family.heavy
-    if cfg.use_adafactor is None:
-        cfg.use_adafactor = family.name == "sdxl"
+    if cfg.use_adafactor is None:  # sharded runs: AdamW (Adafactor does not run on sharded parameters)
+        cfg.use_adafactor = family.name == "sdxl" and cfg.sharding == "none"
     objective = LOSSES[cfg.train_method]
     if family.process not in processes(objective):
         where = ", ".join(n for n, f in FAMILIES.items() if f.process in processes(objective))
@@ -279,6 +303,31 @@ def _validate_extra_objectives(cfg: argparse.Namespace) -> None:
         raise UserError(f"--sipo_clip_eps must be in (0, 1), got {cfg.sipo_clip_eps}")
     if not 0.0 <= cfg.sipo_mask_threshold <= 1.0:
         raise UserError(f"--sipo_mask_threshold must be in [0, 1], got {cfg.sipo_mask_threshold}")
+
+
+def _validate_sharding(cfg: argparse.Namespace) -> None:
+    """What FSDP/HSDP cannot do here is refused now, in one line, rather than failing mid-step."""
+    sharded = cfg.sharding != "none"
+    if cfg.dp_replicate is not None and cfg.sharding != "hsdp":
+        raise UserError(f"--dp_replicate is the HSDP replica count; it needs --sharding hsdp (sharding is {cfg.sharding})")
+    if cfg.dp_replicate is not None and cfg.dp_replicate < 1:
+        raise UserError(f"--dp_replicate must be >= 1, got {cfg.dp_replicate}")
+    if cfg.fsdp_reduce_dtype is not None and not sharded:
+        raise UserError("--fsdp_reduce_dtype only acts with --sharding fsdp or hsdp; add one or drop it")
+    cfg.fsdp_reduce_dtype = cfg.fsdp_reduce_dtype or "fp32"
+    if not sharded:
+        return
+    if cfg.use_winner_preserving and (cfg.winner_preserving_mode == "param" or cfg.log_param_lambda):
+        raise UserError(
+            f"--sharding {cfg.sharding}: the parameter-space lambda (--winner_preserving_mode param, "
+            "--log_param_lambda) needs whole per-parameter gradients, which sharded training never holds; use the "
+            "output-space lambda (the paper's method) or --sharding none"
+        )
+    if cfg.use_adafactor:  # given explicitly (the SDXL default is filled in later, off when sharded)
+        raise UserError(
+            f"--sharding {cfg.sharding}: transformers' Adafactor does not run on sharded (DTensor) parameters; "
+            "pass --no-use_adafactor (AdamW) or use --sharding none"
+        )
 
 
 _SAFEGUARD_FLAGS = ("winner_preserving_mode", "winner_preserving_lambda", "winner_preserving_granularity")

@@ -235,15 +235,17 @@ class StreamingPairs(IterableDataset):
 class ShardedPairSampler:
     """Batches of ``(epoch, index)`` keys for one process.
 
-    Epoch ``e`` is a permutation drawn from ``seed + e``; global batch ``k`` is positions
-    ``[k*B*W, (k+1)*B*W)`` and process ``r`` takes slice ``r`` of it (the layout of accelerate's
-    sharded batch sampler).  The incomplete tail is dropped so every process steps equally.
-    ``set_epoch(e, start_batch)`` skips batches by index arithmetic, loading nothing.
+    Epoch ``e`` is a permutation drawn from ``seed + e``, the same for any process count.  Starting at
+    sample ``s`` of it, global micro-batch ``k`` is positions ``[s + k*B*W, s + (k+1)*B*W)`` and process
+    ``r`` takes slice ``r`` of it (the layout of accelerate's sharded batch sampler).  Positions count
+    samples, not batches, so a run resumed on another process count or batch size continues at the
+    same sample (``sdpo.elastic``).  The incomplete tail is dropped so every process steps equally.
+    ``set_epoch`` skips by index arithmetic, loading nothing.
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int, world: int, seed: int):
         self.n, self.batch_size, self.rank, self.world, self.seed = num_samples, batch_size, rank, world, seed
-        self.epoch, self.start_batch = 0, 0
+        self.epoch, self.start = 0, 0
         if self.batches_per_epoch == 0:
             raise UserError(
                 f"{num_samples} pairs cannot fill one global batch of {batch_size} x {world} processes; "
@@ -254,18 +256,20 @@ class ShardedPairSampler:
     def batches_per_epoch(self) -> int:
         return self.n // (self.batch_size * self.world)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+    def set_epoch(self, epoch: int, start_batch: int = 0, start_sample: int | None = None) -> None:
+        """Start ``epoch`` at sample ``start_sample`` (or at micro-batch ``start_batch`` of this layout)."""
+        self.epoch = epoch
+        self.start = start_sample if start_sample is not None else start_batch * self.batch_size * self.world
 
     def __len__(self) -> int:
-        return self.batches_per_epoch - self.start_batch
+        return max(0, (self.n - self.start) // (self.batch_size * self.world))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         b, w = self.batch_size, self.world
-        for k in range(self.start_batch, self.batches_per_epoch):
-            lo = k * b * w + self.rank * b
+        for k in range(len(self)):
+            lo = self.start + k * b * w + self.rank * b
             yield [(self.epoch, i) for i in order[lo : lo + b]]
 
 

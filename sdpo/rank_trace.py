@@ -32,8 +32,14 @@ class RankTrace:
                 f.write(json.dumps({"rank": self.rank, "step": step, "indices": batch["indices"].tolist()}) + "\n")
 
     def weights(self, accelerator, unet: torch.nn.Module) -> None:
-        """This process's own copy of the trained weights (every rank, not only the main one)."""
-        if self.dir is not None:
+        """This process's own copy of the trained weights (every rank, not only the main one; under
+        ``--sharding`` its shards)."""
+        if self.dir is None:
+            return
+        if any(hasattr(p, "to_local") for p in unet.parameters()):  # sharded: this process's own shards
+            own = {k: v.to_local().detach().cpu().clone() for k, v in unet.state_dict().items()}
+        else:
             from sdpo.checkpoint import unet_state_dict
 
-            torch.save(unet_state_dict(accelerator, unet), self.dir / f"rank{self.rank}_unet.pth")
+            own = unet_state_dict(accelerator, unet)
+        torch.save(own, self.dir / f"rank{self.rank}_unet.pth")

@@ -14,13 +14,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sdpo import checkpoint, data
+from sdpo import checkpoint, data, elastic, sharding
 from sdpo.errors import UserError
 from sdpo.families import get_family
 from sdpo.forward import preference_forward
 from sdpo.losses import get_objective
 from sdpo.metrics import JsonlLog, StepAverager, micro_step_scalars
 from sdpo.rank_trace import RankTrace
+from sdpo.sharded_checkpoint import ShardedState
+from sdpo.topology import check_launch
 
 log = logging.getLogger("sdpo")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -51,6 +53,12 @@ def make_accelerator(cfg):
         ds_config["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
         ds_config["gradient_clipping"] = cfg.max_grad_norm
     return accelerator
+
+
+def set_accumulation(accelerator, steps: int) -> None:
+    accelerator.gradient_accumulation_steps = steps
+    if accelerator.state.deepspeed_plugin is not None:
+        accelerator.state.deepspeed_plugin.deepspeed_config["gradient_accumulation_steps"] = steps
 
 
 def make_optimizer(cfg, params, num_processes: int):
@@ -86,12 +94,13 @@ def make_loader(cfg, hf, accelerator):
     return torch.utils.data.DataLoader(data.PairDataset(hf, transform), batch_sampler=sampler, **kw), None, sampler
 
 
-def set_position(sampler, stream, epoch: int, skip: int, batch_size: int) -> None:
-    """Point the data at micro-batch ``skip`` of ``epoch`` without loading the skipped samples."""
+def set_position(sampler, stream, epoch: int, start_sample: int, num_processes: int) -> None:
+    """Point the data at sample ``start_sample`` of ``epoch`` (counted over all processes) without loading
+    the skipped samples."""
     if sampler is not None:
-        sampler.set_epoch(epoch, skip)
+        sampler.set_epoch(epoch, start_sample=start_sample)
     else:
-        stream.set_position(epoch, skip * batch_size)
+        stream.set_position(epoch, start_sample // num_processes)  # rows of this process's split
 
 
 @dataclass
@@ -108,9 +117,11 @@ class Run:
     sampler: object
     stream: object
     jsonl: JsonlLog
+    sharded_state: ShardedState | None = None  # --sharding fsdp|hsdp: what its checkpoints save (DCP)
+    shards: sharding.Sharding | None = None  # --sharding fsdp|hsdp: the device mesh
     step: int = 0
     epoch: int = 0
-    epoch_batches: int = 0
+    epoch_samples: int = 0  # samples of this epoch consumed by all processes together
     nonfinite_total: int = 0
     nonfinite_run: int = 0
 
@@ -119,6 +130,7 @@ def setup(cfg) -> Run:
     from diffusers.optimization import get_scheduler
 
     accelerator = make_accelerator(cfg)
+    check_launch(accelerator)  # launcher vs accelerate: before anything is read or written
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
@@ -127,12 +139,24 @@ def setup(cfg) -> Run:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     objective = get_objective(cfg.train_method)
+    sharding.check_accelerator(cfg, accelerator)
+    resume = checkpoint.find_resume_point(out_dir, cfg.resume_from_checkpoint)
+    saved = checkpoint.read_state(resume) if resume else {}
+    change = elastic.adopt(cfg, saved, accelerator.num_processes, resume.name) if resume else None
+    set_accumulation(accelerator, cfg.gradient_accumulation_steps)  # an elastic resume may have changed it
+    if change:
+        log.info(change)
 
     hf = data.clean_pairs(data.load_pairs(cfg), cfg)  # data problems surface before any model is loaded
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     weight_dtype = _DTYPES.get(accelerator.mixed_precision, torch.float32)
-    family = get_family(cfg.model_family).load(cfg, accelerator.device, weight_dtype, objective.NEEDS_REFERENCE)
+    sharded = sharding.is_sharded(cfg)
+    family = get_family(cfg.model_family).load(cfg, accelerator.device, weight_dtype, objective.NEEDS_REFERENCE,
+                                               shard_later=sharded)  # fmt: skip
+    shards = sharding.Sharding(cfg, accelerator) if sharded else None
+    if shards is not None:
+        shards.shard_family(family, weight_dtype)  # before the optimizer: it must see the sharded parameters
     params = [p for p in family.denoiser.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params, accelerator.num_processes)
     loader, stream, sampler = make_loader(cfg, hf, accelerator)
@@ -142,10 +166,13 @@ def setup(cfg) -> Run:
         )
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=cfg.max_train_steps)  # fmt: skip
-    family.denoiser, optimizer, lr_scheduler = accelerator.prepare(family.denoiser, optimizer, lr_scheduler)
+    if shards is None:
+        family.denoiser, optimizer, lr_scheduler = accelerator.prepare(family.denoiser, optimizer, lr_scheduler)
+    else:
+        optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
+    state_io = ShardedState(family.denoiser, optimizer, lr_scheduler) if shards is not None else None
 
-    resume = checkpoint.find_resume_point(out_dir, cfg.resume_from_checkpoint)
-    state = checkpoint.load(accelerator, resume) if resume else {}
+    state = checkpoint.load(accelerator, resume, state_io) if resume else {}
     if resume:
         log.info("resumed from %s at step %d", resume, state["step"])
     if accelerator.is_main_process and cfg.report_to != "none":
@@ -154,9 +181,11 @@ def setup(cfg) -> Run:
     n, b, a = accelerator.num_processes, cfg.train_batch_size, cfg.gradient_accumulation_steps
     log.info("%s pairs; %d process(es) x batch %d x accumulation %d = global batch %d; %d optimizer steps",
              len(hf) if sampler else "streamed", n, b, a, n * b * a, cfg.max_train_steps)  # fmt: skip
-    run = Run(cfg, accelerator, family, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl)
-    for key in ("step", "epoch", "epoch_batches", "nonfinite_total"):
+    run = Run(cfg, accelerator, family, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl,
+              state_io, shards)  # fmt: skip
+    for key in ("step", "epoch", "nonfinite_total"):
         setattr(run, key, state.get(key, 0))
+    run.epoch_samples = elastic.saved_epoch_samples(state, cfg, n) if state else 0
     return run
 
 
@@ -167,10 +196,10 @@ def train(cfg) -> Path:
     bar = tqdm(total=cfg.max_train_steps, initial=run.step, desc="steps",
                disable=not run.accelerator.is_local_main_process)  # fmt: skip
     while run.step < cfg.max_train_steps:
-        set_position(run.sampler, run.stream, run.epoch, run.epoch_batches, cfg.train_batch_size)
+        set_position(run.sampler, run.stream, run.epoch, run.epoch_samples, run.accelerator.num_processes)
         for batch in run.loader:
             scalars, finite = micro_step(run, batch)
-            run.epoch_batches += 1
+            run.epoch_samples += cfg.train_batch_size * run.accelerator.num_processes
             trace.batch(run.step + 1, batch)
             window_ok &= finite
             averager.add(run.accelerator, scalars)
@@ -181,11 +210,14 @@ def train(cfg) -> Path:
                 if run.step >= cfg.max_train_steps:
                     break
         else:
-            run.epoch, run.epoch_batches = run.epoch + 1, 0
+            run.epoch, run.epoch_samples = run.epoch + 1, 0
     bar.close()
     trace.weights(run.accelerator, run.family.denoiser)
-    path = checkpoint.save_final(run.accelerator, run.family.denoiser, cfg.output_dir, run.family.denoiser_folder)
+    path = checkpoint.save_final(run.accelerator, run.family.denoiser, cfg.output_dir, run.family.denoiser_folder,
+                                 run.sharded_state)  # fmt: skip
     run.accelerator.end_training()
+    if run.shards is not None:
+        run.shards.close()
     log.info("done: %s", path)
     return path
 
@@ -211,7 +243,8 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
     cfg, acc = run.cfg, run.accelerator
     if ok:
         if cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_(run.family.denoiser.parameters(), cfg.max_grad_norm)
+            clip = sharding.clip_grad_norm_ if run.shards is not None else acc.clip_grad_norm_
+            clip(run.family.denoiser.parameters(), cfg.max_grad_norm)
         run.optimizer.step()
         run.lr_scheduler.step()
         run.nonfinite_run = 0
@@ -226,9 +259,10 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
     run.jsonl.write(run.step, logs)
     stop = run.nonfinite_run >= cfg.max_nonfinite_steps
     if stop or run.step % cfg.checkpointing_steps == 0 or run.step == cfg.max_train_steps:
-        state = {"epoch": run.epoch, "epoch_batches": run.epoch_batches, "nonfinite_total": run.nonfinite_total}
+        state = {**elastic.position_state(run.epoch, run.epoch_samples, cfg, acc.num_processes),
+                 "nonfinite_total": run.nonfinite_total}  # fmt: skip
         path = checkpoint.save(acc, run.family.denoiser, cfg.output_dir, run.step, state, cfg.checkpoints_total_limit,
-                               run.family.denoiser_folder)  # fmt: skip
+                               run.family.denoiser_folder, run.sharded_state)  # fmt: skip
         if stop:
             raise UserError(
                 f"{run.nonfinite_run} consecutive optimizer steps had a non-finite loss (up to step {run.step}); "

@@ -82,6 +82,11 @@ def resolve_unet_file(path: str | Path) -> Path:
             f = _diffusers_weights(folder)
             if f is not None:
                 return f
+        if (p / "model" / ".metadata").is_file():  # a checkpoint of a --sharding run: shards, no .pth
+            raise UserError(
+                f"{p}: a sharded checkpoint (DCP shards, no unet.pth/transformer.pth); convert it once with "
+                f"python -m sdpo.sharded_checkpoint {p}"
+            )
         raise UserError(
             f"{p}: no denoiser weights found (looked for unet.pth, transformer.pth, unet/, transformer/ and "
             "diffusion_pytorch_model.*)"

@@ -18,98 +18,44 @@ stays on at 1.0: it acts on the all-reduced gradient, so it must match too.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
+from dist_helpers import COMMON, ROOT, env, load, max_diff, read_trace, torchrun
 
 from sdpo.tiny import build_tiny_model, build_tiny_pairs
-
-ROOT = Path(__file__).resolve().parents[1]
-COMMON = [
-    "--resolution", "64",
-    "--learning_rate", "1e-1",
-    "--lr_warmup_steps", "0",
-    "--adam_weight_decay", "0",
-    "--adam_epsilon", "1",
-    "--max_grad_norm", "1.0",
-    "--train_method", "diffusion-dpo",
-    "--report_to", "none",
-    "--mixed_precision", "no",
-    "--seed", "3",
-]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(trace: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
-    env.update(
-        ACCELERATE_USE_CPU="true",
-        SDPO_RANK_TRACE_DIR=str(trace),
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
-
-
-def _trace(folder: Path) -> list[dict]:
-    return [json.loads(ln) for f in sorted(folder.glob("rank*.jsonl")) for ln in f.read_text().splitlines()]
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     model, pairs = build_tiny_model("sd15", root / "model"), build_tiny_pairs(root / "pairs", n=16)
-    base = ["--pretrained_model_name_or_path", str(model), "--dataset_name", str(pairs), *COMMON]
-    ddp = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        str(ROOT / "train.py"), *base, "--train_batch_size", "1", "--max_train_steps", "2",
-        "--checkpointing_steps", "1", "--output_dir", str(root / "ddp"),
-    ]  # fmt: skip
+    base = ["--pretrained_model_name_or_path", str(model), "--dataset_name", str(pairs), "--resolution", "64", *COMMON]
+    ddp = torchrun(2, *base, "--train_batch_size", "1", "--max_train_steps", "2", "--checkpointing_steps", "1",
+                   "--output_dir", root / "ddp")  # fmt: skip
     single = [
         sys.executable, str(ROOT / "train.py"), *base, "--train_batch_size", "2", "--max_train_steps", "1",
         "--output_dir", str(root / "single"),
     ]  # fmt: skip
     for name, cmd in (("ddp", ddp), ("single", single)):
-        proc = subprocess.run(cmd, env=_env(root / f"{name}_trace"), cwd=root, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env(root / f"{name}_trace"), cwd=root, capture_output=True, text=True)
         assert proc.returncode == 0, f"{name} run failed:\n{proc.stderr[-3000:]}"
     return root, model
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def test_both_processes_ran_and_end_with_identical_weights(runs):
     root, _ = runs
-    trace = _trace(root / "ddp_trace")
+    trace = read_trace(root / "ddp_trace")
     assert sorted({r["rank"] for r in trace}) == [0, 1]
-    rank0, rank1 = _load(root / "ddp_trace" / "rank0_unet.pth"), _load(root / "ddp_trace" / "rank1_unet.pth")
-    assert _max_diff(rank0, rank1) == 0.0  # DDP all-reduces gradients: replicas must stay bit-identical
-    assert _max_diff(rank0, _load(root / "ddp" / "unet.pth")) == 0.0
+    rank0, rank1 = load(root / "ddp_trace" / "rank0_unet.pth"), load(root / "ddp_trace" / "rank1_unet.pth")
+    assert max_diff(rank0, rank1) == 0.0  # DDP all-reduces gradients: replicas must stay bit-identical
+    assert max_diff(rank0, load(root / "ddp" / "unet.pth")) == 0.0
 
 
 def test_data_is_sharded_not_duplicated(runs):
     root, _ = runs
-    ddp, single = _trace(root / "ddp_trace"), _trace(root / "single_trace")
+    ddp, single = read_trace(root / "ddp_trace"), read_trace(root / "single_trace")
     for step in (1, 2):
         per_rank = {r["rank"]: r["indices"] for r in ddp if r["step"] == step}
         assert len(per_rank[0]) == len(per_rank[1]) == 1
@@ -124,11 +70,11 @@ def test_first_step_matches_single_process_batch_two(runs):
     from diffusers import UNet2DConditionModel
 
     init = UNet2DConditionModel.from_pretrained(model, subfolder="unet").state_dict()
-    ddp_step1 = _load(root / "ddp" / "checkpoint-1" / "unet.pth")
-    single = _load(root / "single" / "unet.pth")
-    moved = _max_diff(single, init)
+    ddp_step1 = load(root / "ddp" / "checkpoint-1" / "unet.pth")
+    single = load(root / "single" / "unet.pth")
+    moved = max_diff(single, init)
     assert moved > 1e-5, "the step did not move the weights: the comparison below would be vacuous"
-    diff = _max_diff(ddp_step1, single)
+    diff = max_diff(ddp_step1, single)
     assert diff < 1e-6 + 1e-3 * moved, f"2 procs x batch 1 differs from 1 proc x batch 2 by {diff} (step {moved})"
 
 

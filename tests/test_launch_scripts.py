@@ -33,7 +33,8 @@ TABLE = {
 _SCRUB = (
     "NUM_GPUS", "CUDA_VISIBLE_DEVICES", "NUM_NODES", "NNODES", "SLURM_NNODES", "SLURM_NODEID", "NODE_RANK",
     "MASTER_ADDR", "MASTER_PORT", "DRY_RUN", "ALLOW_CPU", "MODEL", "VAE", "DATASET", "TRAIN_DATA_DIR",
-    "OUTPUT_DIR", "GLOBAL_BATCH", "PER_GPU_BATCH", "MIXED_PRECISION", "NUM_WORKERS", "ACCEL_CONFIG",
+    "OUTPUT_DIR", "GLOBAL_BATCH", "PER_GPU_BATCH", "MIXED_PRECISION", "NUM_WORKERS", "ACCEL_CONFIG", "SHARDING",
+    "DP_REPLICATE",
 )  # fmt: skip
 
 
@@ -198,7 +199,15 @@ def test_flow_recipes_follow_appendix_b(name, model):
     assert "global batch 512 pairs" in "\n".join(lines) and "(not scaled)" in "\n".join(lines)
 
 
-def test_flux_script_refuses_a_real_gpu_launch_without_sharding():
-    proc = run_script("flux_diffusion_dpo", NUM_GPUS="8")
+def test_flux_script_shards_as_the_paper_hsdp_2x8():
+    opts, cfg, lines = dry_run("flux_diffusion_dpo", NUM_GPUS="8", NUM_NODES="2", NODE_RANK="1", MASTER_ADDR="n0")
+    assert (cfg.sharding, cfg.dp_replicate, cfg.use_adafactor) == ("hsdp", 2, None)  # AdamW, FSDP inside a node
+    assert opts["--multi_gpu"] is True and opts["--num_processes"] == "16"  # accelerate launches, train.py shards
+    assert "HSDP: 2 replica group(s) x 8 shard(s)" in "\n".join(lines)
+    _, cfg, _ = dry_run("flux_diffusion_dpo", NUM_GPUS="8", SHARDING="fsdp")
+    assert (cfg.sharding, cfg.dp_replicate) == ("fsdp", None)
+    _, cfg, _ = dry_run("sdxl_dspo", "--sharding", "fsdp", NUM_GPUS="8")  # the SDXL recipe, sharded: AdamW
+    assert cfg.sharding == "fsdp" and not cfg.use_adafactor
+    proc = run_script("flux_diffusion_dpo", "--dry-run", NUM_GPUS="6", DP_REPLICATE="4", GLOBAL_BATCH="24")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "does not fit plain DDP" in proc.stderr and "sharded training" in proc.stderr
+    assert "4 replica group(s) do not divide 6 process(es)" in proc.stderr

@@ -16,6 +16,9 @@
 #   NUM_NODES (NNODES, SLURM_NNODES), NODE_RANK (SLURM_NODEID), MASTER_ADDR, MASTER_PORT (29500)
 #   GLOBAL_BATCH (2048; flux/sd3: 512), PER_GPU_BATCH (8; flux/sd3: 1), MIXED_PRECISION (bf16), NUM_WORKERS (4)
 #   ACCEL_CONFIG          an accelerate config file, e.g. configs/accelerate/deepspeed_zero2.yaml
+#   SHARDING              none (DDP) | fsdp | hsdp; default hsdp for flux (FSDP inside a node, data parallel
+#                         across nodes: the paper's 2 x 8), none otherwise.  --sharding X works too.
+#   DP_REPLICATE          hsdp replica groups (default: the number of nodes).  --dp_replicate N works too.
 #   ALLOW_CPU=1           run on CPU when no GPU is found (tiny smoke tests only)
 #   DRY_RUN=1             print the command instead of running it
 #   PYTHON                interpreter used to check train.py flags (default python3)
@@ -75,6 +78,7 @@ launch() {
     local flow=0
     [[ "$FAMILY" == flux || "$FAMILY" == sd3 ]] && flow=1
     local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch
+    local sharding="${SHARDING:-$([[ "$FAMILY" == flux ]] && echo hsdp || echo none)}" replicate="${DP_REPLICATE:-}"
     batch="${PER_GPU_BATCH:-$( ((flow)) && echo 1 || echo 8)}"
     local -a extra=()
     name="$(basename "$0" .sh)"
@@ -87,7 +91,8 @@ launch() {
                 awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
                 echo "Script options: --dry-run, --cpu, --no-safeguard, --help; any other --flag goes to train.py."
                 echo "Environment: MODEL VAE DATASET TRAIN_DATA_DIR OUTPUT_DIR NUM_GPUS NUM_NODES NODE_RANK MASTER_ADDR"
-                echo "  MASTER_PORT GLOBAL_BATCH PER_GPU_BATCH MIXED_PRECISION NUM_WORKERS ACCEL_CONFIG ALLOW_CPU DRY_RUN"
+                echo "  MASTER_PORT GLOBAL_BATCH PER_GPU_BATCH MIXED_PRECISION NUM_WORKERS ACCEL_CONFIG SHARDING DP_REPLICATE"
+                echo "  ALLOW_CPU DRY_RUN"
                 echo "  (see scripts/train/common.sh)."
                 exit 0
                 ;;
@@ -96,6 +101,13 @@ launch() {
                 [[ "$1" == --train_batch_size ]] && batch="$2" || accum="$2"
                 shift
                 ;;
+            --sharding | --dp_replicate)
+                (($# >= 2)) || _die "$1 needs a value"
+                [[ "$1" == --sharding ]] && sharding="$2" || replicate="$2"
+                shift
+                ;;
+            --sharding=*) sharding="${1#*=}" ;;
+            --dp_replicate=*) replicate="${1#*=}" ;;
             --train_batch_size=*) batch="${1#*=}" ;;
             --gradient_accumulation_steps=*) accum="${1#*=}" ;;
             *) extra+=("$1") ;;
@@ -147,6 +159,22 @@ launch() {
         global=$((batch * world * accum))
     fi
 
+    # --- sharding: none (DDP) | fsdp | hsdp (replicate x shard = processes) -----------------------
+    local -a shard_flags=()
+    case "$sharding" in
+        none | fsdp)
+            [[ -z "$replicate" ]] || _die "--dp_replicate needs SHARDING=hsdp (sharding is $sharding)"
+            [[ "$sharding" == fsdp ]] && shard_flags=(--sharding fsdp)
+            ;;
+        hsdp)
+            replicate="${replicate:-$nodes}"
+            _is_uint "$replicate" && ((replicate >= 1)) || _die "DP_REPLICATE must be a whole number >= 1, got '$replicate'"
+            ((world % replicate == 0)) || _die "HSDP: $replicate replica group(s) do not divide $world process(es); set DP_REPLICATE to a divisor of $world"
+            shard_flags=(--sharding hsdp --dp_replicate "$replicate")
+            ;;
+        *) _die "SHARDING must be none, fsdp or hsdp, got '$sharding'" ;;
+    esac
+
     # --- train.py flags: family defaults, the recipe, then the user's extras ------------------
     local model vae lr scale_lr=(--scale_lr)
     if [[ "$FAMILY" == sdxl ]]; then
@@ -160,9 +188,6 @@ launch() {
         vae="${VAE:-none}"
         lr=1e-5
         scale_lr=()
-        if [[ "$device" == gpu && "$FAMILY" == flux && "$dry" != 1 ]]; then
-            _die "a FLUX.1-dev full fine-tune (12B policy + 12B frozen reference = 48 GB of bf16 weights, plus gradients and optimizer state) does not fit plain DDP, and sharded training (FSDP/HSDP) is not in this version yet; see the README's FLUX section (--dry-run prints the command)"
-        fi
     else
         model="${MODEL:-stable-diffusion-v1-5/stable-diffusion-v1-5}"
         vae="${VAE:-none}"
@@ -172,7 +197,10 @@ launch() {
     [[ "$device" == cpu && -z "${MIXED_PRECISION:-}" ]] && precision=no
     local -a train=(--pretrained_model_name_or_path "$model")
     [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
-    [[ "$FAMILY" == sdxl ]] && train+=(--sdxl --use_adafactor --gradient_checkpointing)
+    if [[ "$FAMILY" == sdxl ]]; then  # Adafactor as the reference; it cannot run on sharded parameters (AdamW then)
+        train+=(--sdxl --gradient_checkpointing)
+        [[ "$sharding" == none ]] && train+=(--use_adafactor)
+    fi
     ((flow)) && train+=(--model_family "$FAMILY" --gradient_checkpointing --resolution 1024)
     if [[ -n "${TRAIN_DATA_DIR:-}" ]]; then
         train+=(--train_data_dir "$TRAIN_DATA_DIR")
@@ -194,6 +222,7 @@ launch() {
         --learning_rate "$lr" "${scale_lr[@]}"
         --lr_scheduler constant_with_warmup --lr_warmup_steps 500 --max_train_steps 2000
         --train_batch_size "$batch" --gradient_accumulation_steps "$accum"
+        "${shard_flags[@]}"
         --mixed_precision "$precision" --allow_tf32
         --checkpointing_steps 500
         --dataloader_num_workers "${NUM_WORKERS:-4}"
@@ -224,6 +253,11 @@ launch() {
     echo "$name: $nodes node(s) x $procs_per_node $unit = $world process(es) (this node: rank $rank)"
     echo "$name: per-GPU batch $batch x $world x accumulation $accum = global batch $global pairs"
     echo "$name: lr $lr x $global (--scale_lr) = $scaled; output ${OUTPUT_DIR:-outputs/$name}"
+    if [[ "$sharding" == hsdp ]]; then
+        echo "$name: HSDP: $replicate replica group(s) x $((world / replicate)) shard(s) (FSDP inside a group, data parallel across groups)"
+    elif [[ "$sharding" == fsdp ]]; then
+        echo "$name: FSDP over all $world process(es)"
+    fi
     if [[ "$dry" == 1 ]]; then
         printf '%q ' "${cmd[@]}" | sed 's/ $//'
         echo

@@ -39,11 +39,12 @@ def from_pretrained(cls, path: str, **kw):
 
 
 def freeze(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
-    """Frozen parts run in the weight dtype (fp32 already: skip diffusers' cast warning)."""
-    module.requires_grad_(False).eval().to(device)
+    """Frozen parts run in the weight dtype (fp32 already: skip diffusers' cast warning).  Cast before the
+    move, so the device never holds an fp32 copy of a bf16 part."""
+    module.requires_grad_(False).eval()
     if dtype != torch.float32:
         module.to(dtype=dtype)
-    return module
+    return module.to(device)
 
 
 class ModelFamily:
@@ -60,6 +61,7 @@ class ModelFamily:
     heavy: ClassVar[bool] = False  # reference SDXL-style defaults: gradient checkpointing + Adafactor on
     joint_augment: ClassVar[bool] = False  # one crop/flip for winner and loser (the SDXL reference script)
     dspo_form: ClassVar[str | None] = "sd15"  # which branch of the reference DSPO loss applies
+    shard_blocks: ClassVar[tuple[str, ...]] = ()  # denoiser module classes that are FSDP units (sdpo.sharding)
 
     def __init__(self, cfg, device: torch.device, weight_dtype: torch.dtype):
         self.cfg, self.device, self.weight_dtype = cfg, device, weight_dtype
@@ -90,17 +92,24 @@ class ModelFamily:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, cfg, device: torch.device, weight_dtype: torch.dtype, needs_reference: bool) -> ModelFamily:
+    def load(
+        cls, cfg, device: torch.device, weight_dtype: torch.dtype, needs_reference: bool, shard_later: bool = False
+    ) -> ModelFamily:
         """Every part training needs: the trained denoiser (fp32, train mode), the frozen reference
-        (weight dtype) if the objective needs one, the text encoders, the VAE and the scheduler."""
+        (weight dtype) if the objective needs one, the text encoders, the VAE and the scheduler.
+
+        ``shard_later``: the denoisers stay on the CPU (the reference already in the weight dtype), so that
+        ``sdpo.sharding`` moves only each process's shards to the device, never a whole 12B model."""
         fam = cls(cfg, device, weight_dtype)
         fam.scheduler = fam.load_scheduler()
         fam.load_text_encoders()
         fam.vae = fam.load_vae()
         fam.denoiser = fam.load_denoiser()
         fam.reference = fam.load_denoiser() if needs_reference else None
-        for m in (fam.vae, *fam.text_encoders, *([fam.reference] if fam.reference is not None else [])):
+        for m in (fam.vae, *fam.text_encoders):
             freeze(m, device, weight_dtype)
+        if fam.reference is not None:
+            freeze(fam.reference, "cpu" if shard_later else device, weight_dtype)
         fam.after_load()
         fam.denoiser.train()
         if cfg.gradient_checkpointing:

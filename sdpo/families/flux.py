@@ -29,6 +29,7 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 512
 class Flux(FlowFamily):
     name: ClassVar[str] = "flux"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
+    shard_blocks: ClassVar[tuple[str, ...]] = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 
     @classmethod
     def denoiser_class(cls):

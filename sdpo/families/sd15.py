@@ -19,6 +19,7 @@ class SD15(ModelFamily):
     name: ClassVar[str] = "sd15"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
     default_resolution: ClassVar[int] = 512
+    shard_blocks: ClassVar[tuple[str, ...]] = ("ResnetBlock2D", "Transformer2DModel")
 
     @classmethod
     def denoiser_class(cls):

@@ -22,6 +22,7 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 256
 class SD3(FlowFamily):
     name: ClassVar[str] = "sd3"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
+    shard_blocks: ClassVar[tuple[str, ...]] = ("JointTransformerBlock",)
 
     @classmethod
     def denoiser_class(cls):

@@ -1,0 +1,359 @@
+"""Per-GPU memory of the full fine-tunes under DDP, ZeRO-2, FSDP and HSDP, from the real model configs.
+
+No GPU and no download: the denoisers, text encoders and VAEs are built from their published
+configs on the meta device, so parameter counts and tensor shapes are exact.  Per GPU, in GB (1e9):
+
+* weights and gradients: DDP keeps fp32 weights and gradients whole (plus DDP's fp32 gradient
+  buckets); ZeRO-2 keeps bf16 weights whole and partitions fp32 master weights and gradients;
+  FSDP/HSDP keep fp32 shards of both (``--sharding``; rank 0 holds the largest shard: FSDP2 cuts
+  every tensor along dim 0 into ``ceil(rows / N)``-row pieces).
+* optimizer: AdamW's two fp32 moments; Adafactor (the SDXL reference optimizer) keeps one factored
+  second moment per tensor, which ZeRO's flat partitions cannot factor, and which transformers'
+  Adafactor cannot compute on sharded parameters at all (``train.py`` refuses it under ``--sharding``).
+* reference: the frozen copy of the denoiser in bf16, whole (DDP, ZeRO-2) or sharded like the policy.
+* gathered: FSDP's transient full-size tensors: two bf16 units (the running block and the prefetched
+  one) plus one unit's fp32 gradient before its reduce-scatter; the largest unit counts.
+* encoders: text encoders and VAE in bf16, whole on every GPU (a latent/text cache removes them).
+* activations: what autograd saves for backward, measured by running the real modules on the meta
+  device at 1024 px with one preference pair per GPU (winner and loser rows) in bf16, attention
+  counted as a flash kernel saves it (q, k, v, output, log-sum-exp); with per-block activation
+  checkpointing, the block inputs plus twice the largest block's saved tensors (its recomputation
+  and the gradients flowing through it).  Activations grow linearly with pairs per GPU.
+
+Not counted: the CUDA context and allocator fragmentation (keep ~10% free), communication buffers
+beyond the gathered units, and the reference's no-grad forward (one block's transient activations).
+``--cross-check`` shards a scaled-down FLUX with the same code as ``train.py`` on a simulated
+8- and 16-process mesh (torch's fake process group) and compares the shard and AdamW-state bytes
+of rank 0 with the arithmetic used below.
+
+    python bench/memory_plan.py [--gpu_gb 80] [--pairs 1 2 4] [--cross-check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+GB = 1e9
+
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))  # fmt: skip
+SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+                  num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm")  # fmt: skip
+SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)  # fmt: skip
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")  # fmt: skip
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, projection_dim=768)  # fmt: skip
+CLIP_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+              max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")  # fmt: skip
+VAE_BLOCKS = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+)
+VAE_16 = dict(**VAE_BLOCKS, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)  # FLUX, SD3
+VAE_4 = dict(**VAE_BLOCKS, latent_channels=4)  # SDXL
+
+
+@dataclass
+class Model:
+    name: str
+    family: str
+    config: dict
+    frozen: list[tuple[str, str, dict]]
+    shapes: list[torch.Size] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)  # parameters per FSDP unit (blocks, then the root's rest)
+    frozen_params: int = 0
+    act_inputs: float = 0.0  # bytes saved at block boundaries (what activation checkpointing keeps)
+    act_block_max: float = 0.0  # bytes one block saves for backward (the largest)
+    act_all: float = 0.0  # bytes every block and the rest save without checkpointing
+    act_outside: float = 0.0  # bytes saved outside the blocks (embeddings, final layers)
+
+    @property
+    def params(self) -> int:
+        return sum(s.numel() for s in self.shapes)
+
+
+MODELS = [
+    Model(
+        "FLUX.1-dev", "flux", FLUX_DEV, [("T5-XXL", "t5", T5_XXL), ("CLIP-L", "clip", CLIP_L), ("VAE", "vae", VAE_16)]
+    ),
+    Model(
+        "SD3.5-large",
+        "sd3",
+        SD35_LARGE,
+        [("T5-XXL", "t5", T5_XXL), ("CLIP-L", "clipp", CLIP_L), ("CLIP-G", "clipp", CLIP_G), ("VAE", "vae", VAE_16)],
+    ),  # fmt: skip
+    Model("SDXL", "sdxl", SDXL_UNET, [("CLIP-L", "clip", CLIP_L), ("CLIP-G", "clipp", CLIP_G), ("VAE", "vae", VAE_4)]),
+]
+
+
+# ----------------------------------------------------------------------------- building on meta
+
+
+def denoiser_class(family: str):
+    from sdpo.families import get_family
+
+    return get_family(family).denoiser_class()
+
+
+def build(kind: str, config: dict):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    if kind == "t5":
+        return T5EncoderModel(T5Config(**config))
+    if kind in ("clip", "clipp"):
+        return (CLIPTextModel if kind == "clip" else CLIPTextModelWithProjection)(CLIPTextConfig(**config))
+    if kind == "vae":
+        return AutoencoderKL(**config)
+    return denoiser_class(kind)(**config)
+
+
+def measure(model: Model) -> None:
+    """Shapes, unit sizes, frozen parameter counts and saved activations, all on the meta device."""
+    from sdpo.families import get_family
+
+    blocks = get_family(model.family).shard_blocks
+    with torch.device("meta"):
+        net = build(model.family, model.config).to(torch.bfloat16)
+        model.frozen_params = sum(sum(p.numel() for p in build(k, c).parameters()) for _, k, c in model.frozen)
+    model.shapes = [p.shape for p in net.parameters()]
+    units = [m for m in net.modules() if type(m).__name__ in blocks]
+    in_units = {id(p) for u in units for p in u.parameters()}
+    model.units = [sum(p.numel() for p in u.parameters()) for u in units]
+    model.units.append(sum(p.numel() for p in net.parameters() if id(p) not in in_units))
+    saved_activations(model, net, units)
+
+
+class _FlashLikeAttention(torch.autograd.Function):
+    """Saves what a flash-attention kernel saves: q, k, v, the output and the fp32 log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _sdpa(query, key, value, *args, **kwargs):
+    return _FlashLikeAttention.apply(query, key, value)
+
+
+def _inputs(model: Model, rows: int, dtype=torch.bfloat16) -> dict:
+    """One 1024 px step's denoiser inputs for ``rows`` rows (a pair = winner + loser)."""
+    e = lambda *s, dt=dtype: torch.empty(*s, device="meta", dtype=dt)  # noqa: E731
+    if model.family == "flux":  # 128 x 128 latents packed 2 x 2 -> 4096 tokens; 512 T5 tokens
+        return dict(
+            hidden_states=e(rows, 4096, 64),
+            timestep=e(rows),
+            guidance=e(rows),
+            pooled_projections=e(rows, 768),
+            encoder_hidden_states=e(rows, 512, 4096),
+            txt_ids=e(512, 3),
+            img_ids=e(4096, 3),
+            return_dict=False,
+        )
+    if model.family == "sd3":  # 2 x 2 patches -> 4096 tokens; 77 CLIP + 256 T5 tokens
+        return dict(hidden_states=e(rows, 16, 128, 128), timestep=e(rows), encoder_hidden_states=e(rows, 333, 4096),
+                    pooled_projections=e(rows, 2048), return_dict=False)  # fmt: skip
+    return dict(
+        sample=e(rows, 4, 128, 128),
+        timestep=e(rows),
+        encoder_hidden_states=e(rows, 77, 2048),
+        added_cond_kwargs=dict(text_embeds=e(rows, 1280), time_ids=e(rows, 6)),
+        return_dict=False,
+    )
+
+
+def _bytes(t: torch.Tensor) -> int:
+    base = t._base if t._base is not None else t
+    return base.numel() * base.element_size()
+
+
+def saved_activations(model: Model, net, units, rows: int = 2) -> None:
+    """Bytes autograd saves, attributed to the innermost running unit; inputs of each unit recorded."""
+    import torch.nn.functional as F
+
+    stack, per_unit, outside, inputs, keep = [], {}, {}, {}, []
+
+    def pre(module, args, kwargs):
+        stack.append(id(module))
+        for t in [*args, *kwargs.values(), *[x for v in kwargs.values() if isinstance(v, tuple) for x in v]]:
+            if isinstance(t, torch.Tensor):
+                keep.append(t)
+                inputs[id(t._base if t._base is not None else t)] = _bytes(t)
+
+    def post(module, args, kwargs, out):
+        stack.pop()
+
+    def pack(t):
+        keep.append(t)
+        key = id(t._base if t._base is not None else t)
+        (per_unit.setdefault(stack[-1], {}) if stack else outside)[key] = _bytes(t)
+        return t
+
+    handles = [u.register_forward_pre_hook(pre, with_kwargs=True) for u in units]
+    handles += [u.register_forward_hook(post, with_kwargs=True) for u in units]
+    real_sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, _sdpa
+    try:
+        net.requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net(**_inputs(model, rows))
+    finally:
+        F.scaled_dot_product_attention = real_sdpa
+        for h in handles:
+            h.remove()
+    unit_saved = [sum(d.values()) for d in per_unit.values()]
+    model.act_outside = sum(outside.values())
+    model.act_all = model.act_outside + sum(unit_saved)
+    model.act_block_max = max(unit_saved)
+    model.act_inputs = sum(inputs.values())
+
+
+# ----------------------------------------------------------------------------- the arithmetic
+
+
+def shard_numel(shapes, n: int) -> int:
+    """Elements rank 0 holds when every tensor is cut along dim 0 into ``ceil(rows / n)``-row shards."""
+    return sum(math.ceil(s[0] / n) * (s.numel() // s[0]) if len(s) else 1 for s in shapes)
+
+
+def adafactor_numel(shapes) -> int:
+    """transformers' Adafactor: row + column statistics for >= 2-D tensors, a full second moment for 1-D."""
+    return sum(s[:-1].numel() + s[:-2].numel() * s[-1] if len(s) >= 2 else s.numel() for s in shapes)
+
+
+STRATEGIES = [("DDP", 8, None), ("ZeRO-2", 8, None), ("FSDP", 8, 8), ("FSDP", 16, 16), ("HSDP 2x8", 16, 8)]
+
+
+def plan(model: Model, strategy: str, gpus: int, shard: int | None, optimizer: str, pairs: int, checkpointing: bool):
+    """Per-GPU bytes by component; ``None`` for a combination that does not run."""
+    p, shapes = model.params, model.shapes
+    if strategy == "DDP":
+        weights, grads, extra, ref, gathered = 4 * p, 4 * p, 4 * p, 2 * p, 0  # extra: DDP's gradient buckets
+        optim = 8 * p if optimizer == "AdamW" else 4 * adafactor_numel(shapes)
+    elif strategy == "ZeRO-2":
+        weights, grads, extra, ref, gathered = 2 * p + 4 * p / gpus, 4 * p / gpus, 0, 2 * p, 0
+        optim = (8 if optimizer == "AdamW" else 4) * p / gpus  # flat partitions: Adafactor unfactored
+    else:
+        if optimizer != "AdamW":
+            return None
+        s = shard_numel(shapes, shard)
+        unit = max(model.units)
+        weights, grads, extra, ref, optim = 4 * s, 4 * s, 0, 2 * s, 8 * s
+        gathered = 2 * 2 * unit + 4 * unit
+    act = model.act_inputs + 2 * model.act_block_max + model.act_outside if checkpointing else model.act_all
+    return dict(weights=weights, grads=grads + extra, optim=optim, reference=ref, gathered=gathered,
+                encoders=2 * model.frozen_params, activations=act * pairs)  # fmt: skip
+
+
+def print_plan(model: Model, gpu_gb: float, pair_counts: list[int]) -> None:
+    print(f"\n## {model.name}: {model.params / 1e9:.2f}B denoiser parameters, largest unit "
+          f"{max(model.units[:-1]) / 1e6:.0f}M, frozen encoders + VAE {model.frozen_params / 1e9:.2f}B")  # fmt: skip
+    print(f"activations per pair at 1024 px: {model.act_all / GB:.1f} GB without checkpointing, "
+          f"{(model.act_inputs + 2 * model.act_block_max + model.act_outside) / GB:.1f} GB with per-block checkpointing "
+          f"(block inputs {model.act_inputs / GB:.2f}, largest block {model.act_block_max / GB:.2f})")  # fmt: skip
+    cols = ["weights", "grads", "optim", "reference", "gathered", "encoders", "activations"]
+    print(f"\n| strategy | GPUs | optimizer | {' | '.join(cols)} | total, 1 pair + AC | fits {gpu_gb:.0f} GB |")
+    print("|" + "---|" * (len(cols) + 5))
+    for strategy, gpus, shard in STRATEGIES:
+        for optimizer in ("AdamW", "Adafactor"):
+            row = plan(model, strategy, gpus, shard, optimizer, 1, True)
+            if row is None:
+                print(f"| {strategy} | {gpus} | {optimizer} | " + " | ".join("-" * len(cols)) +
+                      " | not runnable: transformers' Adafactor fails on sharded parameters | |")  # fmt: skip
+                continue
+            total = sum(row.values()) / GB
+            fits = "yes" if total <= 0.9 * gpu_gb else "no"
+            print(f"| {strategy} | {gpus} | {optimizer} | " + " | ".join(f"{row[c] / GB:.1f}" for c in cols)
+                  + f" | {total:.1f} | {fits} |")  # fmt: skip
+    print("\nHSDP 2x8 + AdamW, pairs per GPU -> total GB (with / without activation checkpointing):")
+    for pairs in pair_counts:
+        on = sum(plan(model, "HSDP 2x8", 16, 8, "AdamW", pairs, True).values()) / GB
+        off = sum(plan(model, "HSDP 2x8", 16, 8, "AdamW", pairs, False).values()) / GB
+        print(f"  {pairs} pair(s): {on:.1f} / {off:.1f}")
+
+
+# ----------------------------------------------------------------------------- cross-check
+
+
+SMALL_FLUX = dict(FLUX_DEV, num_layers=2, num_single_layers=2, num_attention_heads=2, joint_attention_dim=512)
+
+
+def cross_check() -> bool:
+    """Shard a scaled-down FLUX (real head size, rope and layout) on a simulated mesh; compare rank 0's bytes."""
+    import torch.distributed as dist
+    from diffusers import FluxTransformer2DModel
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from sdpo.families import get_family
+    from sdpo.sharding import shard_module
+
+    blocks, ok = get_family("flux").shard_blocks, True
+    for label, shape in (("FSDP over 8", (8,)), ("HSDP 2 x 8", (2, 8))):
+        world = math.prod(shape)
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+        try:
+            torch.manual_seed(0)
+            policy, reference = FluxTransformer2DModel(**SMALL_FLUX), FluxTransformer2DModel(**SMALL_FLUX)
+            shapes = [p.shape for p in policy.parameters()]
+            mesh = init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard")[-len(shape) :])
+            shard_module(policy, blocks, mesh)
+            shard_module(reference.to(torch.bfloat16).requires_grad_(False), blocks, mesh)
+            opt = torch.optim.AdamW(policy.parameters())
+            for q in policy.parameters():
+                q.grad = torch.zeros_like(q)
+            opt.step()
+            local = lambda ts: sum(t.to_local().numel() * t.element_size() for t in ts)  # noqa: E731
+            measured = dict(weights=local(policy.parameters()), reference=local(reference.parameters()),
+                            optim=local(v for s in opt.state.values() for k, v in s.items() if k != "step"))  # fmt: skip
+            s = shard_numel(shapes, shape[-1])
+            arithmetic = dict(weights=4 * s, reference=2 * s, optim=8 * s)
+        finally:
+            dist.destroy_process_group()
+        same = measured == arithmetic
+        ok &= same
+        print(f"cross-check {label} (rank 0 of {world}, {sum(x.numel() for x in shapes) / 1e6:.1f}M parameters): "
+              f"measured {measured} bytes, arithmetic {arithmetic}: {'agree' if same else 'DIFFER'}")  # fmt: skip
+    return ok
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gpu_gb", type=float, default=80.0)
+    p.add_argument("--pairs", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--cross-check", action="store_true", help="also compare the arithmetic with real FSDP2 shards")
+    args = p.parse_args()
+    if args.cross_check and not cross_check():
+        sys.exit(1)
+    for model in MODELS:
+        measure(model)
+        print_plan(model, args.gpu_gb, args.pairs)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,12 @@
 
 The image protocol carries over (``eval/sampling.py``): every prompt starts from the same initial
 latent, one draw for a batch of one from a generator seeded with ``--seed`` on the device, in the
-text encoder's dtype (so batching never changes a video); prompts are encoded one at a time; latents
-are decoded one video at a time in the VAE's dtype (fp32 by default).  The sampler is the model's
+text encoder's dtype; latents are decoded one video at a time in the VAE's dtype (fp32 by default).
+Each prompt is also *sampled* on its own (one pipeline call per prompt, whatever ``--batch_size``):
+Wan's patch-embedding Conv3d and timestep Linear give float32 results that differ between a batch of
+one and of two on a CPU even in MKL's strict mode (6e-7 after the patch embedding, measured), enough
+to change 8-bit frames, and GPU kernels make no promise either.  A single video fills an accelerator
+(17,550 tokens for CogVideoX at 49 x 480 x 720), so batching prompts would buy little.  The sampler is the model's
 own, unchanged: the folder's scheduler (CogVideoX: its DDIM scheduler, Wan2.1: UniPC with the flow
 shift in its config), ``num_inference_steps`` steps, and classifier-free guidance in diffusers'
 convention ``uncond + g (cond - uncond)`` with an empty negative prompt unless ``--negative_prompt``
@@ -121,6 +125,10 @@ def decode_video(comp: VideoComponents, latent: torch.Tensor) -> np.ndarray:
 
 def generate_videos(comp: VideoComponents, prompts: list[str], height: int, width: int, frames: int, steps: int,
                     guidance: float, seed: int, negative_prompt: str = "") -> list[np.ndarray]:  # fmt: skip
-    """One ``uint8 (F, H, W, 3)`` video per prompt; a video does not depend on the other prompts in the batch."""
-    latents = sample_video_latents(comp, prompts, height, width, frames, steps, guidance, seed, negative_prompt)
-    return [decode_video(comp, latents[i : i + 1]) for i in range(latents.shape[0])]
+    """One ``uint8 (F, H, W, 3)`` video per prompt; a video does not depend on the other prompts in the batch
+    (each is sampled and decoded on its own: see the module docstring)."""
+    out = []
+    for p in prompts:
+        latent = sample_video_latents(comp, [p], height, width, frames, steps, guidance, seed, negative_prompt)
+        out.append(decode_video(comp, latent))
+    return out

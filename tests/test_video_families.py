@@ -152,6 +152,7 @@ def test_fp16_keeps_the_t5_output_projections_in_fp32(tiny_cogvideox):
          "and does not run on the wan family (rectified flow); it works on: sd15, sdxl, cogvideox"),
         ("wan", ["--num_frames", "9", "--train_method", "dpo-cm"], "--train_method dpo-cm is defined on DDPM"),
         ("cogvideox", ["--num_frames", "9", "--height", "40"], "--height/--width must be positive multiples of 16"),
+        ("cogvideox", ["--max_sequence_length", "64"], "--max_sequence_length does not apply to cogvideox"),
     ],
 )  # fmt: skip
 def test_video_refusals_are_one_line(family, flags, expected, tiny_cogvideox, tiny_wan):

@@ -45,6 +45,15 @@ class CogVideoX(VideoFamily, DDPMFamily):
     default_fps: ClassVar[int] = 8
 
     @classmethod
+    def configure(cls, cfg) -> None:
+        super().configure(cfg)
+        if getattr(cfg, "max_sequence_length", None) is not None:
+            raise UserError(
+                "--max_sequence_length does not apply to cogvideox: its text is always the transformer's "
+                "max_text_seq_length (226) T5 tokens; drop the flag"
+            )
+
+    @classmethod
     def denoiser_class(cls):
         from diffusers import CogVideoXTransformer3DModel
 

@@ -44,6 +44,7 @@ from pathlib import Path  # noqa: E402
 from PIL import ExifTags, Image  # noqa: E402
 
 from eval.manifest import read_entries, read_manifest  # noqa: E402
+from eval.video_generate import add_video_arguments, is_video, main_video, validate_video  # noqa: E402
 from sdpo.atomic import atomic_path, write_json  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
 
@@ -54,6 +55,8 @@ DEFAULT_BASE = {
     "sdxl": SDXL_ID,
     "sd3": "stabilityai/stable-diffusion-3.5-large",
     "flux": "black-forest-labs/FLUX.1-dev",
+    "cogvideox": "THUDM/CogVideoX-2b",
+    "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
 }
 SETTINGS_FILE = ".generate.json"
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
@@ -245,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--print_manifest_path", action="store_true", help="print where the manifest goes and exit (for scripts)"
     )
+    add_video_arguments(p)  # cogvideox / wan: eval/video_generate.py
     return p
 
 
@@ -268,6 +272,8 @@ def _validate(a: argparse.Namespace) -> None:
     a.model_family = _family(a)
     a.sdxl = a.model_family == "sdxl"
     a.pretrain_path = a.pretrain_path or DEFAULT_BASE[a.model_family]
+    if is_video(a.model_family):
+        return validate_video(a)
     flow = a.model_family in ("sd3", "flux")
     if a.cfg is None:
         from eval.flow_sampling import DEFAULT_GUIDANCE
@@ -289,6 +295,8 @@ def main(argv: list[str] | None = None) -> Path:
     """Generate the set and return the manifest path."""
     args = build_parser().parse_args(argv)
     _validate(args)
+    if is_video(args.model_family):
+        return main_video(args)
     name = run_name(set_name(args.test_json), args.seed, args.height, args.width, args.steps, args.cfg)
     out = Path(args.output_path) if args.output_path else default_output_path(args.unet_path)
     image_dir, manifest = out / name, out / f"{name}.json"

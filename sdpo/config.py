@@ -33,7 +33,8 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(
         prog="train.py",
-        description="Preference-tune SD1.5 / SDXL / SD3 / FLUX with Diffusion-DPO, DSPO, DMPO (+ the SDPO safeguard).",
+        description="Preference-tune image and video diffusion models (SD1.5, SDXL, SD3, FLUX, CogVideoX, Wan) with "
+        "Diffusion-DPO, DSPO, DMPO and baselines (+ the SDPO safeguard).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = p.add_argument_group("model").add_argument
@@ -53,13 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="initial denoiser weights for policy and reference (UNet or transformer): a .pth, or a diffusers folder",
     )
 
-    a = p.add_argument_group("rectified flow (sd3, flux)").add_argument
+    a = p.add_argument_group("rectified flow (sd3, flux, wan)").add_argument
     a("--weighting_scheme", default="none", choices=WEIGHTING_SCHEMES, help="density of the training sigmas")
     a("--logit_mean", type=float, default=0.0, help="logit_normal: mean")
     a("--logit_std", type=float, default=1.0, help="logit_normal: std")
     a("--mode_scale", type=float, default=1.29, help="mode: scale")
     a("--flux_guidance", type=float, default=1.0, help="FLUX guidance-embedding value during training")
-    a("--max_sequence_length", type=int, default=None, help="T5 tokens (default: the pipeline's, flux 512, sd3 256)")
+    a(
+        "--max_sequence_length",
+        type=int,
+        default=None,
+        help="T5 tokens (default: the pipeline's, flux 512, sd3 256, wan 512)",
+    )
 
     a = p.add_argument_group("data").add_argument
     a("--dataset_name", default="yuvalkirstain/pickapic_v2", help="hub id, local dataset folder or parquet file")
@@ -82,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop broken rows before training (image headers, labels, captions); cached by datasets",
     )
     a("--max_bad_fraction", type=float, default=0.1, help="abort when more than this fraction of rows is broken")
+
+    a = p.add_argument_group("video (cogvideox, wan)").add_argument
+    a("--num_frames", type=int, default=None, help="frames per video (default: the model's, cogvideox 49, wan 81)")
+    a("--frame_stride", type=int, default=None, help="take every n-th frame of the source video (default 1)")
+    a("--height", type=int, default=None, help="video height (default: the model's, 480; --resolution R means RxR)")
+    a("--width", type=int, default=None, help="video width (default: the model's, cogvideox 720, wan 832)")
+    a(
+        "--video_pairs_format",
+        default="auto",
+        choices=["auto", "parquet", "videodpo", "videoalign"],
+        help="pair index: parquet (video_0, video_1, label_0, caption), VideoDPO pair.json, VideoAlign CSV",
+    )
+    a("--videoalign_dimension", default="VQ", choices=["VQ", "MQ", "TA"], help="which VideoAlign vote decides")
 
     a = p.add_argument_group("objective").add_argument
     a("--train_method", default="diffusion-dpo", choices=sorted(LOSSES))
@@ -244,6 +263,7 @@ def _validate_family(cfg: argparse.Namespace) -> None:
     """Resolve the family, fill its defaults, and refuse objectives it cannot run."""
     _resolve_family(cfg)
     family = get_family(cfg.model_family)
+    family.configure(cfg)  # video families: frame count, size; image families refuse the video flags
     if cfg.resolution is None:
         cfg.resolution = family.default_resolution
     # The reference SDXL runs always use gradient checkpointing and Adafactor; explicit flags win.

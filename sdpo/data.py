@@ -42,9 +42,20 @@ def _data_files(folder: Path) -> list[str]:
     return files
 
 
+def _video(cfg) -> bool:
+    """Video families read video pairs (``sdpo.video_pairs``); everything else here is shared."""
+    family = getattr(cfg, "model_family", None)
+    return family not in (None, "auto") and get_family(family).video
+
+
 def load_pairs(cfg):
     """The raw split as a ``datasets`` Dataset (or IterableDataset with ``--streaming``), columns checked."""
     from datasets import load_dataset
+
+    if _video(cfg):
+        from sdpo.video_pairs import load_video_pairs
+
+        return load_video_pairs(cfg)
 
     kw = dict(split=cfg.split, cache_dir=cfg.cache_dir, streaming=cfg.streaming)
     source = cfg.train_data_dir or cfg.dataset_name
@@ -74,7 +85,13 @@ def clean_pairs(ds, cfg):
     """Broken rows out (``sdpo.data_checks``), then ties out, then ``--max_train_samples``."""
     source = cfg.train_data_dir or cfg.dataset_name
     if cfg.data_check and hasattr(ds, "__len__"):
-        ds, _ = filter_bad_rows(ds, cfg.max_bad_fraction, source, num_proc=cfg.dataloader_num_workers or None)
+        check = row_problem
+        if _video(cfg):
+            from sdpo.video_pairs import row_checker
+
+            check = row_checker(cfg)
+        ds, _ = filter_bad_rows(ds, cfg.max_bad_fraction, source, num_proc=cfg.dataloader_num_workers or None,
+                                check=check)  # fmt: skip
     return drop_ties(ds, cfg.max_train_samples, cfg.seed)
 
 
@@ -146,6 +163,11 @@ class PairTransform:
     """Row -> training sample; also the single place where ``label_0 == 0`` pairs are flipped."""
 
     def __init__(self, cfg):
+        self.video = None  # video families: frames instead of images (sdpo.video_pairs), the rest is shared
+        if _video(cfg):
+            from sdpo.video_pairs import VideoPairTransform
+
+            self.video = VideoPairTransform(cfg)
         self.resolution = cfg.resolution
         self.random_crop = cfg.random_crop
         self.hflip = not cfg.no_hflip
@@ -155,6 +177,8 @@ class PairTransform:
         self.seed = cfg.seed
 
     def __call__(self, row: dict, epoch: int, index: int) -> dict:
+        if self.video is not None:
+            return self.video(row, epoch, index)
         sample = sample_seed(self.seed, epoch, index)
         first, second = decode(row["jpg_0"]), decode(row["jpg_1"])
         winner, loser = (first, second) if row["label_0"] == 1 else (second, first)

@@ -91,10 +91,11 @@ class BadRowReport:
             )
 
 
-def filter_bad_rows(ds, max_fraction: float, source: str, num_proc: int | None = None):
-    """Drop unusable rows of a map-style ``datasets.Dataset``; log and enforce the cap."""
+def filter_bad_rows(ds, max_fraction: float, source: str, num_proc: int | None = None, check=row_problem):
+    """Drop unusable rows of a map-style ``datasets.Dataset``; log and enforce the cap.  ``check`` is the
+    per-row test (``row_problem`` for Pick-a-Pic images; ``sdpo.video_pairs.row_checker`` for videos)."""
     flags = ds.map(
-        lambda batch: {"_problem": [row_problem(dict(zip(batch, vals))) or "" for vals in zip(*batch.values())]},
+        lambda batch: {"_problem": [check(dict(zip(batch, vals))) or "" for vals in zip(*batch.values())]},
         batched=True,
         input_columns=None,
         remove_columns=ds.column_names,

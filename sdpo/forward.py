@@ -26,12 +26,14 @@ def pair_draws(seeds: torch.Tensor, latent_shape: tuple[int, ...], family: Model
     """Per pair, in this order from its stream: time, diffusion noise, VAE posterior noise (winner,
     loser), noise-offset and input-perturbation draws."""
     t, eps, vae_eps, offset, perturb = [], [], [], [], []
+    # --noise_offset: one draw per latent channel, broadcast over the other axes
+    offset_shape = tuple(n if k == family.channel_axis else 1 for k, n in enumerate(latent_shape))
     for s in seeds.tolist():
         g = torch_generator(s, device)
         t.append(family.draw_time(g, device))
         eps.append(torch.randn(latent_shape, generator=g, device=device))
         vae_eps.append(torch.randn((2, *latent_shape), generator=g, device=device))
-        offset.append(torch.randn((latent_shape[0], *([1] * (len(latent_shape) - 1))), generator=g, device=device))
+        offset.append(torch.randn(offset_shape, generator=g, device=device))
         perturb.append(torch.randn(latent_shape, generator=g, device=device))
     vae_eps = torch.stack(vae_eps)  # (B, 2, *latent) -> winners then losers
     return (

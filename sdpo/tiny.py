@@ -4,8 +4,11 @@ Every test and the CPU demo use these: a *real* diffusers folder (same layout, s
 loadable with ``from_pretrained``) whose networks are a few thousand parameters, and a real
 Pick-a-Pic-format parquet dataset with JPEG bytes.  Nothing here touches the network.
 
-    python -m sdpo.tiny model --kind sd15|sdxl|sd3|flux --out DIR [--seed 0]
+    python -m sdpo.tiny model --kind sd15|sdxl|sd3|flux|cogvideox|wan --out DIR [--seed 0]
     python -m sdpo.tiny pairs --out DIR --n 32 [--size 64] [--seed 0]
+    python -m sdpo.tiny pairs --video --out DIR [--n 16 --size 32 --frames 9 --format parquet|videodpo|videoalign]
+
+The video models and data live in ``sdpo.tiny_video``.
 """
 
 from __future__ import annotations
@@ -187,6 +190,10 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0, block_out_channe
 
     For sd3/flux, ``block_out_channels`` other than the default widens the transformer the same way
     (``block_out_channels[0] // 8`` heads, two blocks of each kind)."""
+    if kind in ("cogvideox", "wan"):
+        from sdpo.tiny_video import build_tiny_video_model
+
+        return build_tiny_video_model(kind, out, seed)
     if kind in ("sd3", "flux"):
         wide = tuple(block_out_channels) != (16, 32)
         return build_tiny_flow_model(kind, out, seed, *((block_out_channels[0] // 8, 2) if wide else ()))
@@ -341,20 +348,27 @@ def _main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m sdpo.tiny", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     m = sub.add_parser("model", help="write a tiny diffusers pipeline folder")
-    m.add_argument("--kind", choices=["sd15", "sdxl", "sd3", "flux"], default="sd15")
+    m.add_argument("--kind", choices=["sd15", "sdxl", "sd3", "flux", "cogvideox", "wan"], default="sd15")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("pairs", help="write a tiny Pick-a-Pic-format parquet dataset")
     d.add_argument("--out", required=True)
-    d.add_argument("--n", type=int, default=32)
-    d.add_argument("--size", type=int, default=64)
+    d.add_argument("--n", type=int, default=None, help="pairs (default 32, --video 16)")
+    d.add_argument("--size", type=int, default=None, help="pixels (default 64, --video 32)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--video", action="store_true", help="moving-shape clips: the winner moves as the caption says")
+    d.add_argument("--frames", type=int, default=9, help="--video: frames per clip")
+    d.add_argument("--format", default="parquet", choices=["parquet", "videodpo", "videoalign"], help="--video index")
     a = p.parse_args(argv)
     np.random.seed(a.seed)
     if a.what == "model":
         print(build_tiny_model(a.kind, a.out, a.seed))
+    elif a.video:
+        from sdpo.tiny_video import build_tiny_video_pairs
+
+        print(build_tiny_video_pairs(a.out, a.n or 16, a.frames, a.size or 32, a.seed, a.format))
     else:
-        print(build_tiny_pairs(a.out, a.n, a.size, a.seed))
+        print(build_tiny_pairs(a.out, a.n or 32, a.size or 64, a.seed))
 
 
 if __name__ == "__main__":

@@ -116,6 +116,10 @@ def guess_family(keys) -> str:
     keys = set(keys)
     if any(k.startswith("single_transformer_blocks.") for k in keys):
         return "a FLUX transformer (use --model_family flux)"
+    if any(k.startswith("patch_embed.text_proj.") for k in keys):
+        return "a CogVideoX transformer (use --model_family cogvideox)"
+    if any(k.startswith("condition_embedder.") for k in keys):
+        return "a Wan transformer (use --model_family wan)"
     if any(k.startswith("transformer_blocks.") for k in keys) and any(k.startswith("pos_embed.") for k in keys):
         return "an SD3 transformer (use --model_family sd3)"
     if not any(k.startswith(("down_blocks.", "conv_in.", "time_embedding.")) for k in keys):

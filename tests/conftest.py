@@ -89,3 +89,35 @@ def flow_flags(model, pairs, out, *extra) -> list[str]:
         "--report_to", "none", "--max_train_steps", "1", "--checkpointing_steps", "1", "--beta_dpo", "500",
         "--no-gradient_checkpointing", *map(str, extra),
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox(tmp_path_factory):
+    from sdpo.tiny import build_tiny_model
+
+    return build_tiny_model("cogvideox", tmp_path_factory.mktemp("models") / "cogvideox", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory):
+    from sdpo.tiny import build_tiny_model
+
+    return build_tiny_model("wan", tmp_path_factory.mktemp("models") / "wan", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_video_pairs(tmp_path_factory):
+    """Eight 9-frame 32 px clip pairs (one of them a tie) in the parquet format."""
+    from sdpo.tiny_video import build_tiny_video_pairs
+
+    return build_tiny_video_pairs(tmp_path_factory.mktemp("data") / "video_pairs", n=8, frames=9, size=32, seed=0)
+
+
+def video_flags(model, pairs, out, *extra) -> list[str]:
+    """A fast tiny video run: 9 frames at 32 px, batch 1, one step, no gradient checkpointing."""
+    return [
+        "--pretrained_model_name_or_path", str(model), "--dataset_name", str(pairs), "--output_dir", str(out),
+        "--resolution", "32", "--num_frames", "9", "--train_batch_size", "1", "--learning_rate", "1e-3",
+        "--lr_warmup_steps", "0", "--report_to", "none", "--max_train_steps", "1", "--checkpointing_steps", "1",
+        "--beta_dpo", "2", "--no-gradient_checkpointing", *map(str, extra),
+    ]  # fmt: skip

@@ -211,3 +211,44 @@ def test_flux_script_shards_as_the_paper_hsdp_2x8():
     proc = run_script("flux_diffusion_dpo", "--dry-run", NUM_GPUS="6", DP_REPLICATE="4", GLOBAL_BATCH="24")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "4 replica group(s) do not divide 6 process(es)" in proc.stderr
+
+
+# SIPO paper, Table A1 (video): beta per method; lr 2e-5 constant, Adam, 4 per GPU x 8 x 16 GPUs, fp16
+VIDEO = {"cogvideox2b_sipo": "THUDM/CogVideoX-2b", "cogvideox5b_sipo": "THUDM/CogVideoX-5b",
+         "wan13b_sipo": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"}  # fmt: skip
+VIDEO_BETA = {"diffusion-dpo": 2.0, "dpo-cm": 0.02, "sipo": 0.02}
+
+
+@pytest.mark.parametrize(
+    "name, method",
+    [(n, m) for n in VIDEO for m in VIDEO_BETA if not (n.startswith("wan") and m != "diffusion-dpo")],
+)  # fmt: skip
+def test_video_recipes_follow_table_a1(name, method):
+    env = dict(NUM_GPUS="8", NUM_NODES="2", NODE_RANK="0", MASTER_ADDR="node0", DATASET="/pairs")
+    opts, cfg, lines = dry_run(name, *(["--method", method] if method != "sipo" else []), **env)
+    assert (cfg.train_method, cfg.beta_dpo) == (method, VIDEO_BETA[method]) and not cfg.use_winner_preserving
+    assert cfg.learning_rate == 2e-5 and not cfg.scale_lr and (cfg.lr_scheduler, cfg.lr_warmup_steps) == ("constant", 0)
+    assert cfg.adam_weight_decay == 0 and cfg.use_adafactor is False and cfg.gradient_checkpointing
+    assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (4, 8)  # 16 GPUs x 4 x 8 = 512
+    assert cfg.mixed_precision == "fp16" and opts["--mixed_precision"] == "fp16"
+    assert (cfg.max_train_steps, cfg.checkpointing_steps) == (1000, 250)
+    assert cfg.pretrained_model_name_or_path == VIDEO[name] and cfg.dataset_name == "/pairs"
+    assert cfg.model_family == name[:3].replace("cog", "cogvideox") and cfg.output_dir == f"outputs/{name}-{method}"
+    assert ("--config_file" in opts) == (name == "cogvideox5b_sipo")  # 5B: DeepSpeed ZeRO-2 by default
+
+
+@pytest.mark.parametrize(
+    "name, args, env, message",
+    [
+        ("wan13b_sipo", [], {"DATASET": "/p"}, "--method sipo needs DDPM transition densities and Wan2.1 is "
+         "rectified flow (no flow form of sipo is implemented); use --method diffusion-dpo"),
+        ("wan13b_sipo", ["--method", "dpo-cm"], {"DATASET": "/p"}, "--method dpo-cm needs DDPM transition densities"),
+        ("cogvideox2b_sipo", [], {}, "set DATASET (or TRAIN_DATA_DIR) to a local video-pair folder or file"),
+        ("cogvideox2b_sipo", ["--method=dpo"], {"DATASET": "/p"}, "unknown --method 'dpo'; choose one of:"),
+        ("sd15_dspo", ["--method", "sipo"], {}, "--method is for the video recipes"),
+    ],
+)  # fmt: skip
+def test_video_recipe_refusals_are_one_line(name, args, env, message):
+    proc = run_script(name, "--dry-run", *args, NUM_GPUS="8", **env)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr

@@ -1,6 +1,8 @@
 # Shared launcher for the paper recipes (sourced, not run).  A recipe script sets
-#   FAMILY=sd15|sdxl|flux|sd3   and   RECIPE=(--train_method ... --beta_dpo ... --winner_preserving_mu ...)
+#   FAMILY=sd15|sdxl|flux|sd3|cogvideox|wan   and   RECIPE=(--train_method ... --beta_dpo ... --winner_preserving_mu ...)
 # and then calls:   launch "$@"
+# Video recipes (cogvideox, wan) instead set DEFAULT_MODEL, METHOD (the default method) and METHOD_BETA (an
+# associative array method -> beta_dpo); the script option --method NAME picks the method and its beta.
 #
 # What it does: counts the local GPUs, works out the processes over all nodes, scales gradient
 # accumulation so that per-GPU batch x processes x accumulation = GLOBAL_BATCH (2048 in the paper),
@@ -14,7 +16,8 @@
 #   OUTPUT_DIR            default outputs/<script name>
 #   NUM_GPUS              GPUs per node (default: counted from CUDA_VISIBLE_DEVICES or nvidia-smi -L)
 #   NUM_NODES (NNODES, SLURM_NNODES), NODE_RANK (SLURM_NODEID), MASTER_ADDR, MASTER_PORT (29500)
-#   GLOBAL_BATCH (2048; flux/sd3: 512), PER_GPU_BATCH (8; flux/sd3: 1), MIXED_PRECISION (bf16), NUM_WORKERS (4)
+#   GLOBAL_BATCH (2048; flux/sd3/video: 512), PER_GPU_BATCH (8; flux/sd3: 1; video: 4)
+#   MIXED_PRECISION (bf16; video: fp16), NUM_WORKERS (4)
 #   ACCEL_CONFIG          an accelerate config file, e.g. configs/accelerate/deepspeed_zero2.yaml
 #   SHARDING              none (DDP) | fsdp | hsdp; default hsdp for flux (FSDP inside a node, data parallel
 #                         across nodes: the paper's 2 x 8), none otherwise.  --sharding X works too.
@@ -75,11 +78,12 @@ EOF_PY
 }
 
 launch() {
-    local flow=0
+    local flow=0 video=0
     [[ "$FAMILY" == flux || "$FAMILY" == sd3 ]] && flow=1
-    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch
+    [[ "$FAMILY" == cogvideox || "$FAMILY" == wan ]] && video=1
+    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch method="${METHOD:-}"
     local sharding="${SHARDING:-$([[ "$FAMILY" == flux ]] && echo hsdp || echo none)}" replicate="${DP_REPLICATE:-}"
-    batch="${PER_GPU_BATCH:-$( ((flow)) && echo 1 || echo 8)}"
+    batch="${PER_GPU_BATCH:-$( ((flow)) && echo 1 || { ((video)) && echo 4 || echo 8; })}"
     local -a extra=()
     name="$(basename "$0" .sh)"
     while (($#)); do
@@ -87,9 +91,19 @@ launch() {
             --dry-run) dry=1 ;;
             --cpu) cpu=1 ;;
             --no-safeguard) safeguard=0 ;;
+            --method | --method=*)
+                if [[ "$1" == --method ]]; then
+                    (($# >= 2)) || _die "--method needs a value"
+                    method="$2"
+                    shift
+                else
+                    method="${1#*=}"
+                fi
+                ((video)) || _die "--method is for the video recipes; this recipe's method is fixed (use --train_method)"
+                ;;
             -h | --help)
                 awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-                echo "Script options: --dry-run, --cpu, --no-safeguard, --help; any other --flag goes to train.py."
+                echo "Script options: --dry-run, --cpu, --no-safeguard, --method (video recipes), --help; any other --flag goes to train.py."
                 echo "Environment: MODEL VAE DATASET TRAIN_DATA_DIR OUTPUT_DIR NUM_GPUS NUM_NODES NODE_RANK MASTER_ADDR"
                 echo "  MASTER_PORT GLOBAL_BATCH PER_GPU_BATCH MIXED_PRECISION NUM_WORKERS ACCEL_CONFIG SHARDING DP_REPLICATE"
                 echo "  ALLOW_CPU DRY_RUN"
@@ -126,6 +140,17 @@ launch() {
         _die "$bad (script options: --dry-run --cpu --no-safeguard --help; anything else must be a train.py flag spelled in full, see: python train.py --help)"
     fi
 
+    # --- video: the method (SIPO paper Table A1 betas), and the data it cannot download --------
+    if ((video)); then
+        [[ -n "${METHOD_BETA[$method]+x}" ]] ||
+            _die "unknown --method '$method'; choose one of: ${!METHOD_BETA[*]}"
+        if [[ "$FAMILY" == wan && ("$method" == dpo-cm || "$method" == sipo) ]]; then
+            _die "--method $method needs DDPM transition densities and Wan2.1 is rectified flow (no flow form of $method is implemented); use --method diffusion-dpo"
+        fi
+        [[ -n "${DATASET:-}${TRAIN_DATA_DIR:-}" ]] ||
+            _die "set DATASET (or TRAIN_DATA_DIR) to a local video-pair folder or file (parquet, VideoDPO pair.json or VideoAlign CSV; the SIPO paper's 10k pairs are not public)"
+    fi
+
     # --- processes: GPUs on this node x nodes -------------------------------------------------
     local gpus nodes rank procs_per_node world device
     gpus="$(count_local_gpus)"
@@ -146,7 +171,7 @@ launch() {
     world=$((procs_per_node * nodes))
 
     # --- batch: per-GPU batch x processes x accumulation = global batch -----------------------
-    local global="${GLOBAL_BATCH:-$( ((flow)) && echo 512 || echo 2048)}"
+    local global="${GLOBAL_BATCH:-$( ((flow || video)) && echo 512 || echo 2048)}"
     _is_uint "$batch" && ((batch >= 1)) || _die "per-GPU batch must be a whole number >= 1, got '$batch'"
     if [[ -z "$accum" ]]; then
         _is_uint "$global" && ((global >= 1)) || _die "GLOBAL_BATCH must be a whole number >= 1, got '$global'"
@@ -188,12 +213,18 @@ launch() {
         vae="${VAE:-none}"
         lr=1e-5
         scale_lr=()
+    elif ((video)); then
+        # SIPO paper, Table A1: lr 2e-5 constant (not scaled), Adam, 4 per GPU x 8 x 16 GPUs, fp16.
+        model="${MODEL:-$DEFAULT_MODEL}"
+        vae="${VAE:-none}"
+        lr=2e-5
+        scale_lr=()
     else
         model="${MODEL:-stable-diffusion-v1-5/stable-diffusion-v1-5}"
         vae="${VAE:-none}"
         lr=1e-8
     fi
-    local precision="${MIXED_PRECISION:-bf16}"
+    local precision="${MIXED_PRECISION:-$( ((video)) && echo fp16 || echo bf16)}"
     [[ "$device" == cpu && -z "${MIXED_PRECISION:-}" ]] && precision=no
     local -a train=(--pretrained_model_name_or_path "$model")
     [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
@@ -202,6 +233,8 @@ launch() {
         [[ "$sharding" == none ]] && train+=(--use_adafactor)
     fi
     ((flow)) && train+=(--model_family "$FAMILY" --gradient_checkpointing --resolution 1024)
+    ((video)) && train+=(--model_family "$FAMILY" --gradient_checkpointing --train_method "$method"
+        --beta_dpo "${METHOD_BETA[$method]}")
     if [[ -n "${TRAIN_DATA_DIR:-}" ]]; then
         train+=(--train_data_dir "$TRAIN_DATA_DIR")
     else
@@ -217,16 +250,25 @@ launch() {
         esac
         i=$((i + 1))
     done
+    local -a schedule=(--lr_scheduler constant_with_warmup --lr_warmup_steps 500 --max_train_steps 2000
+        --checkpointing_steps 500)
+    local out="${OUTPUT_DIR:-outputs/$name}"
+    if ((video)); then
+        # Table A1 is silent on these (see the recipe headers): constant lr without warmup, plain Adam (AdamW
+        # without decay), 1000 steps with a checkpoint every 250 (the paper reports 500 and 1000).
+        schedule=(--lr_scheduler constant --lr_warmup_steps 0 --max_train_steps 1000 --checkpointing_steps 250
+            --adam_weight_decay 0 --no-use_adafactor)
+        out="${OUTPUT_DIR:-outputs/$name-$method}"
+    fi
     train+=(
         "${recipe[@]}"
         --learning_rate "$lr" "${scale_lr[@]}"
-        --lr_scheduler constant_with_warmup --lr_warmup_steps 500 --max_train_steps 2000
+        "${schedule[@]}"
         --train_batch_size "$batch" --gradient_accumulation_steps "$accum"
         "${shard_flags[@]}"
         --mixed_precision "$precision" --allow_tf32
-        --checkpointing_steps 500
         --dataloader_num_workers "${NUM_WORKERS:-4}"
-        --output_dir "${OUTPUT_DIR:-outputs/$name}"
+        --output_dir "$out"
         "${extra[@]}"
     )
 
@@ -252,7 +294,7 @@ launch() {
     [[ "$device" == cpu ]] && unit="CPU process"
     echo "$name: $nodes node(s) x $procs_per_node $unit = $world process(es) (this node: rank $rank)"
     echo "$name: per-GPU batch $batch x $world x accumulation $accum = global batch $global pairs"
-    echo "$name: lr $lr x $global (--scale_lr) = $scaled; output ${OUTPUT_DIR:-outputs/$name}"
+    echo "$name: lr $lr x $global (--scale_lr) = $scaled; output $out"
     if [[ "$sharding" == hsdp ]]; then
         echo "$name: HSDP: $replicate replica group(s) x $((world / replicate)) shard(s) (FSDP inside a group, data parallel across groups)"
     elif [[ "$sharding" == fsdp ]]; then

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from sdpo.errors import UserError
 from sdpo.families.base import ModelFamily
+from sdpo.families.cogvideox import CogVideoX
 from sdpo.families.flux import Flux
 from sdpo.families.sd3 import SD3
 from sdpo.families.sd15 import SD15
 from sdpo.families.sdxl import SDXL
+from sdpo.families.wan import Wan
 
-FAMILIES: dict[str, type[ModelFamily]] = {f.name: f for f in (SD15, SDXL, SD3, Flux)}
+FAMILIES: dict[str, type[ModelFamily]] = {f.name: f for f in (SD15, SDXL, SD3, Flux, CogVideoX, Wan)}
 CHOICES = ("auto", *FAMILIES)
 
 

@@ -62,6 +62,8 @@ class ModelFamily:
     joint_augment: ClassVar[bool] = False  # one crop/flip for winner and loser (the SDXL reference script)
     dspo_form: ClassVar[str | None] = "sd15"  # which branch of the reference DSPO loss applies
     shard_blocks: ClassVar[tuple[str, ...]] = ()  # denoiser module classes that are FSDP units (sdpo.sharding)
+    video: ClassVar[bool] = False  # samples are frame stacks (F, 3, H, W) rather than images (3, H, W)
+    channel_axis: ClassVar[int] = 0  # the axis of one sample's latent that holds the channels (noise offset)
 
     def __init__(self, cfg, device: torch.device, weight_dtype: torch.dtype):
         self.cfg, self.device, self.weight_dtype = cfg, device, weight_dtype
@@ -82,6 +84,18 @@ class ModelFamily:
     @classmethod
     def denoiser_class(cls):
         raise NotImplementedError
+
+    @classmethod
+    def configure(cls, cfg) -> None:
+        """Fill this family's config defaults and reject flags it cannot use (one line each); image
+        families refuse the video flags (``sdpo.families.video`` overrides this)."""
+        given = [
+            f"--{k}" for k in ("num_frames", "frame_stride", "height", "width") if getattr(cfg, k, None) is not None
+        ]
+        if getattr(cfg, "video_pairs_format", "auto") != "auto":
+            given.append("--video_pairs_format")
+        if given:
+            raise UserError(f"{', '.join(given)} only apply to video families (cogvideox, wan), not {cls.name}")
 
     @classmethod
     def check_folder(cls, root: Path) -> None:
@@ -125,17 +139,22 @@ class ModelFamily:
     def load_text_encoders(self) -> None:
         raise NotImplementedError
 
-    def load_vae(self):
+    @classmethod
+    def vae_class(cls):
         from diffusers import AutoencoderKL
 
+        return AutoencoderKL
+
+    def load_vae(self):
+        vae_cls = self.vae_class()
         cfg = self.cfg
         if cfg.pretrained_vae_model_name_or_path:
             # A VAE folder/repo itself (madebyollin/sdxl-vae-fp16-fix) or a pipeline folder holding vae/.
             # --revision names a commit of the main model, not of this repo, so it is not passed on.
             local = Path(cfg.pretrained_vae_model_name_or_path).expanduser()
             path = str(local) if local.is_dir() else cfg.pretrained_vae_model_name_or_path
-            return from_pretrained(AutoencoderKL, path, subfolder="vae" if (local / "vae").is_dir() else None)
-        return from_pretrained(AutoencoderKL, cfg.pretrained_model_name_or_path, subfolder="vae", revision=cfg.revision)
+            return from_pretrained(vae_cls, path, subfolder="vae" if (local / "vae").is_dir() else None)
+        return from_pretrained(vae_cls, cfg.pretrained_model_name_or_path, subfolder="vae", revision=cfg.revision)
 
     def load_denoiser(self) -> torch.nn.Module:
         from sdpo.weights import load_denoiser_weights

@@ -1,0 +1,49 @@
+"""The DDPM noise process as the families on it use it (CogVideoX; SD1.5/SDXL have their own copy in
+``sd15.py`` that predates this module and behaves identically).
+
+    t ~ U{0..T-1},   x_t = scheduler.add_noise(x_0, eps, t),
+    target = eps (``epsilon``) or scheduler.get_velocity(x_0, eps, t) (``v_prediction``)
+
+Everything comes from the model's own scheduler (its betas, any SNR shift and zero-terminal-SNR
+rescaling), and the schedule is handed to objectives that need transition densities (dpo-cm, sipo).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from sdpo.errors import UserError
+from sdpo.families.base import ModelFamily
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class DDPMFamily(ModelFamily):
+    process: ClassVar[str] = "ddpm"
+
+    def check_scheduler(self, sched):
+        if sched.config.prediction_type not in PREDICTION_TYPES:
+            raise UserError(
+                f"{self.cfg.pretrained_model_name_or_path}: prediction_type {sched.config.prediction_type!r} is not "
+                f"supported (only {', '.join(PREDICTION_TYPES)})"
+            )
+        return sched
+
+    def draw_time(self, generator, device) -> torch.Tensor:
+        return torch.randint(0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=device)
+
+    def add_noise(self, latents, noise, time):
+        sched = self.scheduler
+        noisy = sched.add_noise(latents, noise, time)
+        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, time)
+        return noisy, target, time
+
+    def process_terms(self) -> dict:
+        sched = self.scheduler
+        return {
+            "alphas_cumprod": sched.alphas_cumprod,
+            "prediction_type": sched.config.prediction_type,
+            "num_train_timesteps": sched.config.num_train_timesteps,
+        }

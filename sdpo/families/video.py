@@ -1,0 +1,103 @@
+"""What text-to-video families (CogVideoX, Wan2.1) share: frame-count rules, video sizes, defaults.
+
+A video sample reaches a family as pixels ``(F, 3, H, W)`` in [-1, 1] (frames first); each family
+turns it into its own latent layout (CogVideoX ``(F', C, h, w)``, Wan ``(C, F', h, w)``).  Nothing
+outside the family modules knows there is a frame axis: losses average over every non-batch axis.
+
+Frame counts.  Both VAEs compress time by 4 causally: F frames become ``(F - 1) // 4 + 1`` latent
+frames, so a count that is not ``4k + 1`` silently loses its last frames (2 or 3 frames give one
+latent frame, like a single image).  Decoding gives ``4 (F' - 1) + 1`` frames back for Wan, so Wan
+takes ``F = 4k + 1`` (its own: 81).  CogVideoX's VAE decodes latent frames in pairs and gives
+``4 F'`` frames when ``F'`` is even, so only ``F = 8k + 1`` round-trips exactly (its own: 49);
+those are the counts accepted.  (Measured on diffusers 0.42 with the tiny VAEs of ``sdpo.tiny``.)
+Height and width must be multiples of 16 (VAE factor 8 times the transformer's 2x2 patches).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from sdpo.errors import UserError
+
+SIZE_MULTIPLE = 16
+
+
+class VideoFamily:
+    """Mixin placed before the family's process base (``DDPMFamily`` or ``FlowFamily``)."""
+
+    video: ClassVar[bool] = True
+    heavy: ClassVar[bool] = True  # gradient checkpointing on by default
+    joint_augment: ClassVar[bool] = True  # one frame window, resize and crop for winner and loser
+    denoiser_folder: ClassVar[str] = "transformer"
+    frame_step: ClassVar[int] = 4  # valid frame counts are frame_step * k + 1
+    frame_rule: ClassVar[str] = ""  # why, in a clause, for the error message
+    default_num_frames: ClassVar[int] = 81
+    default_size: ClassVar[tuple[int, int]] = (480, 832)  # (height, width) the model was trained at
+    default_fps: ClassVar[int] = 16
+
+    @classmethod
+    def valid_frame_counts(cls) -> list[int]:
+        return list(range(1, cls.default_num_frames + 1, cls.frame_step))
+
+    @classmethod
+    def check_num_frames(cls, n: int, flag: str = "--num_frames") -> None:
+        if n < 1 or (n - 1) % cls.frame_step:
+            valid = ", ".join(map(str, cls.valid_frame_counts()))
+            raise UserError(
+                f"{flag} {n} does not work for {cls.name}: {cls.frame_rule}; use one of {valid} "
+                f"(or more in steps of {cls.frame_step}; the model's own is {cls.default_num_frames})"
+            )
+
+    @classmethod
+    def check_size(cls, height: int, width: int, flags: str = "--height/--width") -> None:
+        if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+            raise UserError(
+                f"{flags} must be positive multiples of {SIZE_MULTIPLE} for {cls.name} (VAE factor 8 x 2x2 patches), "
+                f"got {height}x{width}"
+            )
+
+    @classmethod
+    def configure(cls, cfg) -> None:
+        """Video defaults: the model's frame count and size (``--resolution R`` means R x R), stride 1."""
+        if getattr(cfg, "streaming", False):
+            raise UserError(f"--streaming is not supported for video pairs ({cls.name}); use a local folder or file")
+        cfg.num_frames = cls.default_num_frames if cfg.num_frames is None else cfg.num_frames
+        cls.check_num_frames(cfg.num_frames)
+        cfg.frame_stride = 1 if cfg.frame_stride is None else cfg.frame_stride
+        if cfg.frame_stride < 1:
+            raise UserError(f"--frame_stride must be >= 1, got {cfg.frame_stride}")
+        square = cfg.resolution
+        cfg.height = cfg.height or square or cls.default_size[0]
+        cfg.width = cfg.width or square or cls.default_size[1]
+        cls.check_size(cfg.height, cfg.width)
+        cfg.resolution = cfg.resolution or cfg.height
+
+    # ------------------------------------------------------------------ shapes
+
+    @property
+    def temporal_compression(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def spatial_compression(self) -> int:
+        raise NotImplementedError
+
+    def latent_grid(self, pixel_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """``(latent frames, latent height, latent width)`` for one video's pixels ``(F, 3, H, W)``."""
+        frames, _, height, width = pixel_shape
+        self.check_num_frames(frames, "a video of")
+        s = self.spatial_compression
+        return (frames - 1) // self.temporal_compression + 1, height // s, width // s
+
+
+def keep_fp32_modules(model: torch.nn.Module) -> torch.nn.Module:
+    """Put back in fp32 the submodules a transformers model asks to keep there (T5's and UMT5's ``wo``
+    projections overflow in fp16), after the blanket cast every frozen part gets; the model's own
+    forward casts activations to those weights' dtype."""
+    names = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if any(name == n or name.endswith("." + n) for n in names):
+            module.float()
+    return model

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sdpo.errors import UserError
 from sdpo.losses import LOSSES
+from sdpo.losses.kto import HALOS
 from sdpo.safeguard_modes import GRANULARITIES, MODES
 
 _PRECISIONS = ("no", "fp16", "bf16")
@@ -101,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.9,
         help="dpo-cm: pairs whose importance weight is below this are masked",
     )
+    # Diffusion-KTO (sdpo/losses/kto.py, sdpo/kto_data.py); names and defaults of its public code.
+    a("--kto_beta", type=float, default=1000.0, help="kto: scale of the implicit reward L_ref - L_theta")
+    a("--halo", default="sigmoid", choices=sorted(HALOS), help="kto: the utility function of the scaled reward")
+    a("--lambda_d_kto", type=float, default=1.0, help="kto: weight of desirable images")
+    a("--lambda_u_kto", type=float, default=1.0, help="kto: weight of undesirable images")
+    a("--positive_ratio", type=float, default=0.5, help="kto: probability that a sample is a desirable image")
+    a(
+        "--kto_label_column",
+        default=None,
+        help="kto: train on a per-image dataset whose boolean column NAME marks desirable images (else: "
+        "Pick-a-Pic pairs, winner desirable, loser undesirable)",
+    )
+    a("--kto_image_column", default="image", help="kto: the image column of a --kto_label_column dataset")
     a("--noise_offset", type=float, default=0.0)
     a("--input_perturbation", type=float, default=0.0)
 
@@ -157,6 +171,7 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         cfg.use_adafactor = cfg.sdxl
     if not 0.0 <= cfg.winner_preserving_mu <= 1.0:
         raise UserError(f"--winner_preserving_mu must be in [0, 1], got {cfg.winner_preserving_mu}")
+    _validate_kto(cfg)  # before the safeguard's own checks: with kto the answer is "drop it", not "add it"
     _validate_safeguard(cfg)
     _validate_extra_objectives(cfg)
     if not 0.0 <= cfg.proportion_empty_prompts <= 1.0:
@@ -225,6 +240,28 @@ def _validate_extra_objectives(cfg: argparse.Namespace) -> None:
         raise UserError(f"--sipo_clip_eps must be in (0, 1), got {cfg.sipo_clip_eps}")
     if not 0.0 <= cfg.sipo_mask_threshold <= 1.0:
         raise UserError(f"--sipo_mask_threshold must be in [0, 1], got {cfg.sipo_mask_threshold}")
+
+
+def _validate_kto(cfg: argparse.Namespace) -> None:
+    if cfg.train_method != "kto":
+        if cfg.kto_label_column:
+            raise UserError(f"--kto_label_column only acts with --train_method kto (method is {cfg.train_method})")
+        return
+    given = [f"--{n}" for n in ("use_winner_preserving", *_SAFEGUARD_FLAGS, "log_param_lambda") if _given(cfg, n)]
+    if given:
+        raise UserError(
+            f"{', '.join(given)}: the SDPO safeguard needs a winner/loser pair, and --train_method kto trains on "
+            "single labelled images (the paper reports no Diff.-KTO + SDPO row); drop the safeguard flags"
+        )
+    if cfg.kto_beta <= 0:
+        raise UserError(f"--kto_beta must be positive, got {cfg.kto_beta}")
+    if not 0.0 <= cfg.positive_ratio <= 1.0:
+        raise UserError(f"--positive_ratio must be in [0, 1], got {cfg.positive_ratio}")
+    for name in ("lambda_d_kto", "lambda_u_kto"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.kto_label_column and cfg.streaming:
+        raise UserError("--kto_label_column cannot stream: drawing --positive_ratio needs every label up front")
 
 
 _SAFEGUARD_FLAGS = ("winner_preserving_mode", "winner_preserving_lambda", "winner_preserving_granularity")

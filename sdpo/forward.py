@@ -84,9 +84,9 @@ def conditioning(comps: Components, captions: list[str], cfg, reps: int, dtype: 
 
 def preference_forward(batch: dict, comps: Components, cfg, objective, device: torch.device) -> PreferenceTerms:
     pixels = batch["pixel_values"].to(device)
-    bsz = pixels.shape[0] // 2
+    bsz = len(batch["captions"])  # pairs: 2B rows (winners, then losers); kto: B single images
     uses_loser = objective.USES_LOSER
-    if not uses_loser:  # SFT: only the preferred images are denoised
+    if not uses_loser:  # SFT: only the preferred images are denoised (kto: the one image of each sample)
         pixels = pixels[:bsz]
     reps = 2 if uses_loser else 1
     latents, noisy, target, timesteps = noised_latents(batch, pixels, comps, cfg, reps, device)
@@ -106,7 +106,14 @@ def preference_forward(batch: dict, comps: Components, cfg, objective, device: t
         model_pred = comps.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
     losses = per_sample_mse(model_pred, target)
     if not uses_loser:
-        return PreferenceTerms(model_pred=model_pred, target=target, timesteps=timesteps, model_w=losses)
+        ref_pred = ref_w = None
+        if comps.ref_unet is not None:  # kto: the reference denoises the same single images
+            with torch.no_grad():
+                ref_pred = comps.ref_unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+                ref_w = per_sample_mse(ref_pred, target)
+        labels = batch["labels"].to(device) if "labels" in batch else None  # kto: True = desirable
+        return PreferenceTerms(model_pred=model_pred, target=target, timesteps=timesteps, model_w=losses,
+                               ref_pred=ref_pred, ref_w=ref_w, labels=labels)  # fmt: skip
 
     model_w, model_l = losses.chunk(2)
     lam, logs = torch.ones((), device=device), {}

@@ -85,7 +85,7 @@ def reference_point(g: torch.Tensor) -> torch.Tensor:
 
 
 def _class_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (v * mask).sum() / (mask.sum() + 1e-6)  # 0 for an empty class, as the code logs it
+    return (v * mask).sum() / mask.sum().clamp(min=1)  # 0 for an empty class, as the code logs it
 
 
 def loss(terms: PreferenceTerms, cfg) -> LossOutput:

@@ -1,6 +1,11 @@
-# Shared launcher for the six paper recipes (sourced, not run).  A recipe script sets
+# Shared launcher for the paper recipes (sourced, not run).  A recipe script sets
 #   FAMILY=sd15|sdxl   and   RECIPE=(--train_method ... --beta_dpo ... --winner_preserving_mu ...)
 # and then calls:   launch "$@"
+# A flag in RECIPE replaces the shared one of the same name (sd15_kto.sh's schedule).
+# A recipe whose source run differs from the SDPO paper's may also set, before `launch`:
+#   RECIPE_LR (the family's lr), RECIPE_SCALE_LR=0 (no --scale_lr), RECIPE_TF32=0 (no --allow_tf32),
+#   RECIPE_GLOBAL_BATCH, RECIPE_PER_GPU_BATCH, RECIPE_PRECISION (defaults of the variables below),
+#   RECIPE_UNIT (what one sample is, for the printed summary: pairs).
 #
 # What it does: counts the local GPUs, works out the processes over all nodes, scales gradient
 # accumulation so that per-GPU batch x processes x accumulation = GLOBAL_BATCH (2048 in the paper),
@@ -14,7 +19,8 @@
 #   OUTPUT_DIR            default outputs/<script name>
 #   NUM_GPUS              GPUs per node (default: counted from CUDA_VISIBLE_DEVICES or nvidia-smi -L)
 #   NUM_NODES (NNODES, SLURM_NNODES), NODE_RANK (SLURM_NODEID), MASTER_ADDR, MASTER_PORT (29500)
-#   GLOBAL_BATCH (2048), PER_GPU_BATCH (8), MIXED_PRECISION (bf16), NUM_WORKERS (4)
+#   GLOBAL_BATCH (2048), PER_GPU_BATCH (8), MIXED_PRECISION (bf16), NUM_WORKERS (4); the recipe's
+#                         RECIPE_* values replace these defaults
 #   ACCEL_CONFIG          an accelerate config file, e.g. configs/accelerate/deepspeed_zero2.yaml
 #   ALLOW_CPU=1           run on CPU when no GPU is found (tiny smoke tests only)
 #   DRY_RUN=1             print the command instead of running it
@@ -71,8 +77,15 @@ if rest:
 EOF_PY
 }
 
+_recipe_sets() {
+    local f
+    for f in "${RECIPE[@]}"; do [[ "$f" == "$1" ]] && return 0; done
+    return 1
+}
+
 launch() {
-    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch="${PER_GPU_BATCH:-8}"
+    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum=""
+    local batch="${PER_GPU_BATCH:-${RECIPE_PER_GPU_BATCH:-8}}"
     local -a extra=()
     name="$(basename "$0" .sh)"
     while (($#)); do
@@ -131,7 +144,7 @@ launch() {
     world=$((procs_per_node * nodes))
 
     # --- batch: per-GPU batch x processes x accumulation = global batch -----------------------
-    local global="${GLOBAL_BATCH:-2048}"
+    local global="${GLOBAL_BATCH:-${RECIPE_GLOBAL_BATCH:-2048}}"
     _is_uint "$batch" && ((batch >= 1)) || _die "per-GPU batch must be a whole number >= 1, got '$batch'"
     if [[ -z "$accum" ]]; then
         _is_uint "$global" && ((global >= 1)) || _die "GLOBAL_BATCH must be a whole number >= 1, got '$global'"
@@ -155,7 +168,8 @@ launch() {
         vae="${VAE:-none}"
         lr=1e-8
     fi
-    local precision="${MIXED_PRECISION:-bf16}"
+    lr="${RECIPE_LR:-$lr}"
+    local precision="${MIXED_PRECISION:-${RECIPE_PRECISION:-bf16}}"
     [[ "$device" == cpu && -z "${MIXED_PRECISION:-}" ]] && precision=no
     local -a train=(--pretrained_model_name_or_path "$model")
     [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
@@ -175,17 +189,23 @@ launch() {
         esac
         i=$((i + 1))
     done
-    train+=(
-        "${recipe[@]}"
-        --learning_rate "$lr" --scale_lr
+    local scale_lr="${RECIPE_SCALE_LR:-1}"
+    local -a shared=(
+        --learning_rate "$lr"
         --lr_scheduler constant_with_warmup --lr_warmup_steps 500 --max_train_steps 2000
         --train_batch_size "$batch" --gradient_accumulation_steps "$accum"
-        --mixed_precision "$precision" --allow_tf32
+        --mixed_precision "$precision"
         --checkpointing_steps 500
         --dataloader_num_workers "${NUM_WORKERS:-4}"
         --output_dir "${OUTPUT_DIR:-outputs/$name}"
-        "${extra[@]}"
     )
+    local j
+    for ((j = 0; j < ${#shared[@]}; j += 2)); do  # a flag the recipe sets itself is left to the recipe
+        _recipe_sets "${shared[j]}" || train+=("${shared[j]}" "${shared[j + 1]}")
+    done
+    [[ "$scale_lr" == 1 ]] && train+=(--scale_lr)
+    [[ "${RECIPE_TF32:-1}" == 1 ]] && train+=(--allow_tf32)
+    train+=("${recipe[@]}" "${extra[@]}")
 
     # --- accelerate launch ----------------------------------------------------------------------
     local -a cmd=(accelerate launch)
@@ -207,8 +227,12 @@ launch() {
     local unit="GPU(s)"
     [[ "$device" == cpu ]] && unit="CPU process"
     echo "$name: $nodes node(s) x $procs_per_node $unit = $world process(es) (this node: rank $rank)"
-    echo "$name: per-GPU batch $batch x $world x accumulation $accum = global batch $global pairs"
-    echo "$name: lr $lr x $global (--scale_lr) = $scaled; output ${OUTPUT_DIR:-outputs/$name}"
+    echo "$name: per-GPU batch $batch x $world x accumulation $accum = global batch $global ${RECIPE_UNIT:-pairs}"
+    if [[ "$scale_lr" == 1 ]]; then
+        echo "$name: lr $lr x $global (--scale_lr) = $scaled; output ${OUTPUT_DIR:-outputs/$name}"
+    else
+        echo "$name: lr $lr (not scaled); output ${OUTPUT_DIR:-outputs/$name}"
+    fi
     if [[ "$dry" == 1 ]]; then
         printf '%q ' "${cmd[@]}" | sed 's/ $//'
         echo

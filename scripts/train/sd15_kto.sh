@@ -5,7 +5,8 @@
 # with 200 warmup steps; 2 images per GPU on 4 GPUs, no accumulation (global batch 8); fp16;
 # gradient checkpointing; no TF32; 20000 steps, a checkpoint every 5000, the newest 4 kept; seed 0.
 # Its earlier revision (and REFERENCE section 10) accumulated 256 micro-batches: GLOBAL_BATCH=2048.
-# On 8 GPUs, 8 is not divisible by 2 x 8: use PER_GPU_BATCH=1 (or GLOBAL_BATCH=16).
+# On 8 GPUs use PER_GPU_BATCH=1: 8 images per micro-batch over all GPUs, as the example's, which is
+# also the batch the reference point z is averaged over.
 # Not carried over: 8-bit Adam (AdamW here), xformers (PyTorch attention), its in-run validation images.
 # Usage: bash scripts/train/sd15_kto.sh [--dry-run] [--cpu] [--help] [train.py flags...]
 # Paths and topology come from environment variables: see scripts/train/common.sh.

@@ -3,8 +3,10 @@ a per-image dataset with a boolean label column.
 
 What the public Diffusion-KTO code (``jacklishufan/diffusion-kto``, ``train_kto_sd_v1.5.py``) does:
 it trains on a per-image table preprocessed from Pick-a-Pic (``train_processed_v3.csv``: one row per
-image, its caption, and whether the image only ever won, only ever lost, or both).  The example run
-(``--policy gt_label_wi_l``) labels "won at least once" desirable and "only lost" undesirable, and
+image with its caption and a ``split`` of ``exclusive_win``, ``exclusive_lose`` or ``intersections``,
+by their names images that only won, only lost, or both).  The example run (``--policy
+gt_label_wi_l``) labels ``exclusive_win`` and ``intersections`` desirable, ``exclusive_lose``
+undesirable (the paper counts 237,530 desirable and 690,538 undesirable images), and
 draws every training sample with replacement so that a sample is desirable with probability
 ``--positive_ratio`` (0.8 in the example; the flag's default is 0.5), uniformly within each class
 (a ``WeightedRandomSampler`` with class weights ``ratio / count``), ``len(dataset)`` draws an epoch.
@@ -16,8 +18,9 @@ Here, two sources:
   stream (``sdpo.seeding``) picks its winner (label desirable) with probability ``positive_ratio``,
   else its loser (undesirable).  The expected desirable fraction is the code's; what differs from
   its preprocessed table: an image is labelled by the pair it is drawn from (a loser that wins
-  another pair is undesirable here, desirable in the code's ``wi_l`` table), and images are weighted
-  by how many pairs hold them.  To train on the code's own table, use the per-image source below.
+  another pair is undesirable here, desirable in the code's ``wi_l`` table), images are weighted by
+  how many pairs hold them, and every pair is visited once an epoch (the code draws with
+  replacement).  To train on the code's own table, use the per-image source below.
 * **Per-image data** (``--kto_label_column NAME``): rows with an image (``--kto_image_column``,
   default ``image``: encoded bytes, or a ``datasets`` Image), ``caption`` and a boolean label
   (true: desirable).  Sample ``index`` of epoch ``e`` draws, from its own stream, the class
@@ -97,8 +100,11 @@ def image_bytes(value) -> bytes | None:
         if value.get("bytes"):
             return value["bytes"]
         if value.get("path"):
-            with open(value["path"], "rb") as f:
-                return f.read()
+            try:
+                with open(value["path"], "rb") as f:
+                    return f.read()
+            except OSError:
+                return None  # reported as a missing image by the data check
         return None
     return value
 

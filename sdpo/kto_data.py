@@ -28,7 +28,8 @@ Here, two sources:
   code's weighted sampling with replacement, made a pure function of ``(seed, epoch, index)`` so
   resuming stays bit-identical.  A class with no rows is never drawn (the other one always is).
 
-Crop, flip and empty-prompt dropout are those of the pairs (``sdpo.data``), on one image.  A batch
+Crop, flip and empty-prompt dropout are those of the pairs (``sdpo.data``), on one image; the code's
+defaults agree (centre crop, a random horizontal flip, 20% of captions blanked).  A batch
 holds ``pixel_values`` (B, 3, H, W), ``captions``, ``labels`` (bool, B), ``sample_seeds``, ``indices``.
 """
 

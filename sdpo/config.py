@@ -16,6 +16,7 @@ from sdpo.families import CHOICES as FAMILY_CHOICES
 from sdpo.families import FAMILIES, get_family, resolve_family
 from sdpo.families.flow import WEIGHTING_SCHEMES
 from sdpo.losses import LOSSES, processes
+from sdpo.losses.kto import HALOS
 from sdpo.models import check_family
 from sdpo.safeguard_modes import GRANULARITIES, MODES
 from sdpo.sharding import REDUCE_DTYPES, STRATEGIES
@@ -143,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.9,
         help="dpo-cm: pairs whose importance weight is below this are masked",
     )
+    # Diffusion-KTO (sdpo/losses/kto.py, sdpo/kto_data.py); names and defaults of its public code.
+    a("--kto_beta", type=float, default=1000.0, help="kto: scale of the implicit reward L_ref - L_theta")
+    a("--halo", default="sigmoid", choices=sorted(HALOS), help="kto: the utility function of the scaled reward")
+    a("--lambda_d_kto", type=float, default=1.0, help="kto: weight of desirable images")
+    a("--lambda_u_kto", type=float, default=1.0, help="kto: weight of undesirable images")
+    a("--positive_ratio", type=float, default=0.5, help="kto: probability that a sample is a desirable image")
+    a(
+        "--kto_label_column",
+        default=None,
+        help="kto: train on a per-image dataset whose boolean column NAME marks desirable images (else: "
+        "Pick-a-Pic pairs, winner desirable, loser undesirable)",
+    )
+    a("--kto_image_column", default="image", help="kto: the image column of a --kto_label_column dataset")
     a("--noise_offset", type=float, default=0.0)
     a("--input_perturbation", type=float, default=0.0)
 
@@ -219,6 +233,7 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
     """Fill family-dependent defaults and reject impossible settings; one line per problem."""
     if not 0.0 <= cfg.winner_preserving_mu <= 1.0:
         raise UserError(f"--winner_preserving_mu must be in [0, 1], got {cfg.winner_preserving_mu}")
+    _validate_kto(cfg)  # before the safeguard's own checks: with kto the answer is "drop it", not "add it"
     _validate_safeguard(cfg)
     _validate_extra_objectives(cfg)
     _validate_sharding(cfg)
@@ -272,6 +287,8 @@ def _validate_family(cfg: argparse.Namespace) -> None:
     if cfg.use_adafactor is None:  # sharded runs: AdamW (Adafactor does not run on sharded parameters)
         cfg.use_adafactor = family.name == "sdxl" and cfg.sharding == "none"
     objective = LOSSES[cfg.train_method]
+    if cfg.train_method == "kto" and getattr(family, "video", False):
+        raise UserError(f"--train_method kto reads labelled images; it has no video data path ({family.name})")
     if family.process not in processes(objective):
         where = ", ".join(n for n, f in FAMILIES.items() if f.process in processes(objective))
         raise UserError(
@@ -348,6 +365,26 @@ def _validate_sharding(cfg: argparse.Namespace) -> None:
             f"--sharding {cfg.sharding}: transformers' Adafactor does not run on sharded (DTensor) parameters; "
             "pass --no-use_adafactor (AdamW) or use --sharding none"
         )
+def _validate_kto(cfg: argparse.Namespace) -> None:
+    if cfg.train_method != "kto":
+        if cfg.kto_label_column:
+            raise UserError(f"--kto_label_column only acts with --train_method kto (method is {cfg.train_method})")
+        return
+    given = [f"--{n}" for n in ("use_winner_preserving", *_SAFEGUARD_FLAGS, "log_param_lambda") if _given(cfg, n)]
+    if given:
+        raise UserError(
+            f"{', '.join(given)}: the SDPO safeguard needs a winner/loser pair, and --train_method kto trains on "
+            "single labelled images (the paper reports no Diff.-KTO + SDPO row); drop the safeguard flags"
+        )
+    if cfg.kto_beta <= 0:
+        raise UserError(f"--kto_beta must be positive, got {cfg.kto_beta}")
+    if not 0.0 <= cfg.positive_ratio <= 1.0:
+        raise UserError(f"--positive_ratio must be in [0, 1], got {cfg.positive_ratio}")
+    for name in ("lambda_d_kto", "lambda_u_kto"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.kto_label_column and cfg.streaming:
+        raise UserError("--kto_label_column cannot stream: drawing --positive_ratio needs every label up front")
 
 
 _SAFEGUARD_FLAGS = ("winner_preserving_mode", "winner_preserving_lambda", "winner_preserving_granularity")

@@ -48,8 +48,9 @@ def _video(cfg) -> bool:
     return family not in (None, "auto") and get_family(family).video
 
 
-def load_pairs(cfg):
-    """The raw split as a ``datasets`` Dataset (or IterableDataset with ``--streaming``), columns checked."""
+def load_pairs(cfg, required: tuple[str, ...] = REQUIRED_COLUMNS, what: str = "a Pick-a-Pic pair"):
+    """The raw split as a ``datasets`` Dataset (or IterableDataset with ``--streaming``), columns checked
+    (``required``, named ``what`` in the error: ``sdpo.kto_data`` loads per-image rows through here)."""
     from datasets import load_dataset
 
     if _video(cfg):
@@ -72,10 +73,10 @@ def load_pairs(cfg):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load dataset {source!r} split {cfg.split!r}: {first[:300]}") from None
     columns = ds.column_names if ds.column_names is not None else list(next(iter(ds)).keys())
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    missing = [c for c in required if c not in columns]
     if missing:
         raise UserError(
-            f"dataset {source!r} lacks column(s) {missing}; a Pick-a-Pic pair needs {list(REQUIRED_COLUMNS)} "
+            f"dataset {source!r} lacks column(s) {missing}; {what} needs {list(required)} "
             f"(found {sorted(columns)[:10]})"
         )
     return ds

@@ -73,9 +73,9 @@ def conditioning(family: ModelFamily, captions: list[str], reps: int, dtype: tor
 
 def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device: torch.device) -> PreferenceTerms:
     pixels = batch["pixel_values"].to(device)
-    bsz = pixels.shape[0] // 2
+    bsz = len(batch["captions"])  # pairs: 2B rows (winners, then losers); kto: B single images
     uses_loser = objective.USES_LOSER
-    if not uses_loser:  # SFT: only the preferred images are denoised
+    if not uses_loser:  # SFT: only the preferred images are denoised (kto: the one image of each sample)
         pixels = pixels[:bsz]
     reps = 2 if uses_loser else 1
     latents, noisy, target, timesteps = noised_latents(batch, pixels, family, cfg, reps, device)
@@ -97,7 +97,14 @@ def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device:
     losses = per_sample_mse(model_pred, target)
     process = family.process_terms()
     if not uses_loser:
-        return PreferenceTerms(model_pred=model_pred, target=target, timesteps=timesteps, model_w=losses)
+        ref_pred = ref_w = None
+        if family.reference is not None:  # kto: the reference denoises the same single images
+            with torch.no_grad():
+                ref_pred = family.predict(family.reference, noisy, timesteps, cond)
+                ref_w = per_sample_mse(ref_pred, target)
+        labels = batch["labels"].to(device) if "labels" in batch else None  # kto: True = desirable
+        return PreferenceTerms(model_pred=model_pred, target=target, timesteps=timesteps, model_w=losses,
+                               ref_pred=ref_pred, ref_w=ref_w, labels=labels)  # fmt: skip
 
     model_w, model_l = losses.chunk(2)
     lam, logs = torch.ones((), device=device), {}

@@ -3,8 +3,8 @@
 Names are those of the Diffusion-DPO / SDPO reference runs, so curves compare directly:
 ``train_loss``, ``model_mse_unaccumulated``, ``ref_mse_unaccumulated``, ``implicit_acc_accumulated``,
 ``avg_win_diff_loss`` (mean ``L_w - L_ref_w``), ``avg_lose_diff_loss``, ``avg_lose_l_scale``
-(lambda), plus ``lr``.  A JSONL copy (``metrics.jsonl`` in the output folder) lets anyone plot
-curves without tensorboard or wandb.
+(lambda), plus ``lr``; objectives add their own (``LossOutput.logs``, e.g. ``kto_kl``).  A JSONL
+copy (``metrics.jsonl`` in the output folder) lets anyone plot curves without tensorboard or wandb.
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ JSONL_NAME = "metrics.jsonl"
 def micro_step_scalars(terms: PreferenceTerms, out: LossOutput) -> dict[str, torch.Tensor]:
     """Detached per-micro-batch means on this process."""
     s = {"train_loss": out.loss.detach().float()}
-    if terms.model_l is None:
+    if terms.model_l is None:  # one image per sample (sft, kto)
         s["model_mse_unaccumulated"] = terms.model_w.detach().mean()
-        return s
-    s["model_mse_unaccumulated"] = 0.5 * (terms.model_w.detach().mean() + terms.model_l.detach().mean())
-    if terms.ref_w is not None:
-        s["ref_mse_unaccumulated"] = 0.5 * (terms.ref_w.mean() + terms.ref_l.mean())
-        s["avg_win_diff_loss"] = (terms.model_w.detach() - terms.ref_w).mean()
-        s["avg_lose_diff_loss"] = (terms.model_l.detach() - terms.ref_l).mean()
+        if terms.ref_w is not None:
+            s["ref_mse_unaccumulated"] = terms.ref_w.mean()
+    else:
+        s["model_mse_unaccumulated"] = 0.5 * (terms.model_w.detach().mean() + terms.model_l.detach().mean())
+        if terms.ref_w is not None:
+            s["ref_mse_unaccumulated"] = 0.5 * (terms.ref_w.mean() + terms.ref_l.mean())
+            s["avg_win_diff_loss"] = (terms.model_w.detach() - terms.ref_w).mean()
+            s["avg_lose_diff_loss"] = (terms.model_l.detach() - terms.ref_l).mean()
     if out.inside is not None:
         s["implicit_acc_accumulated"] = (out.inside.detach() > 0).float().mean()
     if terms.lam is not None:

@@ -1,4 +1,5 @@
-"""The six paper launch scripts: flags against the REFERENCE table, batch arithmetic, refusals.
+"""The paper launch scripts: flags against the REFERENCE table (and sd15_kto.sh against the public
+Diffusion-KTO example), batch arithmetic, refusals.
 
 Each script is run with ``--dry-run``; the printed ``accelerate launch`` command is split with
 ``shlex`` and its train.py part parsed by train.py's own parser, so a flag the scripts spell
@@ -85,6 +86,33 @@ def test_paper_settings(name):
     assert opts["--multi_gpu"] is True and opts["--num_processes"] == "8" and opts["--num_machines"] == "1"
     assert opts["--mixed_precision"] == "bf16"
     assert f"x 2048 (--scale_lr) = {lr * 2048:.4g};" in "\n".join(lines)
+
+
+def test_kto_script_follows_the_public_diffusion_kto_example():
+    opts, cfg, lines = dry_run("sd15_kto", NUM_GPUS="4")
+    assert (cfg.train_method, cfg.kto_beta, cfg.halo, cfg.positive_ratio) == ("kto", 1000.0, "sigmoid", 0.8)
+    assert (cfg.lambda_d_kto, cfg.lambda_u_kto, cfg.kto_label_column) == (1.0, 1.0, None)
+    assert not cfg.use_winner_preserving and not cfg.scale_lr and not cfg.allow_tf32 and cfg.learning_rate == 1e-7
+    assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (2, 1)  # 2 x 4 GPUs, as the example
+    assert (cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.max_train_steps) == ("constant_with_warmup", 200, 20000)
+    assert (cfg.checkpointing_steps, cfg.checkpoints_total_limit, cfg.seed) == (5000, 4, 0)
+    assert cfg.mixed_precision == "fp16" and opts["--mixed_precision"] == "fp16" and cfg.gradient_checkpointing
+    assert cfg.proportion_empty_prompts == 0.2 and cfg.output_dir == "outputs/sd15_kto"
+    assert cfg.pretrained_model_name_or_path == "stable-diffusion-v1-5/stable-diffusion-v1-5" and not cfg.sdxl
+    text = "\n".join(lines)
+    assert "per-GPU batch 2 x 4 x accumulation 1 = global batch 8 images" in text and "lr 1e-7 (not scaled)" in text
+    _, one_gpu, _ = dry_run("sd15_kto", NUM_GPUS="1")
+    assert one_gpu.gradient_accumulation_steps == 4  # the global batch of 8 is kept
+    _, big, _ = dry_run("sd15_kto", NUM_GPUS="4", GLOBAL_BATCH="2048")  # the example's earlier revision
+    assert big.gradient_accumulation_steps == 256
+
+
+@pytest.mark.parametrize("name", [*sorted(TABLE), "sd15_kto"])
+def test_each_train_flag_is_given_once(name):
+    _, _, lines = dry_run(name, NUM_GPUS="4")
+    cmd = shlex.split(lines[-1])
+    flags = [a for a in cmd[next(i for i, a in enumerate(cmd) if a.endswith("train.py")) :] if a.startswith("--")]
+    assert len(flags) == len(set(flags)), sorted(f for f in flags if flags.count(f) > 1)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,11 @@
 # and then calls:   launch "$@"
 # Video recipes (cogvideox, wan) instead set DEFAULT_MODEL, METHOD (the default method) and METHOD_BETA (an
 # associative array method -> beta_dpo); the script option --method NAME picks the method and its beta.
+# A flag in RECIPE replaces the shared one of the same name (sd15_kto.sh's schedule).
+# A recipe whose source run differs from the SDPO paper's may also set, before `launch`:
+#   RECIPE_LR (the family's lr), RECIPE_SCALE_LR=0 (no --scale_lr), RECIPE_TF32=0 (no --allow_tf32),
+#   RECIPE_GLOBAL_BATCH, RECIPE_PER_GPU_BATCH, RECIPE_PRECISION (defaults of the variables below),
+#   RECIPE_UNIT (what one sample is, for the printed summary: pairs).
 #
 # What it does: counts the local GPUs, works out the processes over all nodes, scales gradient
 # accumulation so that per-GPU batch x processes x accumulation = GLOBAL_BATCH (2048 in the paper),
@@ -17,7 +22,7 @@
 #   NUM_GPUS              GPUs per node (default: counted from CUDA_VISIBLE_DEVICES or nvidia-smi -L)
 #   NUM_NODES (NNODES, SLURM_NNODES), NODE_RANK (SLURM_NODEID), MASTER_ADDR, MASTER_PORT (29500)
 #   GLOBAL_BATCH (2048; flux/sd3/video: 512), PER_GPU_BATCH (8; flux/sd3: 1; video: 4)
-#   MIXED_PRECISION (bf16; video: fp16), NUM_WORKERS (4)
+#   MIXED_PRECISION (bf16; video: fp16), NUM_WORKERS (4); a recipe's RECIPE_* values replace these defaults
 #   ACCEL_CONFIG          an accelerate config file, e.g. configs/accelerate/deepspeed_zero2.yaml
 #   SHARDING              none (DDP) | fsdp | hsdp; default hsdp for flux (FSDP inside a node, data parallel
 #                         across nodes: the paper's 2 x 8), none otherwise.  --sharding X works too.
@@ -77,13 +82,19 @@ if rest:
 EOF_PY
 }
 
+_recipe_sets() {
+    local f
+    for f in "${RECIPE[@]}"; do [[ "$f" == "$1" ]] && return 0; done
+    return 1
+}
+
 launch() {
     local flow=0 video=0
     [[ "$FAMILY" == flux || "$FAMILY" == sd3 ]] && flow=1
     [[ "$FAMILY" == cogvideox || "$FAMILY" == wan ]] && video=1
     local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch method="${METHOD:-}"
     local sharding="${SHARDING:-$([[ "$FAMILY" == flux ]] && echo hsdp || echo none)}" replicate="${DP_REPLICATE:-}"
-    batch="${PER_GPU_BATCH:-$( ((flow)) && echo 1 || { ((video)) && echo 4 || echo 8; })}"
+    batch="${PER_GPU_BATCH:-${RECIPE_PER_GPU_BATCH:-$( ((flow)) && echo 1 || { ((video)) && echo 4 || echo 8; })}}"
     local -a extra=()
     name="$(basename "$0" .sh)"
     while (($#)); do
@@ -171,7 +182,7 @@ launch() {
     world=$((procs_per_node * nodes))
 
     # --- batch: per-GPU batch x processes x accumulation = global batch -----------------------
-    local global="${GLOBAL_BATCH:-$( ((flow || video)) && echo 512 || echo 2048)}"
+    local global="${GLOBAL_BATCH:-${RECIPE_GLOBAL_BATCH:-$( ((flow || video)) && echo 512 || echo 2048)}}"
     _is_uint "$batch" && ((batch >= 1)) || _die "per-GPU batch must be a whole number >= 1, got '$batch'"
     if [[ -z "$accum" ]]; then
         _is_uint "$global" && ((global >= 1)) || _die "GLOBAL_BATCH must be a whole number >= 1, got '$global'"
@@ -224,7 +235,9 @@ launch() {
         vae="${VAE:-none}"
         lr=1e-8
     fi
-    local precision="${MIXED_PRECISION:-$( ((video)) && echo fp16 || echo bf16)}"
+    lr="${RECIPE_LR:-$lr}"
+    [[ "${RECIPE_SCALE_LR:-1}" == 1 ]] || scale_lr=()
+    local precision="${MIXED_PRECISION:-${RECIPE_PRECISION:-$( ((video)) && echo fp16 || echo bf16)}}"
     [[ "$device" == cpu && -z "${MIXED_PRECISION:-}" ]] && precision=no
     local -a train=(--pretrained_model_name_or_path "$model")
     [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
@@ -257,16 +270,22 @@ launch() {
         # Table A1 is silent on these (see the recipe headers): constant lr without warmup, plain Adam (AdamW
         # without decay), 1000 steps with a checkpoint every 250 (the paper reports 500 and 1000).
         schedule=(--lr_scheduler constant --lr_warmup_steps 0 --max_train_steps 1000 --checkpointing_steps 250
-            --adam_weight_decay 0 --no-use_adafactor)
+            --adam_weight_decay 0)
+        train+=(--no-use_adafactor)
         out="${OUTPUT_DIR:-outputs/$name-$method}"
     fi
+    local -a tf32=(--allow_tf32)
+    [[ "${RECIPE_TF32:-1}" == 1 ]] || tf32=()
+    local j
+    for ((j = 0; j < ${#schedule[@]}; j += 2)); do  # a flag the recipe sets itself is left to the recipe
+        _recipe_sets "${schedule[j]}" || train+=("${schedule[j]}" "${schedule[j + 1]}")
+    done
     train+=(
         "${recipe[@]}"
         --learning_rate "$lr" "${scale_lr[@]}"
-        "${schedule[@]}"
         --train_batch_size "$batch" --gradient_accumulation_steps "$accum"
         "${shard_flags[@]}"
-        --mixed_precision "$precision" --allow_tf32
+        --mixed_precision "$precision" "${tf32[@]}"
         --dataloader_num_workers "${NUM_WORKERS:-4}"
         --output_dir "$out"
         "${extra[@]}"
@@ -289,12 +308,15 @@ launch() {
 
     local scaled
     scaled="$(awk -v lr="$lr" -v g="$global" 'BEGIN { printf "%.4g", lr * g }')"
-    ((${#scale_lr[@]})) || scaled="$lr (not scaled)"
     local unit="GPU(s)"
     [[ "$device" == cpu ]] && unit="CPU process"
     echo "$name: $nodes node(s) x $procs_per_node $unit = $world process(es) (this node: rank $rank)"
-    echo "$name: per-GPU batch $batch x $world x accumulation $accum = global batch $global pairs"
-    echo "$name: lr $lr x $global (--scale_lr) = $scaled; output $out"
+    echo "$name: per-GPU batch $batch x $world x accumulation $accum = global batch $global ${RECIPE_UNIT:-pairs}"
+    if ((${#scale_lr[@]})); then
+        echo "$name: lr $lr x $global (--scale_lr) = $scaled; output $out"
+    else
+        echo "$name: lr $lr (not scaled); output $out"
+    fi
     if [[ "$sharding" == hsdp ]]; then
         echo "$name: HSDP: $replicate replica group(s) x $((world / replicate)) shard(s) (FSDP inside a group, data parallel across groups)"
     elif [[ "$sharding" == fsdp ]]; then

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from sdpo.losses import dmpo, dpo, dpo_cm, dpop, dspo, mapo, sft, sipo
+from sdpo.losses import dmpo, dpo, dpo_cm, dpop, dspo, kto, mapo, sft, sipo
 from sdpo.losses.terms import LossOutput, PreferenceTerms, inside_term
 
 LOSSES: dict[str, ModuleType] = {
@@ -24,6 +24,8 @@ LOSSES: dict[str, ModuleType] = {
     "dpop": dpop,
     "dpo-cm": dpo_cm,
     "sipo": sipo,
+    # Diffusion-KTO (issue 16): single images with binary labels, not pairs (sdpo.kto_data).
+    "kto": kto,
 }
 
 

@@ -13,7 +13,8 @@ class PreferenceTerms:
 
     ``model_w``/``model_l``/``ref_w``/``ref_l`` are per-sample denoising losses, mean over (C, H, W);
     ``model_l`` already carries the safeguard's gradient scale.  For objectives that do not use the
-    loser (``sft``) the loser halves are absent and ``model_pred`` holds only winners.
+    loser (``sft``, ``kto``) the loser halves are absent and ``model_pred`` holds only winners (for
+    ``kto``: one image per sample, with ``labels`` saying which are desirable).
     """
 
     model_pred: torch.Tensor
@@ -35,6 +36,7 @@ class PreferenceTerms:
     prediction_type: str = "epsilon"
     num_train_timesteps: int | None = None
     sample_seeds: torch.Tensor | None = None
+    labels: torch.Tensor | None = None  # kto: per image, True (1) desirable, False (0) undesirable
     logs: dict[str, torch.Tensor] = field(default_factory=dict)  # extra scalars from the forward pass
 
     def halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -286,7 +286,7 @@ def load_mmdet_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(numpy_data):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused, truncated file, not a torch file: all one answer
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
         raise UserError(f"{path}: cannot be loaded as a checkpoint with weights_only=True ({first})") from None
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

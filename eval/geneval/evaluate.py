@@ -212,11 +212,6 @@ def main(argv: list[str] | None = None) -> dict:
     root = model_root_path(args.model_root)
     device = default_device(args.device)
     resize = resize_backend(args.resize)
-    if resize == "torch" and args.resize == "auto":
-        print(
-            "warning: OpenCV not installed; resizing with torch (pip install opencv-python-headless for mmcv's exact resize)",
-            file=sys.stderr,
-        )
     settings = {
         **describe_sources(root),
         "resize": resize,
@@ -225,6 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
     cache = {} if args.rescore else cached_rows(outfile, samples, settings)
     todo = [s for s in samples if (s.index, s.k) not in cache]
     print(f"{folder}: {len(samples)} images of {len(seen)} prompts, {len(cache)} already scored -> {outfile}")
+    if resize == "torch" and args.resize == "auto":
+        print("note: OpenCV is not installed, so images are resized with torch (within a grey level or two of")
+        print("      mmcv's OpenCV resize); pip install opencv-python-headless for the official pixels")
 
     outfile.parent.mkdir(parents=True, exist_ok=True)
     _write_rows(outfile, sorted(cache.values(), key=lambda r: (r["index"], r["sample"])))

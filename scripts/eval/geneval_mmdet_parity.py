@@ -17,10 +17,10 @@ mmdetection 2.x needs mmcv 1.x, which has no wheels for current PyTorch and must
 Environment used (measured 2026-11-22; a separate virtual environment that also sees the project's
 packages through a ``.pth`` file naming the project venv's site-packages):
 
-    python3 -m venv /tmp/mmvenv && echo "<project venv>/lib/python3.11/site-packages" \\
-        > /tmp/mmvenv/lib/python3.11/site-packages/project.pth
-    /tmp/mmvenv/bin/pip install wheel setuptools
-    MMCV_WITH_OPS=0 /tmp/mmvenv/bin/pip install --no-build-isolation --no-deps mmcv==1.7.2 mmdet==2.28.2 \\
+    python3 -m venv $MMVENV && echo "<project venv>/lib/python3.11/site-packages" \\
+        > $MMVENV/lib/python3.11/site-packages/project.pth
+    $MMVENV/bin/pip install wheel setuptools
+    MMCV_WITH_OPS=0 $MMVENV/bin/pip install --no-build-isolation --no-deps mmcv==1.7.2 mmdet==2.28.2 \\
         opencv-python-headless==5.0.0.93 addict==2.4.0 yapf==0.40.1 terminaltables==3.1.10 \\
         pycocotools==2.0.11 scipy six matplotlib platformdirs
 

@@ -11,7 +11,11 @@ queries: GenEval's detector) with random weights, saves it as an mmdetection che
 3. the whole detector: ``inference_detector`` on PNG files vs :class:`eval.geneval.detector.Detector`,
    per class (scores, boxes, masks), for a square and a non-square image.
 
-It prints the largest differences and exits 1 if any exceeds its tolerance. Not part of the test suite:
+It prints the largest differences and exits 1 if any exceeds its tolerance. Measured 2026-11-22 on CPU
+(``--size 256``): class / mask logits max abs diff 4.0e-4 / 2.1e-4 (logits up to 51 / 23); input tensor
+2.4e-7 with OpenCV (1.75e-2, about one grey level, with the torch resize); 200 detections on a
+512 x 512 and a 480 x 640 image, all matched, confidences within 1.7e-5, 0 box differences, masks
+differing in at most 7.6e-6 of their pixels. Not part of the test suite:
 mmdetection 2.x needs mmcv 1.x, which has no wheels for current PyTorch and must be built from source.
 
 Environment used (measured 2026-11-22; a separate virtual environment that also sees the project's

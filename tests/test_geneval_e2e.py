@@ -126,7 +126,7 @@ class Killed(BaseException):
 
 
 def test_resume_after_kill_scores_each_image_once(root, tmp_path, monkeypatch, capsys):
-    folder = make_folder(tmp_path / "imgs")
+    folder = make_folder(tmp_path / "imgs", ROWS[:3])  # no colour prompt: CLIP is not even loaded
     scored = []
     real = evaluate.Scorer.score
 
@@ -139,19 +139,19 @@ def test_resume_after_kill_scores_each_image_once(root, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(evaluate.Scorer, "score", counting)
     monkeypatch.setattr(evaluate.os, "kill", kill)
-    monkeypatch.setenv(evaluate.KILL_AFTER_ENV, "5")
+    monkeypatch.setenv(evaluate.KILL_AFTER_ENV, "3")
     with pytest.raises(Killed):
         run(folder, root, "--batch_size", "2")
     results = tmp_path / "imgs.geneval.jsonl"
     written = {(r["index"], r["sample"]) for r in read_rows(results)}
-    assert len(written) == 5 and not (tmp_path / "imgs.geneval.json").exists()
+    assert len(written) == 3 and not (tmp_path / "imgs.geneval.json").exists()
     with results.open("a") as f:
-        f.write('{"index": 5, "sample": 1, "corr')  # a row cut short by the kill
+        f.write('{"index": 2, "sample": 1, "corr')  # a row cut short by the kill
     monkeypatch.delenv(evaluate.KILL_AFTER_ENV)
     scored.clear()
     summary = run(folder, root, "--batch_size", "2")
-    assert "scored 7 images (5 cached)" in capsys.readouterr().out
-    everything = {(i, k) for i in range(6) for k in range(2)}
+    assert "scored 3 images (3 cached)" in capsys.readouterr().out
+    everything = {(i, k) for i in range(3) for k in range(2)}
     assert sorted(scored) == sorted(everything - written)  # each image without a row, once; none with one
     rows = read_rows(results)
     assert [(r["index"], r["sample"]) for r in rows] == sorted(everything)

@@ -10,6 +10,7 @@ which ``eval/generate.py --layout geneval`` writes. Modules:
 - :mod:`eval.geneval.detector` mmdetection's Mask2Former inference rebuilt on transformers;
 - :mod:`eval.geneval.convert`  the official mmdetection checkpoint -> transformers weights;
 - :mod:`eval.geneval.colors`   the zero-shot colour classifier on open_clip ViT-L/14;
+- :mod:`eval.geneval.sources`  where both models' weights are found (model root, env vars, hub);
 - :mod:`eval.geneval.evaluate` the batched, resumable pass and its outputs (also ``__main__``);
 - :mod:`eval.geneval.tiny`     tiny random stand-ins of both models for tests.
 """

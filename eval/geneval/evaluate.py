@@ -181,8 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--model_root", default=None, help="local mirror of both models (default: $SDPO_REWARD_ROOT); see sources.py"
     )
-    ap.add_argument("--resize", default="auto", help="auto (OpenCV if installed, as mmcv), cv2, or torch")
-    ap.add_argument("--clip_amp", default="auto", help="auto: fp16 autocast on CUDA as the official; off: fp32")
+    ap.add_argument(
+        "--resize", default="auto", choices=["auto", "cv2", "torch"], help="auto: OpenCV (as mmcv) when installed"
+    )
+    ap.add_argument(
+        "--clip_amp", default="auto", choices=["auto", "off"], help="auto: fp16 autocast on CUDA, as the official"
+    )
     ap.add_argument("--rescore", action="store_true", help="ignore cached per-image results")
     return ap
 

@@ -20,8 +20,21 @@ diffusers' ``guidance_scale = cfg + 1`` (cfg 7.5 here is guidance_scale 8.5 in a
 
 A rerun skips images already written and complete, so an interrupted run is resumed by running the
 same command again; the manifest is written (atomically) once every image exists. Under
-``accelerate launch`` prompt ``i`` goes to process ``i % num_processes`` and the main process writes
-the one manifest, in prompt-file order.
+``accelerate launch`` image ``j`` (in manifest order) goes to process ``j % num_processes`` and the main
+process writes the one manifest, in prompt-file order.
+
+``--images_per_prompt K`` makes K images of each prompt; image ``k`` of every prompt starts from the
+reference latent of seed ``seed + k`` (with K = 1 that is today's one shared latent). GenEval's own
+generator reseeds before each prompt and draws its K latents one after another, so there too image
+``k`` of every prompt shares one latent; the draws themselves differ (other generator calls), and
+deriving each from its own seed keeps every image independent of the batch size. The folder gets a
+``_<K>img`` suffix and the manifest one entry per image (``metadata.sample`` = k).
+
+``--layout geneval`` writes GenEval's layout instead (``<folder>/<index:05d>/metadata.jsonl`` +
+``samples/<k:04d>.png``, 4 images per prompt unless told), which the official evaluator and
+``python -m eval.geneval`` read as it is; ``--test_json`` may then be GenEval's metadata JSONL
+(``prompts/geneval/evaluation_metadata.jsonl``; the set is named ``geneval``): each row's ``prompt``
+is generated and the row itself becomes that folder's ``metadata.jsonl``.
 """
 
 from __future__ import annotations
@@ -87,6 +100,64 @@ def image_name(index: int, height: int, width: int) -> str:
     return f"{index}_{height}x{width}.png"
 
 
+# ----------------------------------------------------------------------------- several images per prompt, layouts
+
+LAYOUTS = ("reference", "geneval")
+GENEVAL_METADATA_STEM = "evaluation_metadata"  # GenEval's own file name: the set is called "geneval"
+
+
+def layout_set_name(test_json: str | Path) -> str:
+    """:func:`set_name`, except that GenEval's ``evaluation_metadata.jsonl`` names the ``geneval`` set."""
+    name = set_name(test_json)
+    return "geneval" if name == GENEVAL_METADATA_STEM else name
+
+
+def images_suffix(images_per_prompt: int) -> str:
+    """Appended to the run name when a prompt has several images, so such a folder never mixes with a one-image one."""
+    return "" if images_per_prompt == 1 else f"_{images_per_prompt}img"
+
+
+def sample_seed(seed: int, k: int) -> int:
+    """The seed of image ``k`` of every prompt (see the module docstring)."""
+    return seed + k
+
+
+def image_items(n_prompts: int, images_per_prompt: int) -> list[tuple[int, int]]:
+    """(prompt index, image index) of every image, in manifest order (prompt-major)."""
+    return [(i, k) for i in range(n_prompts) for k in range(images_per_prompt)]
+
+
+def image_path(image_dir: Path, layout: str, i: int, k: int, images_per_prompt: int, height: int, width: int) -> Path:
+    """Where image ``k`` of prompt ``i`` goes: ``<i>_<H>x<W>.png`` (reference, one image), ``<i>_<k>_<H>x<W>.png``
+    (reference, several), or GenEval's ``<i:05d>/samples/<k:04d>.png``."""
+    if layout == "geneval":
+        from eval.geneval.layout import sample_path
+
+        return sample_path(image_dir, i, k)
+    if images_per_prompt == 1:
+        return image_dir / image_name(i, height, width)
+    return image_dir / f"{i}_{k}_{height}x{width}.png"
+
+
+def read_prompt_file(path: str | Path) -> list[dict]:
+    """A prompt file: the reference JSON list, or a GenEval metadata JSONL (``.jsonl``), whose rows are kept whole."""
+    if str(path).endswith(".jsonl"):
+        from eval.geneval.layout import read_metadata
+
+        return read_metadata(path)
+    return read_entries(path)
+
+
+def write_layout_metadata(image_dir: Path, layout: str, entries: list[dict]) -> None:
+    """GenEval's layout: each prompt's folder, its ``samples/`` and ``metadata.jsonl`` (the row, or ``{"prompt"}``)."""
+    if layout != "geneval":
+        return
+    from eval.geneval.layout import write_prompt_metadata
+
+    for i, e in enumerate(entries):
+        write_prompt_metadata(image_dir, i, e)
+
+
 def png_is_complete(path: str | Path, width: int, height: int) -> bool:
     """A PNG of the right size whose last chunk is IEND: what a finished write leaves, and what a
     truncated copy or an interrupted writer does not."""
@@ -129,18 +200,36 @@ def shard(indices: list[int], rank: int, world: int) -> list[int]:
     return [i for i in indices if i % world == rank]
 
 
-def manifest_entries(entries: list[dict], image_dir: Path, height: int, width: int, extra: dict | None = None) -> list[dict]:
-    """The reference manifest: one entry per prompt in prompt-file order. Image paths are absolute so
-    the manifest works from any working directory; raw_image_path and metadata come from the prompt file."""
-    return [
-        {
-            "prompt": e["prompt"],
-            "gen_image_path": str((image_dir / image_name(i, height, width)).absolute()),
-            "raw_image_path": e.get("raw_image_path", ""),
-            "metadata": {**e.get("metadata", {}), **(extra or {})},
-        }
-        for i, e in enumerate(entries)
-    ]
+def manifest_entries(
+    entries: list[dict],
+    image_dir: Path,
+    height: int,
+    width: int,
+    images_per_prompt: int = 1,
+    layout: str = "reference",
+    extra: dict | None = None,
+) -> list[dict]:
+    """The reference manifest: one entry per image in prompt-file order. Image paths are absolute so
+    the manifest works from any working directory; raw_image_path and metadata come from the prompt file
+    (a GenEval row is itself the metadata); with several images per prompt, ``metadata.sample`` is k."""
+    out = []
+    for i, k in image_items(len(entries), images_per_prompt):
+        e = entries[i]
+        metadata = e.get("metadata", e if layout == "geneval" and "tag" in e else {})
+        if images_per_prompt > 1:
+            metadata = {**metadata, "sample": k}
+        if extra:
+            metadata = {**metadata, **extra}
+        path = image_path(image_dir, layout, i, k, images_per_prompt, height, width)
+        out.append(
+            {
+                "prompt": e["prompt"],
+                "gen_image_path": str(path.absolute()),
+                "raw_image_path": e.get("raw_image_path", ""),
+                "metadata": metadata,
+            }
+        )
+    return out
 
 
 def _manifest_still_valid(path: Path, entries: list[dict], width: int, height: int) -> bool:
@@ -177,24 +266,25 @@ def _check_settings(image_dir: Path, settings: dict) -> None:
         )
 
 
-def _remove_stale_temps(image_dir: Path, mine: set[int]) -> None:
-    """Temp files left by a killed writer (``.<name>.tmp-<pid>``) for this process's indices."""
-    for name in os.listdir(image_dir):
-        if name.startswith(".") and ".tmp-" in name:
-            try:
-                idx = int(name[1:].split("_", 1)[0])
-            except ValueError:
-                continue
-            if idx in mine:
-                (image_dir / name).unlink(missing_ok=True)
+def _remove_stale_temps(paths: list[Path]) -> None:
+    """Temp files left by a killed writer (``.<name>.tmp-<pid>``) for this process's image ``paths``."""
+    by_folder: dict[Path, set[str]] = {}
+    for p in paths:
+        by_folder.setdefault(p.parent, set()).add(f".{p.name}.tmp-")
+    for folder, prefixes in by_folder.items():
+        if not folder.is_dir():
+            continue
+        for name in os.listdir(folder):
+            if name.startswith(".") and name[: name.find(".tmp-") + 5] in prefixes:
+                (folder / name).unlink(missing_ok=True)
 
 
 def _zip_folder(folder: Path) -> None:
     with atomic_path(folder.with_suffix(".zip")) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for p in sorted(folder.iterdir()):
-                if p.suffix == ".png":
-                    zf.write(p, p.name)
+            for p in sorted(folder.rglob("*.png")):
+                if not p.name.startswith("."):
+                    zf.write(p, p.relative_to(folder).as_posix())
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -244,6 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vae_dtype", default="fp32", help="VAE decode dtype (the paper: fp32)")
     p.add_argument("--sampler", default="reference", choices=["reference", "pipeline"], help="see eval/sampling.py")
+    p.add_argument(
+        "--images_per_prompt",
+        type=int,
+        default=None,
+        help="images per prompt, seed+k for image k (default 1; geneval 4)",
+    )
+    p.add_argument(
+        "--layout", default="reference", choices=LAYOUTS, help="reference: <i>_<H>x<W>.png; geneval: GenEval's folders"
+    )
     p.add_argument("--zip", action="store_true", help="also write <folder>.zip of the images, as the reference did")
     p.add_argument(
         "--print_manifest_path", action="store_true", help="print where the manifest goes and exit (for scripts)"
@@ -288,6 +387,10 @@ def _validate(a: argparse.Namespace) -> None:
         raise UserError(f"--steps must be at least 1, got {a.steps}")
     if a.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {a.batch_size}")
+    if a.images_per_prompt is None:
+        a.images_per_prompt = 4 if a.layout == "geneval" else 1
+    if a.images_per_prompt < 1:
+        raise UserError(f"--images_per_prompt must be at least 1, got {a.images_per_prompt}")
 
 
 @cli_main
@@ -297,13 +400,14 @@ def main(argv: list[str] | None = None) -> Path:
     _validate(args)
     if is_video(args.model_family):
         return main_video(args)
-    name = run_name(set_name(args.test_json), args.seed, args.height, args.width, args.steps, args.cfg)
+    name = run_name(layout_set_name(args.test_json), args.seed, args.height, args.width, args.steps, args.cfg)
+    name += images_suffix(args.images_per_prompt)
     out = Path(args.output_path) if args.output_path else default_output_path(args.unet_path)
     image_dir, manifest = out / name, out / f"{name}.json"
     if args.print_manifest_path:
         print(manifest)
         return manifest
-    entries = read_entries(args.test_json)  # a malformed prompt file fails here, before any model loads
+    entries = read_prompt_file(args.test_json)  # a malformed prompt file fails here, before any model loads
 
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -323,34 +427,40 @@ def main(argv: list[str] | None = None) -> Path:
         "dtype": str(dtype).removeprefix("torch."),
         "vae_dtype": str(vae_dtype).removeprefix("torch."),
         "sampler": args.sampler,
+        "layout": args.layout,
     }
     _check_settings(image_dir, settings)
     image_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     if state.is_main_process:
         write_json(image_dir / SETTINGS_FILE, settings)
+        write_layout_metadata(image_dir, args.layout, entries)
+    state.wait_for_everyone()
 
-    mine = shard(list(range(len(entries))), state.process_index, state.num_processes)
-    _remove_stale_temps(image_dir, set(mine))
-    todo = [
-        i
-        for i in mine
-        if not png_is_complete(image_dir / image_name(i, args.height, args.width), args.width, args.height)
-    ]
+    items = image_items(len(entries), args.images_per_prompt)
+    paths = {
+        it: image_path(image_dir, args.layout, *it, args.images_per_prompt, args.height, args.width) for it in items
+    }
+    mine = [items[j] for j in shard(list(range(len(items))), state.process_index, state.num_processes)]
+    _remove_stale_temps([paths[it] for it in mine])
+    todo = [it for it in mine if not png_is_complete(paths[it], args.width, args.height)]
     if state.is_main_process:
         done = len(mine) - len(todo)
-        print(f"{name}: {len(entries)} prompts, {done} of this process's {len(mine)} already done -> {image_dir}")
+        print(
+            f"{name}: {len(entries)} prompts x {args.images_per_prompt} images, "
+            f"{done} of this process's {len(mine)} already done -> {image_dir}"
+        )
 
     start, written, sampling = time.perf_counter(), 0, 0.0
     if todo:
-        written, sampling = _generate(args, entries, todo, image_dir, dtype, vae_dtype, state, load_components)
+        written, sampling = _generate(args, entries, todo, paths, dtype, vae_dtype, state, load_components)
     state.wait_for_everyone()
     total_written = sum(gather_object([written]))
     sampling = max(gather_object([sampling]))
     if state.is_main_process:
         _finish(args, entries, image_dir, manifest)
         print(
-            f"generated {total_written} images ({len(entries) - total_written} already present) in {sampling:.1f} s, "
+            f"generated {total_written} images ({len(items) - total_written} already present) in {sampling:.1f} s, "
             f"{total_written / max(sampling, 1e-9):.2f} images/s on {state.num_processes} process(es) "
             f"({time.perf_counter() - start:.1f} s with model loading); manifest {manifest}",
             flush=True,
@@ -366,8 +476,9 @@ def _cpu_only() -> bool:
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.accelerator.is_available()
 
 
-def _generate(args, entries, todo, image_dir, dtype, vae_dtype, state, load_components) -> tuple[int, float]:
-    """Generate this process's ``todo`` indices; return (images written, seconds spent sampling)."""
+def _generate(args, entries, todo, paths, dtype, vae_dtype, state, load_components) -> tuple[int, float]:
+    """Generate this process's ``todo`` (prompt, image) items into ``paths``; return (images written, seconds
+    spent sampling)."""
     from tqdm import tqdm
 
     from eval.sampling import generate_images
@@ -380,15 +491,16 @@ def _generate(args, entries, todo, image_dir, dtype, vae_dtype, state, load_comp
     written, start = 0, time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"generate[{state.process_index}]", disable=not state.is_main_process)
     for b in range(0, len(todo), args.batch_size):
-        idx = todo[b : b + args.batch_size]
-        prompts = [entries[i]["prompt"] for i in idx]
-        images = generate_images(comp, prompts, args.height, args.width, args.steps, args.cfg, args.seed, args.sampler)
-        for i, prompt, image in zip(idx, prompts, images):
-            save_png(image, image_dir / image_name(i, args.height, args.width), prompt)
+        batch = todo[b : b + args.batch_size]
+        prompts = [entries[i]["prompt"] for i, _ in batch]
+        seeds = [sample_seed(args.seed, k) for _, k in batch]
+        images = generate_images(comp, prompts, args.height, args.width, args.steps, args.cfg, seeds, args.sampler)
+        for it, prompt, image in zip(batch, prompts, images):
+            save_png(image, paths[it], prompt)
             written += 1
             if kill_after and written >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
-        bar.update(len(idx))
+        bar.update(len(batch))
     bar.close()
     return written, time.perf_counter() - start
 
@@ -404,18 +516,22 @@ def guidance_metadata(args) -> dict | None:
 
 def _finish(args, entries: list[dict], image_dir: Path, manifest: Path) -> None:
     """Check every image exists, then write the manifest (unless an equivalent one is already there)."""
+    k_max = args.images_per_prompt
     missing = [
-        i
-        for i in range(len(entries))
-        if not png_is_complete(image_dir / image_name(i, args.height, args.width), args.width, args.height)
+        it
+        for it in image_items(len(entries), k_max)
+        if not png_is_complete(
+            image_path(image_dir, args.layout, *it, k_max, args.height, args.width), args.width, args.height
+        )
     ]
     if missing:
         raise UserError(
             f"{image_dir}: {len(missing)} images missing or incomplete after generation "
             f"(indices {missing[:5]}{' ...' if len(missing) > 5 else ''}); rerun the same command to finish"
         )
-    if not (manifest.is_file() and _manifest_still_valid(manifest, entries, args.width, args.height)):
-        write_json(manifest, manifest_entries(entries, image_dir, args.height, args.width, guidance_metadata(args)))
+    listed = manifest_entries(entries, image_dir, args.height, args.width, k_max, args.layout, guidance_metadata(args))
+    if not (manifest.is_file() and _manifest_still_valid(manifest, listed, args.width, args.height)):
+        write_json(manifest, listed)
     if args.zip:
         _zip_folder(image_dir)
 

@@ -4,7 +4,8 @@ Three details decide whether our images (and so the reward numbers) match the pa
 (REFERENCE.md section 5), and each has one function here so tests can pin it down:
 
 - the initial latent (:func:`reference_initial_latent`): one seeded draw for a batch of one, shared
-  by every prompt, so batching never changes an image;
+  by every prompt (or, given one seed per prompt, drawn per prompt the same way), so batching never
+  changes an image;
 - the guidance formula (:func:`reference_guidance`): ``cond + cfg * (cond - uncond)``, which is
   diffusers' classifier-free guidance with ``guidance_scale = cfg + 1``;
 - the prompt encodings (:func:`encode_prompts`): max-length padding without an attention mask, the
@@ -21,6 +22,7 @@ arithmetic and within float rounding in practice (the tests measure it).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,10 +193,16 @@ def _encode_one(comp: Components, prompt: str) -> tuple[torch.Tensor, torch.Tens
 # ----------------------------------------------------------------------------- sampling
 
 
-def _initial_latents(comp: Components, n: int, height: int, width: int, seed: int) -> torch.Tensor:
-    """``n`` copies of the reference latent (unscaled); the caller or pipeline scales by init_noise_sigma."""
-    lat = reference_initial_latent(height, width, seed, comp.device, comp.dtype, comp.unet.config.in_channels)
-    return lat.expand(n, -1, -1, -1).contiguous()
+def _initial_latents(comp: Components, n: int, height: int, width: int, seed: int | Sequence[int]) -> torch.Tensor:
+    """The unscaled initial latents of ``n`` prompts (the caller or pipeline scales by init_noise_sigma): ``n``
+    copies of the reference latent for one int seed, else prompt ``i``'s own reference latent for ``seed[i]``."""
+    channels = comp.unet.config.in_channels
+    if isinstance(seed, int):
+        lat = reference_initial_latent(height, width, seed, comp.device, comp.dtype, channels)
+        return lat.expand(n, -1, -1, -1).contiguous()
+    if len(seed) != n:
+        raise ValueError(f"{len(seed)} seeds for {n} prompts")
+    return torch.cat([reference_initial_latent(height, width, s, comp.device, comp.dtype, channels) for s in seed])
 
 
 def _time_ids(comp: Components, n: int, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -275,10 +283,11 @@ def sample_latents(
     width: int,
     steps: int,
     cfg: float,
-    seed: int,
+    seed: int | Sequence[int],
     sampler: str = "reference",
 ) -> torch.Tensor:
-    """Denoised latents for ``prompts``, every prompt starting from the same reference latent."""
+    """Denoised latents for ``prompts``, every prompt starting from the same reference latent (one int seed)
+    or each from its own (a list of seeds, one per prompt)."""
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     if height % 16 or width % 16:
@@ -316,11 +325,11 @@ def generate_images(
     width: int,
     steps: int = 50,
     cfg: float = 7.5,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     sampler: str = "reference",
 ) -> list[Image.Image]:
     """One image per prompt; the result for a prompt does not depend on the other prompts in the batch.
-
+    ``seed``: one int (every prompt starts from that seed's latent) or one seed per prompt.
     For SD3/FLUX components ``cfg`` is the model's own guidance (see ``eval/flow_sampling.py``)."""
     from eval.flow_sampling import FlowComponents, sample_flow_latents
 

@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+from sdpo import validation
 from sdpo.errors import UserError
 from sdpo.families import CHOICES as FAMILY_CHOICES
 from sdpo.families import FAMILIES, get_family, resolve_family
@@ -213,6 +214,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixed_precision dtype)",
     )
 
+    a = p.add_argument_group("validation while training (sdpo/validation.py)").add_argument
+    a(
+        "--validation_prompts",
+        default=None,
+        help="turns validation on: a prompt file (JSON list of {'prompt': ...}, or one prompt per line), or a set "
+        "in prompts/ with a count, e.g. papv2:64 (prompts spread evenly over the set)",
+    )
+    a("--validation_steps", type=int, default=None, help="validate every N optimizer steps, at 0 and the end (100)")
+    a(
+        "--validation_metrics",
+        default=None,
+        help="reward models to score the images with: none (default), all, or a comma list of "
+        "pickscore,hpsv2,aesthetics,clip,imagereward; logged as val/<metric>",
+    )
+    a("--validation_model_root", default=None, help="local mirror of the reward weights (else $SDPO_REWARD_ROOT, hub)")
+    a("--validation_num_inference_steps", type=int, default=None, help="sampler steps (evaluation protocol: 50)")
+    a(
+        "--validation_guidance",
+        type=float,
+        default=None,
+        help="evaluation guidance (sd15/sdxl: cfg 7.5 of cond + cfg*(cond - uncond); sd3/flux: 3.5)",
+    )
+    a("--validation_resolution", type=int, default=None, help="image size, a multiple of 16 (default --resolution)")
+    a("--validation_seed", type=int, default=None, help="seed of the initial latent every prompt starts from (0)")
+    a("--validation_batch_size", type=int, default=None, help="prompts per sampler call on each process (4)")
+
     a = p.add_argument_group("output").add_argument
     a("--output_dir", default="sdpo-model")
     a("--logging_dir", default="logs", help="tensorboard folder, relative to --output_dir")
@@ -263,6 +290,7 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--resolution must be a multiple of 8 (the VAE downsamples by 8), got {cfg.resolution}")
     if cfg.model_family == "flux" and cfg.resolution % 16:
         raise UserError(f"--resolution must be a multiple of 16 for FLUX (2x2 latent patches), got {cfg.resolution}")
+    validation.check_flags(cfg, get_family(cfg.model_family))  # prompts and metrics: before any model loads
     if cfg.unet_init and not Path(cfg.unet_init).expanduser().exists():
         raise UserError(f"--unet_init {cfg.unet_init}: no such file or folder")
     if cfg.train_data_dir and not Path(cfg.train_data_dir).is_dir():
@@ -359,6 +387,11 @@ def _validate_sharding(cfg: argparse.Namespace) -> None:
             f"--sharding {cfg.sharding}: the parameter-space lambda (--winner_preserving_mode param, "
             "--log_param_lambda) needs whole per-parameter gradients, which sharded training never holds; use the "
             "output-space lambda (the paper's method) or --sharding none"
+        )
+    if getattr(cfg, "validation_prompts", None):
+        raise UserError(
+            f"--sharding {cfg.sharding}: in-training validation samples with the whole denoiser on each process, "
+            "which sharded runs never hold; drop --validation_prompts and evaluate the checkpoints instead"
         )
     if cfg.use_adafactor:  # given explicitly (the SDXL default is filled in later, off when sharded)
         raise UserError(

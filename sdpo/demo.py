@@ -64,6 +64,7 @@ class DemoSize:
     heldout_repeats: int = 4  # each held-out pair scored at this many fixed (timestep, noise) draws
     sft_steps: int = 400
     sft_lr: float = 1e-3
+    decoder_steps: int = 600  # fit the tiny VAE's decoder, so sampled images (validation) show the shapes
     steps: int = 200
     eval_every: int = 20
     batch: int = 8  # pairs per step
@@ -79,6 +80,7 @@ QUICK = DemoSize(
     heldout_pairs=4,
     heldout_repeats=1,
     sft_steps=2,
+    decoder_steps=2,
     steps=4,
     eval_every=2,
     batch=4,
@@ -168,6 +170,7 @@ def build_inputs(out: Path, size: DemoSize) -> dict[str, Path]:
         "model": tiny.build_tiny_model(size.family, out / "model", seed=seed, block_out_channels=size.channels),
     }
     tiny.calibrate_tiny_vae(paths["model"], _pixels(sft_rows))
+    tiny.fit_tiny_decoder(paths["model"], _pixels(sft_rows), steps=size.decoder_steps, seed=seed)
     return paths
 
 

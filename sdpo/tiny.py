@@ -280,6 +280,37 @@ def calibrate_tiny_vae(folder: str | Path, pixels: torch.Tensor, log_std: float 
     return scale
 
 
+def fit_tiny_decoder(
+    folder: str | Path, pixels: torch.Tensor, steps: int = 600, batch: int = 16, seed: int = 0
+) -> float:
+    """Train only the decoder of a (calibrated) tiny VAE to invert its fixed encoder on ``pixels``, so that
+    sampled latents decode into pictures (validation images then show shapes, not a random decoder's
+    texture).  The encoder is untouched, so training, which only encodes, is unchanged; so is the global
+    random state (draws come from a seeded generator).  Returns the final reconstruction MSE."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *(vae.post_quant_conv.parameters() if vae.post_quant_conv else [])]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=2e-3)
+    noise = 0.05 * latents.std()  # a sampler's latents are never exactly the encoder's
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        idx = torch.randint(0, len(pixels), (batch,), generator=gen)
+        z = latents[idx] + noise * torch.randn(latents[idx].shape, generator=gen)
+        loss = ((vae.decode(z).sample - pixels[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.save_pretrained(Path(folder) / "vae")
+    return float(loss.detach())
+
+
 # ----------------------------------------------------------------------------- pair data
 
 _COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}

@@ -23,6 +23,7 @@ from sdpo.metrics import JsonlLog, StepAverager, micro_step_scalars
 from sdpo.rank_trace import RankTrace
 from sdpo.sharded_checkpoint import ShardedState
 from sdpo.topology import check_launch
+from sdpo.validation import make_validator
 
 log = logging.getLogger("sdpo")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -196,6 +197,8 @@ def train(cfg) -> Path:
     """Run (or resume) training; returns the path of the final weights (``unet.pth``, ``transformer.pth``)."""
     run = setup(cfg)
     averager, window_ok, trace = StepAverager(), True, RankTrace(run.accelerator)
+    validator = make_validator(run)  # images and rewards at step 0, every N steps and at the end (if asked)
+    validator.start(run)
     bar = tqdm(total=cfg.max_train_steps, initial=run.step, desc="steps",
                disable=not run.accelerator.is_local_main_process)  # fmt: skip
     while run.step < cfg.max_train_steps:
@@ -210,6 +213,7 @@ def train(cfg) -> Path:
                 finish_step(run, window_ok, averager.pop())
                 window_ok = True
                 bar.update(1)
+                validator.after_step(run)
                 if run.step >= cfg.max_train_steps:
                     break
         else:

@@ -37,6 +37,15 @@ class Scorer(ABC):
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         """Score each image against its prompt (same length lists)."""
 
+    def to(self, device: str | torch.device) -> Scorer:
+        """Move every module of this scorer to ``device`` (in-training validation keeps reward models on the
+        CPU between uses and moves each to the accelerator only to score)."""
+        self.device = torch.device(device)
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                value.to(self.device)
+        return self
+
     def _check(self, images: list[Image.Image], prompts: list[str]) -> None:
         if len(images) != len(prompts):
             raise ValueError(f"{self.name}: {len(images)} images but {len(prompts)} prompts")

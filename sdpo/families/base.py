@@ -218,6 +218,23 @@ class ModelFamily:
         """What objectives that need the noise process itself get (DDPM: the schedule)."""
         return {}
 
+    # ------------------------------------------------------------------ sampling (in-training validation)
+
+    @classmethod
+    def default_sampling_guidance(cls) -> float:
+        """The evaluation protocol's guidance: the reference scripts' cfg 7.5 (``cond + cfg (cond - uncond)``)."""
+        return 7.5
+
+    def sampling_scheduler(self):
+        """A new instance of the evaluation sampler's scheduler from the model folder.  Sampling calls its
+        ``set_timesteps``, so it must never be the training scheduler."""
+        raise NotImplementedError
+
+    def sampling_components(self, denoiser: torch.nn.Module, scheduler):
+        """The evaluation sampler's parts (``eval.sampling.Components`` / ``eval.flow_sampling.FlowComponents``)
+        made of this family's loaded modules and ``denoiser``: nothing is loaded or copied."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ SD-era names (kept as aliases)
 
     @property

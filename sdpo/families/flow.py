@@ -75,6 +75,25 @@ class FlowFamily(ModelFamily):
     def process_terms(self) -> dict:
         return {"num_train_timesteps": self.scheduler.config.num_train_timesteps}
 
+    @classmethod
+    def default_sampling_guidance(cls) -> float:
+        from eval.flow_sampling import DEFAULT_GUIDANCE
+
+        return DEFAULT_GUIDANCE[cls.name]
+
+    def sampling_scheduler(self):
+        return self.load_scheduler()  # a new instance, unshifted: the pipeline sets its own timesteps
+
+    def sampling_components(self, denoiser, scheduler):
+        from eval.flow_sampling import FlowComponents
+
+        return FlowComponents(self.name, denoiser, self.vae, scheduler, self.tokenizers, self.text_encoders,
+                              self.sequence_length())  # fmt: skip
+
+    def sequence_length(self) -> int:
+        """T5 tokens: ``--max_sequence_length``, else the pipeline's default (capped by the tokenizer)."""
+        raise NotImplementedError
+
     def text_pipeline(self):
         """A diffusers pipeline holding only the text parts, for its own ``encode_prompt``."""
         raise NotImplementedError

@@ -68,13 +68,16 @@ class Flux(FlowFamily):
         return FluxPipeline(transformer=None, scheduler=self.scheduler, vae=None, text_encoder=te[0],
                             tokenizer=tok[0], text_encoder_2=te[1], tokenizer_2=tok[1])  # fmt: skip
 
+    def sequence_length(self) -> int:
+        return max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[1])
+
     @torch.no_grad()
     def encode_prompt(self, captions: list[str]) -> Conditioning:
         embeds, pooled, _ = self.text_pipeline().encode_prompt(
             prompt=captions,
             prompt_2=captions,
             device=self.device,
-            max_sequence_length=max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[1]),
+            max_sequence_length=self.sequence_length(),
         )
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 

@@ -46,6 +46,19 @@ class SD15(ModelFamily):
             )
         return sched
 
+    def sampling_scheduler(self):
+        from diffusers import EulerDiscreteScheduler
+
+        # As eval/sampling.py: Euler from the model's scheduler config (the reference scripts' sampler).
+        cfg = self.cfg
+        return from_pretrained(EulerDiscreteScheduler, cfg.pretrained_model_name_or_path, subfolder="scheduler",
+                               revision=cfg.revision)  # fmt: skip
+
+    def sampling_components(self, denoiser, scheduler):
+        from eval.sampling import Components
+
+        return Components(denoiser, self.vae, scheduler, self.tokenizers, self.text_encoders, self.sdxl)
+
     def load_text_encoders(self) -> None:
         from transformers import AutoTokenizer, CLIPTextModel
 

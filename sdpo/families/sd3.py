@@ -51,11 +51,14 @@ class SD3(FlowFamily):
             text_encoder_2=te[1], tokenizer_2=tok[1], text_encoder_3=te[2], tokenizer_3=tok[2],
         )  # fmt: skip
 
+    def sequence_length(self) -> int:
+        return max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[2])
+
     @torch.no_grad()
     def encode_prompt(self, captions: list[str]) -> Conditioning:
         embeds, _, pooled, _ = self.text_pipeline().encode_prompt(
             prompt=captions, prompt_2=captions, prompt_3=captions, device=self.device,
-            do_classifier_free_guidance=False, max_sequence_length=max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[2]),
+            do_classifier_free_guidance=False, max_sequence_length=self.sequence_length(),
         )  # fmt: skip
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 

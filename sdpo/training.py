@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sdpo import checkpoint, data
+from sdpo import cache, checkpoint, data
 from sdpo.errors import UserError
 from sdpo.families import get_family
 from sdpo.forward import preference_forward
@@ -78,12 +78,14 @@ def make_loader(cfg, hf, accelerator):
     """Map-style data: a sharded sampler of ``(epoch, index)`` keys.  Streaming: a per-rank stream."""
     transform = data.PairTransform(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
-    kw = dict(num_workers=cfg.dataloader_num_workers, collate_fn=data.collate, pin_memory=torch.cuda.is_available())
+    collate_fn = cache.collate if cfg.precomputed else data.collate
+    kw = dict(num_workers=cfg.dataloader_num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
     if cfg.streaming:
         ds = data.StreamingPairs(hf, transform, rank, world, cfg.streaming_buffer_size, cfg.seed, cfg.max_bad_fraction)
         return torch.utils.data.DataLoader(ds, batch_size=cfg.train_batch_size, **kw), ds, None
     sampler = data.ShardedPairSampler(len(hf), cfg.train_batch_size, rank, world, cfg.seed)
-    return torch.utils.data.DataLoader(data.PairDataset(hf, transform), batch_sampler=sampler, **kw), None, sampler
+    pairs = cache.CachedPairs(hf, transform) if cfg.precomputed else data.PairDataset(hf, transform)
+    return torch.utils.data.DataLoader(pairs, batch_sampler=sampler, **kw), None, sampler
 
 
 def set_position(sampler, stream, epoch: int, skip: int, batch_size: int) -> None:
@@ -128,7 +130,10 @@ def setup(cfg) -> Run:
         torch.backends.cudnn.allow_tf32 = True
     objective = get_objective(cfg.train_method)
 
-    hf = data.clean_pairs(data.load_pairs(cfg), cfg)  # data problems surface before any model is loaded
+    if cfg.precomputed:  # the cache stands in for the data: no image decoded, no VAE or text encoder loaded
+        hf = cache.open_cache(cfg, accelerator.mixed_precision)
+    else:
+        hf = data.clean_pairs(data.load_pairs(cfg), cfg)  # data problems surface before any model is loaded
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     weight_dtype = _DTYPES.get(accelerator.mixed_precision, torch.float32)

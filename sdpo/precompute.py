@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -39,6 +40,9 @@ from sdpo.errors import UserError, cli_main
 from sdpo.families import get_family
 
 log = logging.getLogger("sdpo.precompute")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", required=True, help="cache folder to write (rerun with the same flags to resume)")
     a(
         "--cache_dtype",
-        default="fp32",
-        choices=sorted(cache.DTYPES),
-        help="stored dtype; fp32 trains exactly as without a cache, bf16/fp16 halve the size and round",
+        default="auto",
+        choices=["auto", *sorted(cache.DTYPES)],
+        help="stored dtype; auto: the dtype the encoders run in (--mixed_precision), which stores their outputs "
+        "exactly; bf16/fp16 below that halve the size and round",
     )
     a("--shard_size", type=int, default=256, help="pairs per latent shard (the unit of resumption)")
     a("--text_shard_size", type=int, default=1024, help="captions per text shard")
@@ -117,7 +122,7 @@ def _plan(cfg, pairs: int, captions: int, encoder_dtype: str) -> dict:
         "format": cache.FORMAT,
         "identity": cache_identity(cfg),
         "layout": {
-            "dtype": cfg.cache_dtype,
+            "dtype": encoder_dtype if cfg.cache_dtype == "auto" else cfg.cache_dtype,
             "flips": 1 if cfg.no_hflip else 2,
             "shard_size": cfg.shard_size,
             "text_shard_size": cfg.text_shard_size,
@@ -154,6 +159,7 @@ def _save(tensors: dict, out: Path, name: str, meta: dict | None = None) -> None
         # One metadata key: safetensors writes several in hash order, and the files must not depend on it.
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata={"sdpo": json.dumps(meta, sort_keys=True)} if meta else None)  # fmt: skip
+        os.chmod(tmp, _FILE_MODE)  # safetensors creates files owner-only; a cache is shared like any dataset
         crash_point(f"precompute:{name}")
 
 
@@ -211,7 +217,7 @@ def precompute(cfg) -> Path:
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
     family = get_family(cfg.model_family).load_for_encoding(cfg, acc.device, weight_dtype)
-    dtype = cache.DTYPES[cfg.cache_dtype]
+    dtype = cache.DTYPES[plan["layout"]["dtype"]]
     with acc.autocast():
         empty = family.encode_prompt([""])
     text_shapes = {k: list(v.shape[1:]) for k, v in empty.items()}
@@ -232,7 +238,7 @@ def precompute(cfg) -> Path:
         free = shutil.disk_usage(out).free
         log.info("cache %s: %d pairs, %d unique captions, %d flip variant(s), %s: about %s of latents (%s per pair) "
                  "+ %s of text; %d of %d shards already done, the rest dealt over %d process(es); %s free there",
-                 out, len(hf), len(captions), flips, cfg.cache_dtype, _gb(size["latents"]), _gb(size["per_pair"]),
+                 out, len(hf), len(captions), flips, plan["layout"]["dtype"], _gb(size["latents"]), _gb(size["per_pair"]),
                  _gb(size["text"]), done, len(units), acc.num_processes, _gb(free))  # fmt: skip
         if size["latents"] + size["text"] > free:
             log.warning("the cache may not fit: %s estimated, %s free", _gb(size["latents"] + size["text"]), _gb(free))

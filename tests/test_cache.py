@@ -238,3 +238,29 @@ def test_bad_rows_are_dropped_with_the_counts_training_logs(tmp_path, caplog):
         captions = json.loads(f.metadata()["sdpo"])["captions"]
     cached = [captions[i] for s in shards for i in s["caption_id"].tolist()]
     assert index["layout"]["pairs"] == len(kept) == 15 and cached == list(kept["caption"])
+
+
+def test_bf16_encoders_are_cached_losslessly_in_bf16_by_default(tiny_sd15, tiny_pairs, tmp_path, run_train):
+    """--mixed_precision bf16 (the paper's runs): the encoders' outputs are bf16 values, so the default
+    (auto) bf16 cache holds exactly what an fp32 cache would, at half the size."""
+    from safetensors.torch import load_file
+
+    flags = ["--pretrained_model_name_or_path", tiny_sd15, "--dataset_name", tiny_pairs, "--resolution", "32",
+             "--max_train_samples", "6", "--mixed_precision", "bf16"]  # fmt: skip
+    wide = precompute(*flags, "--out", tmp_path / "fp32", "--cache_dtype", "fp32")
+    auto = precompute(*flags, "--out", tmp_path / "auto")
+    assert json.loads((auto / "index.json").read_text())["layout"]["dtype"] == "bf16"
+    names = sorted(str(p.relative_to(auto)) for p in auto.rglob("*.safetensors"))
+    assert names == sorted(str(p.relative_to(wide)) for p in wide.rglob("*.safetensors")) and len(names) == 3
+    for name in names:
+        a, b = load_file(wide / name), load_file(auto / name)
+        for k, v in a.items():
+            if v.is_floating_point():
+                assert v.dtype == torch.float32 and b[k].dtype == torch.bfloat16
+                assert torch.equal(b[k].float(), v), (name, k)  # nothing was rounded away
+            else:
+                assert torch.equal(b[k], v)
+    out = tmp_path / "run"  # and a bf16 run trains from it
+    run_train(*tiny_flags(tiny_sd15, tiny_pairs, out, *flags[4:], "--max_train_steps", "1", "--precomputed", auto))
+    (logged,) = read_jsonl(out)
+    assert torch.isfinite(torch.tensor(logged["train_loss"])) and (out / "unet.pth").is_file()

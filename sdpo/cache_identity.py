@@ -63,10 +63,13 @@ def text_parts(path: str, revision: str | None) -> list[str]:
     from sdpo.families import read_model_index
 
     index = read_model_index(path, revision)
+    local = Path(path).expanduser()
     if index:
         names = [k for k, v in index.items() if k.startswith(TEXT_PARTS) and isinstance(v, list) and v[0]]
-    else:  # a hand-assembled folder without model_index.json
-        names = [p.name for p in Path(path).expanduser().iterdir() if p.is_dir() and p.name.startswith(TEXT_PARTS)]
+    elif local.is_dir():  # a hand-assembled folder without model_index.json
+        names = [p.name for p in local.iterdir() if p.is_dir() and p.name.startswith(TEXT_PARTS)]
+    else:  # a hub id whose index cannot be read here: the family's loading will say what is missing
+        names = []
     return sorted(names)
 
 

@@ -207,6 +207,10 @@ def test_a_cache_made_for_something_else_is_refused(tiny_sd15, tiny_pairs, tmp_p
     line = _cli(precompute_main, ["--pretrained_model_name_or_path", tiny_sd15, "--dataset_name", tiny_pairs,
                                   "--resolution", "64", "--out", cache], monkeypatch, capsys)  # fmt: skip
     assert "holds a cache begun for identity.resolution 32" in line
+    before = {p: p.stat().st_ino for p in cache.rglob("*") if p.is_file()}
+    precompute("--pretrained_model_name_or_path", tiny_sd15, "--dataset_name", tiny_pairs, "--resolution", "32",
+               "--out", cache, "--no_hflip")  # fmt: skip
+    assert {p: p.stat().st_ino for p in cache.rglob("*") if p.is_file()} == before  # finished: nothing redone
 
 
 def test_bad_rows_are_dropped_with_the_counts_training_logs(tmp_path, caplog):

@@ -67,6 +67,19 @@ def estimate_bytes(pairs: int, captions: int, latent_shape, text_numel: int, fli
     return {"latents": pairs * latent, "text": (captions + 1) * text_numel * itemsize, "per_pair": latent}
 
 
+def axis_order(t: torch.Tensor) -> list[int]:
+    """The per-sample axes of a batch-first tensor, outermost in memory first (channels-last: [2, 3, 1])."""
+    return sorted(range(1, t.dim()), key=lambda d: -t.stride(d))
+
+
+def in_axis_order(t: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """``t``'s values, laid out densely in ``order``.  The cache gives the posterior back in the layout
+    the VAE returned it in (channels-last on CPU), so the denoiser's input has the same memory layout
+    with and without a cache: the layout selects the kernels, and with them the rounding."""
+    perm = [0, *order]
+    return t.permute(perm).contiguous().permute([perm.index(d) for d in range(t.dim())])
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -82,6 +95,7 @@ class CacheIndex:
         self.text_shard_size: int = layout["text_shard_size"]
         self.flips: int = layout["flips"]
         self.text_keys: list[str] = sorted(layout["text_shapes"])
+        self.axis_order: list[int] = layout["latent_axis_order"]
 
     def __len__(self) -> int:
         return self.pairs
@@ -179,6 +193,7 @@ class CachedPairs(Dataset):
             "text": self.text(caption_id if keeps_caption(sample, self.t.p_empty) else None),
             "sample_seed": sample,
             "index": index,
+            "axis_order": self.cache.axis_order,
         }
 
 
@@ -186,9 +201,10 @@ def collate(samples: list[dict]) -> dict:
     """Winners then losers, as ``sdpo.data.collate``; conditioning batch-first under ``text``."""
     mean = torch.stack([s["latent_mean"] for s in samples])  # (B, 2, *latent)
     std = torch.stack([s["latent_std"] for s in samples])
+    order = samples[0]["axis_order"]
     return {
-        "latent_mean": torch.cat([mean[:, 0], mean[:, 1]]),
-        "latent_std": torch.cat([std[:, 0], std[:, 1]]),
+        "latent_mean": in_axis_order(torch.cat([mean[:, 0], mean[:, 1]]), order),
+        "latent_std": in_axis_order(torch.cat([std[:, 0], std[:, 1]]), order),
         "text": {k: torch.stack([s["text"][k] for s in samples]) for k in samples[0]["text"]},
         "sample_seeds": torch.tensor([s["sample_seed"] for s in samples], dtype=torch.int64),
         "indices": torch.tensor([s["index"] for s in samples], dtype=torch.int64),

@@ -221,8 +221,9 @@ def precompute(cfg) -> Path:
     dtype = cache.DTYPES[plan["layout"]["dtype"]]
     with acc.autocast():
         empty = family.encode_prompt([""])
+        probe, _ = family.encode_posterior(torch.zeros(2, 3, cfg.resolution, cfg.resolution, device=acc.device))
     text_shapes = {k: list(v.shape[1:]) for k, v in empty.items()}
-    latent_shape = list(family.latent_shape((3, cfg.resolution, cfg.resolution)))
+    latent_shape, axis_order = list(probe.shape[1:]), cache.axis_order(probe)  # the layout the VAE returns
     flips = plan["layout"]["flips"]
 
     # Units of work (one file each), dealt round-robin: (file, items, kind, shard number)
@@ -267,7 +268,7 @@ def precompute(cfg) -> Path:
         if missing:
             raise UserError(f"{out}: {len(missing)} shard(s) were not written (first: {missing[0]}); rerun to finish")
         files = [{"path": u[0], "bytes": (out / u[0]).stat().st_size} for u in units]
-        plan["layout"].update(latent_shape=latent_shape, text_shapes=text_shapes)
+        plan["layout"].update(latent_shape=latent_shape, latent_axis_order=axis_order, text_shapes=text_shapes)
         write_json(out / cache.INDEX, {**plan, "files": files})
         log.info("cache %s finished: %s in %d files", out, _gb(sum(f["bytes"] for f in files)), len(files))
     acc.wait_for_everyone()

@@ -202,12 +202,9 @@ class ModelFamily:
 
     @torch.no_grad()
     def encode_posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior's mean and std (float32): what ``sdpo.precompute`` stores per image.
-
-        Contiguous, as a cache gives them back: on CPU the VAE returns channels-last views, and the
-        memory layout of the denoiser's input changes which kernels run, hence the rounding."""
+        """The VAE posterior's mean and std (float32): what ``sdpo.precompute`` stores per image."""
         dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        return dist.mean.float().contiguous(), dist.std.float().contiguous()
+        return dist.mean.float(), dist.std.float()
 
     @torch.no_grad()
     def encode_latents(self, pixels: torch.Tensor, posterior_noise: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop broken rows before training (image headers, labels, captions); cached by datasets",
     )
     a("--max_bad_fraction", type=float, default=0.1, help="abort when more than this fraction of rows is broken")
+    a(
+        "--precomputed",
+        default=None,
+        metavar="CACHE",
+        help="train from VAE latents and text encodings precomputed by python -m sdpo.precompute (same flags); "
+        "the VAE and text encoders are not loaded",
+    )
 
     a = p.add_argument_group("video (cogvideox, wan)").add_argument
     a("--num_frames", type=int, default=None, help="frames per video (default: the model's, cogvideox 49, wan 81)")
@@ -279,6 +286,14 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--max_train_steps must be >= 1, got {cfg.max_train_steps}")
     if cfg.max_sequence_length is not None and cfg.max_sequence_length < 1:
         raise UserError(f"--max_sequence_length must be >= 1, got {cfg.max_sequence_length}")
+    if cfg.precomputed and (cfg.random_crop or cfg.streaming):
+        flag = "--random_crop" if cfg.random_crop else "--streaming"
+        why = "a cache holds centre crops only" if cfg.random_crop else "the cache is read by index"
+        raise UserError(f"{flag} cannot be combined with --precomputed ({why}); drop {flag}")
+    if cfg.precomputed and cfg.train_method == "kto":
+        raise UserError("--precomputed caches preference pairs; --train_method kto draws single images: drop one")
+    if cfg.precomputed and not Path(cfg.precomputed).expanduser().is_dir():
+        raise UserError(f"--precomputed {cfg.precomputed}: no such folder; build it with python -m sdpo.precompute")
     if cfg.streaming and cfg.max_train_steps is None:
         raise UserError("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
     for flag in ("pretrained_model_name_or_path", "pretrained_vae_model_name_or_path"):
@@ -315,6 +330,8 @@ def _validate_family(cfg: argparse.Namespace) -> None:
     if cfg.use_adafactor is None:  # sharded runs: AdamW (Adafactor does not run on sharded parameters)
         cfg.use_adafactor = family.name == "sdxl" and cfg.sharding == "none"
     objective = LOSSES[cfg.train_method]
+    if getattr(cfg, "precomputed", None) and getattr(family, "video", False):
+        raise UserError(f"--precomputed caches image pairs; the {family.name} family trains on video: drop it")
     if cfg.train_method == "kto" and getattr(family, "video", False):
         raise UserError(f"--train_method kto reads labelled images; it has no video data path ({family.name})")
     if family.process not in processes(objective):

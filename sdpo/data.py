@@ -147,17 +147,31 @@ def pair_pixels(
     The reference SD1.5 script crops and flips the two images independently; its SDXL script
     applies one crop and one flip to both (``joint=True``).  Draws come from the sample's stream.
     """
-    crop_rng, flip_rng = python_rng(sample, _CROP), python_rng(sample, _FLIP)
+    crop_rng = python_rng(sample, _CROP)
     out = []
-    for k, img in enumerate((winner, loser)):
-        if joint and k == 1:
-            crop_rng, flip_rng = python_rng(sample, _CROP), python_rng(sample, _FLIP)  # replay the winner's draws
+    for img, flip in zip((winner, loser), flip_draws(sample, hflip, joint)):
+        if joint and out:
+            crop_rng = python_rng(sample, _CROP)  # replay the winner's crop
         x = _resize_crop(img, resolution, random_crop, crop_rng)
-        if hflip and flip_rng.random() < 0.5:
-            x = TF.horizontal_flip(x)
-        out.append(x)
+        out.append(TF.horizontal_flip(x) if flip else x)
     pixels = torch.stack(out).float() / 127.5 - 1.0
     return pixels
+
+
+def flip_draws(sample: int, hflip: bool, joint: bool) -> tuple[bool, bool]:
+    """Whether the winner and the loser are flipped: one draw each from the sample's flip stream, or
+    the winner's draw for both (``joint``).  Precomputed latents (``sdpo.cache``) pick their variant
+    with this same function, so cached and uncached training flip alike."""
+    if not hflip:
+        return False, False
+    rng = python_rng(sample, _FLIP)
+    winner = rng.random() < 0.5
+    return winner, winner if joint else rng.random() < 0.5
+
+
+def keeps_caption(sample: int, proportion_empty: float) -> bool:
+    """The sample's caption-dropout draw (False: train on the empty prompt); shared with ``sdpo.cache``."""
+    return python_rng(sample, _CAPTION).random() >= proportion_empty
 
 
 class PairTransform:
@@ -183,7 +197,7 @@ class PairTransform:
         sample = sample_seed(self.seed, epoch, index)
         first, second = decode(row["jpg_0"]), decode(row["jpg_1"])
         winner, loser = (first, second) if row["label_0"] == 1 else (second, first)
-        caption = row["caption"] if python_rng(sample, _CAPTION).random() >= self.p_empty else ""
+        caption = row["caption"] if keeps_caption(sample, self.p_empty) else ""
         pixels = pair_pixels(
             winner,
             loser,

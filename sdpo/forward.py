@@ -49,12 +49,28 @@ def _repeat(x: torch.Tensor, reps: int) -> torch.Tensor:
     return x.repeat(reps, *([1] * (x.dim() - 1)))
 
 
-def noised_latents(batch: dict, pixels: torch.Tensor, family: ModelFamily, cfg, reps: int, device):
-    """Latents, the noised latents fed to the denoiser, the regression target, and the denoiser's
-    time argument (shared per pair)."""
-    latent_shape = family.latent_shape(tuple(pixels.shape[1:]))
+def clean_latents(batch: dict, rows: int, family: ModelFamily, posterior_noise: torch.Tensor, device):
+    """The first ``rows`` stacked images as latents: the VAE posterior sample drawn with
+    ``posterior_noise``, encoded now from ``pixel_values``, or from the posterior's mean and std when
+    the batch carries them (precomputed, ``sdpo.cache``): the same sample either way."""
+    if "latent_mean" in batch:
+        mean, std = batch["latent_mean"][:rows].to(device), batch["latent_std"][:rows].to(device)
+        return family.latents_from_posterior(mean, std, posterior_noise)
+    return family.encode_latents(batch["pixel_values"][:rows].to(device), posterior_noise)
+
+
+def batch_latent_shape(batch: dict, family: ModelFamily) -> tuple[int, ...]:
+    if "latent_mean" in batch:
+        return tuple(batch["latent_mean"].shape[1:])
+    return family.latent_shape(tuple(batch["pixel_values"].shape[1:]))
+
+
+def noised_latents(batch: dict, rows: int, family: ModelFamily, cfg, reps: int, device):
+    """Latents of the first ``rows`` images, the noised latents fed to the denoiser, the regression
+    target, and the denoiser's time argument (shared per pair)."""
+    latent_shape = batch_latent_shape(batch, family)
     t, eps, vae_eps, offset, perturb = pair_draws(batch["sample_seeds"], latent_shape, family, device)
-    latents = family.encode_latents(pixels, vae_eps[: pixels.shape[0]])
+    latents = clean_latents(batch, rows, family, vae_eps[:rows], device)
     if cfg.noise_offset:
         eps = eps + cfg.noise_offset * offset
     noise, time = _repeat(eps, reps), _repeat(t, reps)
@@ -65,25 +81,24 @@ def noised_latents(batch: dict, pixels: torch.Tensor, family: ModelFamily, cfg, 
     return latents, noisy, target, model_t
 
 
-def conditioning(family: ModelFamily, captions: list[str], reps: int, dtype: torch.dtype) -> Conditioning:
-    """The family's text conditioning (and its other inputs), repeated for winners and losers."""
-    cond = {k: _repeat(v, reps).to(dtype) for k, v in family.encode_prompt(captions).items()}
-    return {**cond, **family.extra_conditioning(len(captions) * reps, dtype)}
+def conditioning(family: ModelFamily, batch: dict, reps: int, dtype: torch.dtype, device) -> Conditioning:
+    """The family's text conditioning (encoded now from ``captions``, or precomputed: ``text``, from
+    ``sdpo.cache``) and its other inputs, repeated for winners and losers."""
+    text = batch.get("text") or family.encode_prompt(batch["captions"])
+    cond = {k: _repeat(v.to(device), reps).to(dtype) for k, v in text.items()}
+    return {**cond, **family.extra_conditioning(len(batch["sample_seeds"]) * reps, dtype)}
 
 
 def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device: torch.device) -> PreferenceTerms:
-    pixels = batch["pixel_values"].to(device)
-    bsz = len(batch["captions"])  # pairs: 2B rows (winners, then losers); kto: B single images
+    bsz = len(batch["sample_seeds"])  # pairs: 2B stacked rows (winners, then losers); kto: B single images
     uses_loser = objective.USES_LOSER
-    if not uses_loser:  # SFT: only the preferred images are denoised (kto: the one image of each sample)
-        pixels = pixels[:bsz]
-    reps = 2 if uses_loser else 1
-    latents, noisy, target, timesteps = noised_latents(batch, pixels, family, cfg, reps, device)
+    reps = 2 if uses_loser else 1  # SFT: only the preferred images are denoised (kto: each sample's one image)
+    latents, noisy, target, timesteps = noised_latents(batch, reps * bsz, family, cfg, reps, device)
     # Inputs in the trained denoiser's parameter dtype: fp32 normally (autocast does the rest), bf16/fp16
     # when DeepSpeed has cast the module itself and accelerate's autocast is off.
     dtype = next(family.denoiser.parameters()).dtype
     noisy = noisy.to(dtype)
-    cond = conditioning(family, batch["captions"], reps, dtype)
+    cond = conditioning(family, batch, reps, dtype, device)
 
     halves = None
     if uses_loser and splits_policy_forward(cfg):  # param-mode lambda: winners and losers as separate graphs

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sdpo import checkpoint, data, elastic, kto_data, sharding
+from sdpo import cache, checkpoint, data, elastic, kto_data, sharding
 from sdpo.errors import UserError
 from sdpo.families import get_family
 from sdpo.forward import preference_forward
@@ -89,12 +89,14 @@ def make_loader(cfg, hf, accelerator):
     if kto_data.wanted(cfg):  # kto: single labelled images (sdpo.kto_data)
         transform, dataset, collate = kto_data.loader_parts(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
-    kw = dict(num_workers=cfg.dataloader_num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())
+    collate_fn = cache.collate if cfg.precomputed else collate
+    kw = dict(num_workers=cfg.dataloader_num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
     if cfg.streaming:
         ds = data.StreamingPairs(hf, transform, rank, world, cfg.streaming_buffer_size, cfg.seed, cfg.max_bad_fraction)
         return torch.utils.data.DataLoader(ds, batch_size=cfg.train_batch_size, **kw), ds, None
     sampler = data.ShardedPairSampler(len(hf), cfg.train_batch_size, rank, world, cfg.seed)
-    return torch.utils.data.DataLoader(dataset(hf, transform), batch_sampler=sampler, **kw), None, sampler
+    pairs = cache.CachedPairs(hf, transform) if cfg.precomputed else dataset(hf, transform)
+    return torch.utils.data.DataLoader(pairs, batch_sampler=sampler, **kw), None, sampler
 
 
 def set_position(sampler, stream, epoch: int, start_sample: int, num_processes: int) -> None:
@@ -151,7 +153,10 @@ def setup(cfg) -> Run:
         log.info(change)
 
     # Data problems surface before any model is loaded.  kto: pairs or labelled images (sdpo.kto_data).
-    hf = kto_data.load(cfg) if kto_data.wanted(cfg) else data.clean_pairs(data.load_pairs(cfg), cfg)
+    if cfg.precomputed:  # the cache stands in for the data: no image decoded, no VAE or text encoder loaded
+        hf = cache.open_cache(cfg, accelerator.mixed_precision)
+    else:
+        hf = kto_data.load(cfg) if kto_data.wanted(cfg) else data.clean_pairs(data.load_pairs(cfg), cfg)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     weight_dtype = _DTYPES.get(accelerator.mixed_precision, torch.float32)

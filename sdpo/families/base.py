@@ -116,8 +116,8 @@ class ModelFamily:
         ``sdpo.sharding`` moves only each process's shards to the device, never a whole 12B model."""
         fam = cls(cfg, device, weight_dtype)
         fam.scheduler = fam.load_scheduler()
-        fam.load_text_encoders()
-        fam.vae = fam.load_vae()
+        if not getattr(cfg, "precomputed", None):  # with a latent/text cache (sdpo.cache) neither is loaded
+            fam.load_encoders()
         fam.denoiser = fam.load_denoiser()
         fam.reference = fam.load_denoiser() if needs_reference else None
         for m in (fam.vae, *fam.text_encoders):
@@ -129,6 +129,22 @@ class ModelFamily:
         if cfg.gradient_checkpointing:
             fam.denoiser.enable_gradient_checkpointing()
         return fam
+
+    @classmethod
+    def load_for_encoding(cls, cfg, device: torch.device, weight_dtype: torch.dtype) -> ModelFamily:
+        """Only the parts that turn pixels and prompts into the denoiser's inputs (``sdpo.precompute``)."""
+        fam = cls(cfg, device, weight_dtype)
+        fam.scheduler = fam.load_scheduler()
+        fam.load_encoders()
+        fam.after_load()
+        return fam
+
+    def load_encoders(self) -> None:
+        """The frozen text encoders and VAE, in the weight dtype."""
+        self.load_text_encoders()
+        self.vae = self.load_vae()
+        for m in (self.vae, *self.text_encoders):
+            freeze(m, self.device, self.weight_dtype)
 
     def after_load(self) -> None:
         """Family-specific fix-ups once everything is on the device (e.g. SDXL's fp16 VAE)."""
@@ -145,16 +161,36 @@ class ModelFamily:
 
         return AutoencoderKL
 
-    def load_vae(self):
-        vae_cls = self.vae_class()
+    def vae_source(self) -> tuple[str, dict]:
+        """Where the VAE loads from: ``(path or hub id, from_pretrained keyword arguments)``."""
         cfg = self.cfg
         if cfg.pretrained_vae_model_name_or_path:
             # A VAE folder/repo itself (madebyollin/sdxl-vae-fp16-fix) or a pipeline folder holding vae/.
             # --revision names a commit of the main model, not of this repo, so it is not passed on.
             local = Path(cfg.pretrained_vae_model_name_or_path).expanduser()
             path = str(local) if local.is_dir() else cfg.pretrained_vae_model_name_or_path
-            return from_pretrained(vae_cls, path, subfolder="vae" if (local / "vae").is_dir() else None)
-        return from_pretrained(vae_cls, cfg.pretrained_model_name_or_path, subfolder="vae", revision=cfg.revision)
+            return path, {"subfolder": "vae" if (local / "vae").is_dir() else None}
+        return cfg.pretrained_model_name_or_path, {"subfolder": "vae", "revision": cfg.revision}
+
+    def load_vae(self):
+        path, kw = self.vae_source()
+        return from_pretrained(self.vae_class(), path, **kw)
+
+    @property
+    def vae_config(self):
+        """The VAE's config: the loaded VAE's, or its config file alone when latents are precomputed
+        (scaling and shift factors are all training needs then)."""
+        if self.vae is not None:
+            return self.vae.config
+        if getattr(self, "_vae_config", None) is None:
+            from types import SimpleNamespace
+
+            path, kw = self.vae_source()
+            try:
+                self._vae_config = SimpleNamespace(**self.vae_class().load_config(path, **kw))
+            except (OSError, ValueError) as e:
+                raise UserError(f"could not read the VAE config of {path!r}: {str(e).strip()[:200]}") from None
+        return self._vae_config
 
     def load_denoiser(self) -> torch.nn.Module:
         from sdpo.weights import load_denoiser_weights
@@ -185,22 +221,33 @@ class ModelFamily:
 
     def latent_shape(self, pixel_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of one sample's latent for one sample's pixels (no batch axis)."""
-        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return (self.vae.config.latent_channels, pixel_shape[-2] // f, pixel_shape[-1] // f)
+        vae = self.vae_config
+        f = 2 ** (len(vae.block_out_channels) - 1)
+        return (vae.latent_channels, pixel_shape[-2] // f, pixel_shape[-1] // f)
+
+    @torch.no_grad()
+    def encode_posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior's mean and std (float32): what ``sdpo.precompute`` stores per image."""
+        dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+        return dist.mean.float(), dist.std.float()
 
     @torch.no_grad()
     def encode_latents(self, pixels: torch.Tensor, posterior_noise: torch.Tensor) -> torch.Tensor:
         """A VAE posterior sample ``mean + std * noise`` with the given noise, shifted and scaled as the
         family's VAE config says (``(z - shift_factor) * scaling_factor``)."""
-        dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        latents = dist.mean.float() + dist.std.float() * posterior_noise
-        return self.normalise_latents(latents)
+        return self.latents_from_posterior(*self.encode_posterior(pixels), posterior_noise)
+
+    def latents_from_posterior(self, mean: torch.Tensor, std: torch.Tensor, posterior_noise: torch.Tensor):
+        """The same sample as ``encode_latents`` from a posterior computed earlier (``sdpo.cache``):
+        identical arithmetic, so an fp32 cache gives identical latents."""
+        return self.normalise_latents(mean.float() + std.float() * posterior_noise)
 
     def normalise_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        shift = getattr(self.vae.config, "shift_factor", None)
+        vae = self.vae_config
+        shift = getattr(vae, "shift_factor", None)
         if shift is not None:
             latents = latents - shift
-        return latents * self.vae.config.scaling_factor
+        return latents * vae.scaling_factor
 
     def draw_time(self, generator: torch.Generator, device) -> torch.Tensor:
         """One pair's time draw from its own stream, shape ``(1,)``: the first draw of the stream."""

@@ -1,0 +1,317 @@
+"""What precomputed latents and text (``sdpo.precompute`` / ``train.py --precomputed``) save.
+
+1. FLOPs of one Diffusion-DPO pair per component (VAE encode of 2 images, text encode of 1 caption,
+   policy forward+backward and reference forward on the stacked 2 images), counted with
+   ``torch.utils.flop_counter.FlopCounterMode`` on the meta device with the real configs of SD1.5,
+   SDXL and FLUX.1-dev: the cache removes the first two, which bounds the speed-up.
+2. Step time, cached vs uncached, interleaved in one process (so drift and other load hit both arms
+   alike): the real training step (``sdpo.forward.preference_forward`` + Diffusion-DPO + SDPO
+   safeguard + backward + clipping + optimizer step) on SD1.5's real architecture (random weights:
+   UNet2DConditionModel, AutoencoderKL and CLIP text model with SD1.5's configs) and on the tiny model.
+   The cached arm gets the posterior's mean and std and the text encoding of the same pixels and
+   caption, as the cache stores them; everything each step draws is the same in both arms.
+3. Memory no longer held: parameter bytes of the VAE and text encoders per family.
+4. Cache size per pair and for Pick-a-Pic v2 per family, from the shapes.
+
+    python bench/cache_speedup.py                       # all four; CPU: SD1.5 at 256 px, 3 steps per arm
+    python bench/cache_speedup.py --resolution 512 --steps 10 --device cuda
+    python bench/cache_speedup.py --skip-real           # FLOPs, memory, sizes and the tiny model only
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+# Pick-a-Pic v2 train split after dropping ties (Diffusion-DPO paper, Wallace et al. 2024).
+PICKAPIC_PAIRS, PICKAPIC_PROMPTS = 851_293, 58_960
+
+SD15_UNET = dict(
+    sample_size=64,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+SDXL_UNET = dict(
+    sample_size=128,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+FLUX_DEV = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768)
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+              projection_dim=1280, hidden_act="gelu")  # fmt: skip
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)  # fmt: skip
+# family: (resolution, VAE latent channels, text encoders, tokens per encoder, conditioning elements per caption)
+FAMILIES = {
+    "sd15": (512, 4, [("clip", CLIP_L)], [77], 77 * 768),
+    "sdxl": (1024, 4, [("clip", CLIP_L), ("clipp", CLIP_G)], [77, 77], 77 * 2048 + 1280),
+    "sd3": (1024, 16, [("clipp", CLIP_L), ("clipp", CLIP_G), ("t5", T5_XXL)], [77, 77, 256], (77 + 256) * 4096 + 2048),
+    "flux": (1024, 16, [("clip", CLIP_L), ("t5", T5_XXL)], [77, 512], 512 * 4096 + 768),
+}
+
+
+def vae(latent_channels: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=latent_channels,
+                         use_quant_conv=latent_channels == 4, use_post_quant_conv=latent_channels == 4)  # fmt: skip
+
+
+def text_encoder(kind: str, config: dict):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    if kind == "t5":
+        return T5EncoderModel(T5Config(**config))
+    cls = CLIPTextModel if kind == "clip" else CLIPTextModelWithProjection
+    return cls(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **config))
+
+
+# ----------------------------------------------------------------------------- 1. FLOPs
+
+
+def flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def flop_breakdown(name: str) -> dict[str, float]:
+    """TFLOP per component of one pair at the family's resolution, on the meta device."""
+    res, channels, encoders, tokens, _ = FAMILIES[name]
+    lat = res // 8
+    with torch.device("meta"):
+        v = vae(channels)
+        texts = [text_encoder(k, c) for k, c in encoders]
+        if name == "flux":
+            from diffusers import FluxTransformer2DModel
+
+            denoiser = FluxTransformer2DModel(**FLUX_DEV)
+            seq = (lat // 2) ** 2
+            kw = dict(hidden_states=torch.randn(2, seq, 64), timestep=torch.ones(2), guidance=torch.ones(2),
+                      pooled_projections=torch.randn(2, 768), encoder_hidden_states=torch.randn(2, 512, 4096),
+                      txt_ids=torch.zeros(512, 3), img_ids=torch.zeros(seq, 3), return_dict=False)  # fmt: skip
+        else:
+            from diffusers import UNet2DConditionModel
+
+            denoiser = UNet2DConditionModel(**(SD15_UNET if name == "sd15" else SDXL_UNET))
+            kw = dict(sample=torch.randn(2, 4, lat, lat), timestep=torch.ones(2), return_dict=False,
+                      encoder_hidden_states=torch.randn(2, 77, 768 if name == "sd15" else 2048))  # fmt: skip
+            if name == "sdxl":
+                kw["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 1280), "time_ids": torch.randn(2, 6)}
+        pixels = torch.randn(2, 3, res, res)
+
+        def policy():
+            denoiser(**kw)[0].sum().backward()
+
+        def reference():
+            with torch.no_grad():
+                denoiser(**kw)
+
+        with torch.no_grad():
+            out = {
+                "VAE encode": flops(lambda: v.encode(pixels)),
+                "text encode": sum(flops(lambda e=e, n=n: e(torch.zeros(1, n, dtype=torch.long)))
+                                   for e, n in zip(texts, tokens)),  # fmt: skip
+            }
+        out["policy fwd+bwd"] = flops(policy)
+        out["reference fwd"] = flops(reference)
+    return {k: x / 1e12 for k, x in out.items()}
+
+
+def print_flops(names) -> None:
+    print("\n1. FLOPs of one Diffusion-DPO pair (2 images, 1 caption), TFLOP and share of the step; meta device,")
+    print("   real configs, torch.utils.flop_counter (no gradient checkpointing)")
+    cols = ("VAE encode", "text encode", "policy fwd+bwd", "reference fwd")
+    print(f"{'family':<7}{'px':>6}" + "".join(f"{c:>22}" for c in cols) + f"{'total':>9}{'bound':>8}")
+    for name in names:
+        f = flop_breakdown(name)
+        total = sum(f.values())
+        cells = "".join(f"{f[c]:>12.3f} ({100 * f[c] / total:5.1f}%)" for c in cols)
+        bound = total / (total - f["VAE encode"] - f["text encode"])
+        print(f"{name:<7}{FAMILIES[name][0]:>6}{cells}{total:>9.2f}{bound:>7.3f}x")
+
+
+# ----------------------------------------------------------------------------- 2. step time
+
+
+def build_family(real: bool, resolution: int, device):
+    from diffusers import UNet2DConditionModel
+
+    from sdpo.config import parse_args
+    from sdpo.families import get_family
+    from sdpo.tiny import build_tiny_model
+
+    model = build_tiny_model("sd15", Path(tempfile.mkdtemp(prefix="sdpo-bench-")) / "m")
+    cfg = parse_args(["--pretrained_model_name_or_path", str(model), "--resolution", str(resolution),
+                      "--use_winner_preserving", "--winner_preserving_mu", "0.9"])  # fmt: skip
+    cfg.gradient_checkpointing = False
+    fam = get_family("sd15").load(cfg, device, torch.float32, needs_reference=True)
+    if real:  # SD1.5's architectures, random weights; the tokenizer stays the tiny byte-level one
+        torch.manual_seed(0)
+        fam.vae = vae(4).requires_grad_(False).eval().to(device)
+        fam.vae.register_to_config(scaling_factor=0.18215)
+        fam.text_encoders = [text_encoder("clip", CLIP_L).requires_grad_(False).eval().to(device)]
+        fam.denoiser = UNet2DConditionModel(**SD15_UNET).to(device).train()
+        fam.reference = copy.deepcopy(fam.denoiser).requires_grad_(False).eval()
+    return cfg, fam
+
+
+def time_steps(real: bool, args, device) -> tuple[float, float, int, str]:
+    """Median seconds per step (uncached, cached) of interleaved steps."""
+    from sdpo.forward import preference_forward
+    from sdpo.losses import get_objective
+
+    res = args.resolution if real else 64
+    cfg, fam = build_family(real, res, device)
+    dpo = get_objective("diffusion-dpo")
+    params = [p for p in fam.denoiser.parameters() if p.requires_grad]
+    # Real architecture on a CPU: SGD keeps no state (AdamW's 6.9 GB would not fit beside two UNets); its
+    # update is the same in both arms.  The tiny model: AdamW, as training.
+    opt = torch.optim.SGD(params, lr=1e-8) if real else torch.optim.AdamW(params, lr=1e-8)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2 * args.batch, 3, res, res, generator=g) * 2 - 1
+    captions = [f"a photo of a red circle number {i}" for i in range(args.batch)]
+    seeds = torch.arange(args.batch) + 1000
+    mean, std = fam.encode_posterior(pixels.to(device))  # what the cache stores for these pixels
+    plain = {"pixel_values": pixels, "captions": captions, "sample_seeds": seeds}
+    cached = {"latent_mean": mean.cpu(), "latent_std": std.cpu(), "text": fam.encode_prompt(captions),
+              "sample_seeds": seeds}  # fmt: skip
+
+    def step(batch) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        terms = preference_forward(batch, fam, cfg, dpo, device)
+        dpo.loss(terms, cfg).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    steps = args.steps if real else args.tiny_steps
+    times = {"plain": [], "cached": []}
+    for r in range(args.warmup + steps):
+        for arm in ("plain", "cached") if r % 2 == 0 else ("cached", "plain"):
+            t = step(plain if arm == "plain" else cached)
+            if r >= args.warmup:
+                times[arm].append(t)
+    return statistics.median(times["plain"]), statistics.median(times["cached"]), res, f"{len(times['plain'])}"
+
+
+def print_times(args, device) -> None:
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n2. Step time, uncached vs cached, interleaved ({args.batch} pair(s) per step, {where})")
+    print(f"{'model':<34}{'px':>5}{'steps':>7}{'uncached s':>12}{'cached s':>10}{'speed-up':>10}")
+    arms = ([] if args.skip_real else [True]) + [False]
+    for real in arms:
+        plain, cached, res, n = time_steps(real, args, device)
+        name = "SD1.5 architecture (random weights)" if real else "tiny sd15 (sdpo.tiny)"
+        print(f"{name:<34}{res:>5}{n:>7}{plain:>12.3f}{cached:>10.3f}{plain / cached:>9.3f}x")
+        if real:
+            f = flop_breakdown_at("sd15", res)
+            print(f"{'':<34}FLOP bound at {res} px: {f:.3f}x")
+
+
+def flop_breakdown_at(name: str, res: int) -> float:
+    old = FAMILIES[name]
+    FAMILIES[name] = (res, *old[1:])
+    try:
+        f = flop_breakdown(name)
+    finally:
+        FAMILIES[name] = old
+    total = sum(f.values())
+    return total / (total - f["VAE encode"] - f["text encode"])
+
+
+# ----------------------------------------------------------------------------- 3. memory, 4. sizes
+
+
+def print_memory(names) -> None:
+    print("\n3. Parameters not loaded with a cache: the VAE and the text encoders (GB at 4 / 2 bytes per parameter)")
+    for name in names:
+        _, channels, encoders, _, _ = FAMILIES[name]
+        with torch.device("meta"):
+            n = sum(p.numel() for p in vae(channels).parameters())
+            n += sum(p.numel() for k, c in encoders for p in text_encoder(k, c).parameters())
+        print(f"{name:<7}{n / 1e9:7.2f} B parameters: {4 * n / 1e9:6.2f} GB fp32, {2 * n / 1e9:6.2f} GB bf16")
+
+
+def print_sizes(names) -> None:
+    from sdpo.cache import estimate_bytes
+
+    print(f"\n4. Cache size (2 flips, mean+std, winner+loser; text per unique caption): per pair, and for Pick-a-Pic v2 "
+          f"({PICKAPIC_PAIRS:,} pairs, {PICKAPIC_PROMPTS:,} prompts)")  # fmt: skip
+    print(f"{'family':<7}{'px':>6}{'latent':>14}{'per pair fp32':>15}{'text/caption':>14}"
+          f"{'Pick-a-Pic fp32':>17}{'bf16':>10}")  # fmt: skip
+    for name in names:
+        res, channels, _, _, text = FAMILIES[name]
+        shape = (channels, res // 8, res // 8)
+        row = []
+        for itemsize in (4, 2):
+            b = estimate_bytes(PICKAPIC_PAIRS, PICKAPIC_PROMPTS, shape, text, 2, itemsize)
+            row.append((b["per_pair"], b["latents"] + b["text"], text * itemsize))
+        shape_s = "x".join(map(str, shape))
+        print(f"{name:<7}{res:>6}{shape_s:>14}{row[0][0] / 1e6:>12.2f} MB{row[0][2] / 1e6:>11.2f} MB"
+              f"{row[0][1] / 1e9:>14.0f} GB{row[1][1] / 1e9:>7.0f} GB")  # fmt: skip
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--resolution", type=int, default=256, help="pixels for the SD1.5-architecture timing")
+    p.add_argument("--batch", type=int, default=1, help="pairs per step")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per arm, SD1.5 architecture")
+    p.add_argument("--tiny-steps", type=int, default=20, help="timed steps per arm, tiny model")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--skip-real", action="store_true", help="no SD1.5-architecture timing")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    print_flops(["sd15", "sdxl", "flux"])
+    print_memory(["sd15", "sdxl", "sd3", "flux"])
+    print_sizes(["sd15", "sdxl", "sd3", "flux"])
+    print_times(args, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -120,8 +120,6 @@ class ModelFamily:
             fam.load_encoders()
         fam.denoiser = fam.load_denoiser()
         fam.reference = fam.load_denoiser() if needs_reference else None
-        for m in (fam.vae, *fam.text_encoders):
-            freeze(m, device, weight_dtype)
         if fam.reference is not None:
             freeze(fam.reference, "cpu" if shard_later else device, weight_dtype)
         fam.after_load()

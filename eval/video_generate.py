@@ -127,7 +127,7 @@ def main_video(args: argparse.Namespace) -> Path:
     if state.is_main_process:
         write_json(video_dir / g.SETTINGS_FILE, settings)
     mine = g.shard(list(range(len(entries))), state.process_index, state.num_processes)
-    g._remove_stale_temps(video_dir, set(mine))
+    g._remove_stale_temps([video_dir / video_name(i, args.height, args.width) for i in mine])
     todo = [i for i in mine if not _complete(args, video_dir, i)]
     if state.is_main_process:
         print(f"{name}: {len(entries)} prompts, {len(mine) - len(todo)} of this process's {len(mine)} already done "

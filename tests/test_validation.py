@@ -170,7 +170,8 @@ def test_resume_redoes_an_unfinished_validation_once(runs, val_flags, tmp_path, 
 
 def test_two_processes_validate_like_one(tiny_sd15, tiny_pairs, reward_root, prompt_file, tmp_path):
     """torchrun: 2 processes x batch 1 against 1 process x batch 2, 3 prompts (uneven shards, one padded)."""
-    from test_distributed import _env, _free_port
+    from dist_helpers import env as _env
+    from dist_helpers import free_port as _free_port
 
     flags = ["--pretrained_model_name_or_path", tiny_sd15, "--dataset_name", tiny_pairs, "--resolution", 64,
              "--learning_rate", 1e-4, "--lr_warmup_steps", 0, "--report_to", "none", "--mixed_precision", "no",

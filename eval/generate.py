@@ -66,7 +66,7 @@ SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_BASE = {
     "sd15": SD15_ID,
     "sdxl": SDXL_ID,
-    "sd3": "stabilityai/stable-diffusion-3.5-large",
+    "sd3": "stabilityai/stable-diffusion-3.5-medium",
     "flux": "black-forest-labs/FLUX.1-dev",
     "cogvideox": "THUDM/CogVideoX-2b",
     "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",

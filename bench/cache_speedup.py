@@ -287,8 +287,8 @@ def print_memory(names) -> None:
 def print_sizes(names) -> None:
     from sdpo.cache import estimate_bytes
 
-    print(f"\n4. Cache size (2 flips, mean+std, winner+loser; text per unique caption): per pair, and for Pick-a-Pic v2 "
-          f"({PICKAPIC_PAIRS:,} pairs, {PICKAPIC_PROMPTS:,} prompts)")  # fmt: skip
+    print("\n4. Cache size (2 flips, mean+std, winner+loser; text per unique caption): per pair, and for "
+          f"Pick-a-Pic v2 ({PICKAPIC_PAIRS:,} pairs, {PICKAPIC_PROMPTS:,} prompts)")  # fmt: skip
     print(f"{'family':<7}{'px':>6}{'latent':>14}{'per pair fp32':>15}{'text/caption':>14}"
           f"{'Pick-a-Pic fp32':>17}{'bf16':>10}")  # fmt: skip
     for name in names:

@@ -126,9 +126,10 @@ def open_cache(cfg, mixed_precision: str | None) -> CacheIndex:
         if not p.is_file() or p.stat().st_size != f["bytes"]:
             raise UserError(f"--precomputed {root}: {f['path']} is missing or has the wrong size; rerun precompute")
     layout = index["layout"]
-    if layout["encoder_dtype"] != precision_name(mixed_precision):
+    ours = precision_name(mixed_precision)
+    if layout["encoder_dtype"] != ours:
         log.warning("the cache's encoders ran in %s, this run's frozen parts in %s: latents and text differ from "
-                    "uncached training by that rounding", layout["encoder_dtype"], precision_name(mixed_precision))  # fmt: skip
+                    "uncached training by that rounding", layout["encoder_dtype"], ours)  # fmt: skip
     log.info("precomputed latents and text from %s (%d pairs, %s): VAE and text encoders not loaded",
              root, cache.pairs, layout["dtype"])  # fmt: skip
     return cache

@@ -240,8 +240,8 @@ def precompute(cfg) -> Path:
         free = shutil.disk_usage(out).free
         log.info("cache %s: %d pairs, %d unique captions, %d flip variant(s), %s: about %s of latents (%s per pair) "
                  "+ %s of text; %d of %d shards already done, the rest dealt over %d process(es); %s free there",
-                 out, len(hf), len(captions), flips, plan["layout"]["dtype"], _gb(size["latents"]), _gb(size["per_pair"]),
-                 _gb(size["text"]), done, len(units), acc.num_processes, _gb(free))  # fmt: skip
+                 out, len(hf), len(captions), flips, plan["layout"]["dtype"], _gb(size["latents"]),
+                 _gb(size["per_pair"]), _gb(size["text"]), done, len(units), acc.num_processes, _gb(free))  # fmt: skip
         if size["latents"] + size["text"] > free:
             log.warning("the cache may not fit: %s estimated, %s free", _gb(size["latents"] + size["text"]), _gb(free))
 

@@ -47,7 +47,8 @@ class SDXL(SD15):
         ]
 
     def after_load(self) -> None:
-        if self.vae is not None and self.weight_dtype == torch.float16 and not self.cfg.pretrained_vae_model_name_or_path:
+        fp16_original_vae = self.weight_dtype == torch.float16 and not self.cfg.pretrained_vae_model_name_or_path
+        if self.vae is not None and fp16_original_vae:  # no VAE loaded with precomputed latents
             # SDXL's original VAE overflows to NaN in fp16; the reference runs use the fp16-fix VAE.
             log.warning("SDXL in fp16 without --pretrained_vae_model_name_or_path: keeping the VAE in fp32")
             self.vae.to(dtype=torch.float32)

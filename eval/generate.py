@@ -5,7 +5,9 @@
     python eval/generate.py --weights_path RUN/transformer.pth --model_family flux   # FLUX.1-dev, guidance 3.5
 
 ``--weights_path`` (alias ``--unet_path``) takes a ``unet.pth`` / ``transformer.pth``, a checkpoint
-folder or a diffusers folder.  SD3 and FLUX use their own pipelines' samplers and guidance
+folder or a diffusers folder.  ``--lora_path`` adds a LoRA in diffusers' format (a LoRA run's folder or
+checkpoint, or its ``pytorch_lora_weights.safetensors``) on top of the base model (or of
+``--weights_path``), weighted by ``--lora_scale``.  SD3 and FLUX use their own pipelines' samplers and guidance
 (``eval/flow_sampling.py``): ``--cfg`` is then the model's own guidance scale (FLUX: the distilled
 guidance embedding, not classifier-free guidance; default 3.5 for both), and the manifest's
 ``metadata`` says which kind it was.
@@ -205,9 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights_path",
         "--unet_path",
         dest="unet_path",
-        required=True,
+        default=None,
         help="unet.pth / transformer.pth, a checkpoint folder, or a diffusers folder (--unet_path: the old name)",
     )
+    p.add_argument("--lora_path", default=None, help="a LoRA (diffusers format): run folder, checkpoint or .safetensors")
+    p.add_argument("--lora_scale", type=float, default=1.0, help="weight of the LoRA (1: as trained)")
     p.add_argument(
         "--pretrain_path", default=None, help=f"base model hub id or folder (default {SD15_ID}; --sdxl: {SDXL_ID})"
     )
@@ -265,6 +269,8 @@ def _family(a: argparse.Namespace) -> str:
 
 
 def _validate(a: argparse.Namespace) -> None:
+    if a.unet_path is None and a.lora_path is None:
+        raise UserError("pass --weights_path (a unet.pth / transformer.pth) or --lora_path (a LoRA run), or both")
     a.model_family = _family(a)
     a.sdxl = a.model_family == "sdxl"
     a.pretrain_path = a.pretrain_path or DEFAULT_BASE[a.model_family]
@@ -282,6 +288,11 @@ def _validate(a: argparse.Namespace) -> None:
         raise UserError(f"--steps must be at least 1, got {a.steps}")
     if a.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {a.batch_size}")
+    if a.lora_path is not None:  # a LoRA of another family stops here, before any model loads
+        from sdpo.families import get_family
+        from sdpo.lora import check_lora_file
+
+        check_lora_file(a.lora_path, get_family(a.model_family))
 
 
 @cli_main
@@ -290,7 +301,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     _validate(args)
     name = run_name(set_name(args.test_json), args.seed, args.height, args.width, args.steps, args.cfg)
-    out = Path(args.output_path) if args.output_path else default_output_path(args.unet_path)
+    out = Path(args.output_path) if args.output_path else default_output_path(args.unet_path or args.lora_path)
     image_dir, manifest = out / name, out / f"{name}.json"
     if args.print_manifest_path:
         print(manifest)
@@ -307,7 +318,9 @@ def main(argv: list[str] | None = None) -> Path:
     dtype = resolve_dtype(args.dtype, state.device)
     vae_dtype = resolve_dtype(args.vae_dtype, state.device)
     settings = {
-        "unet_path": str(Path(args.unet_path).absolute()),
+        "unet_path": str(Path(args.unet_path).absolute()) if args.unet_path else None,
+        "lora_path": str(Path(args.lora_path).absolute()) if args.lora_path else None,
+        "lora_scale": args.lora_scale if args.lora_path else None,
         "pretrain_path": args.pretrain_path,
         "vae_path": args.vae_path,
         "sdxl": args.sdxl,
@@ -368,6 +381,11 @@ def _generate(args, entries, todo, image_dir, dtype, vae_dtype, state, load_comp
         args.pretrain_path, args.unet_path, args.sdxl, state.device, dtype, vae_path=args.vae_path,
         vae_dtype=vae_dtype, family=args.model_family, max_sequence_length=args.max_sequence_length,
     )  # fmt: skip
+    if args.lora_path:
+        from sdpo.families import get_family
+        from sdpo.lora import attach
+
+        attach(comp.unet, get_family(args.model_family), args.lora_path, args.lora_scale)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
     written, start = 0, time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"generate[{state.process_index}]", disable=not state.is_main_process)

@@ -5,6 +5,9 @@ A checkpoint holds accelerate's state (model, optimizer, lr scheduler, RNG; load
 for transformer families: the file is named after the denoiser's pipeline subfolder) and
 ``training_state.json`` (step and data position), written last.  It is assembled in
 ``checkpoint-<step>.partial`` and renamed, so ``latest`` never sees a half-written one.
+
+Which weights go in is the run's ``weights`` object: :class:`FullWeights` here (the whole denoiser),
+``sdpo.lora.AdapterWeights`` for a LoRA run (adapters only; accelerate's state then holds no model).
 """
 
 from __future__ import annotations
@@ -64,19 +67,38 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class FullWeights:
+    """A full fine-tune's files: ``<name>.pth`` in every checkpoint, ``<name>.pth`` and ``<name>/`` at the end."""
+
+    def __init__(self, name: str = "unet"):
+        self.name = name
+
+    def install(self, accelerator) -> None:
+        """Nothing to change: accelerate's own state holds the model."""
+
+    def save_checkpoint(self, accelerator, unet, directory: Path) -> None:
+        weights = unet_state_dict(accelerator, unet)
+        if accelerator.is_main_process:
+            torch.save(weights, directory / f"{self.name}.pth")
+
+    def save_final(self, accelerator, unet, output_dir: str | Path) -> Path:
+        return save_final(accelerator, unet, output_dir, self.name)
+
+
 def save(
-    accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None, name: str = "unet"
-) -> Path:
-    """Write ``checkpoint-<step>`` atomically; every process must call this."""
+    accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None,
+    name: str = "unet", weights=None,
+) -> Path:  # fmt: skip
+    """Write ``checkpoint-<step>`` atomically; every process must call this.  ``weights`` decides which
+    model files go in (default: ``FullWeights(name)``)."""
     root = Path(output_dir)
     final, partial = root / f"checkpoint-{step}", root / f"checkpoint-{step}.partial"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
-    weights = unet_state_dict(accelerator, unet)
+    (weights or FullWeights(name)).save_checkpoint(accelerator, unet, partial)
     if accelerator.is_main_process:
-        torch.save(weights, partial / f"{name}.pth")
         crash_point(f"checkpoint-{step}")
         write_json(partial / STATE_FILE, {**state, "step": step})
         shutil.rmtree(final, ignore_errors=True)

@@ -52,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="initial denoiser weights for policy and reference (UNet or transformer): a .pth, or a diffusers folder",
     )
 
+    a = p.add_argument_group("LoRA (peft): adapters train, the reference is the base with them off").add_argument
+    a("--lora_rank", type=int, default=None, help="train LoRA adapters of this rank instead of the whole denoiser")
+    a("--lora_alpha", type=float, default=None, help="LoRA alpha (scale alpha/rank); default: the rank")
+    a("--lora_dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
+    a(
+        "--lora_target_modules",
+        nargs="+",
+        default=None,
+        help="peft target_modules names, or the family presets 'attn' (attention projections, the default) "
+        "and 'ff' (feed-forward); e.g. --lora_target_modules attn ff",
+    )
+    a("--save_merged", action="store_true", help="LoRA: also write merged full weights (unet.pth / transformer.pth)")
+
     a = p.add_argument_group("rectified flow (sd3, flux)").add_argument
     a("--weighting_scheme", default="none", choices=WEIGHTING_SCHEMES, help="density of the training sigmas")
     a("--logit_mean", type=float, default=0.0, help="logit_normal: mean")
@@ -178,6 +191,7 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
     if not 0.0 <= cfg.winner_preserving_mu <= 1.0:
         raise UserError(f"--winner_preserving_mu must be in [0, 1], got {cfg.winner_preserving_mu}")
     _validate_safeguard(cfg)
+    _validate_lora(cfg)
     _validate_extra_objectives(cfg)
     if not 0.0 <= cfg.proportion_empty_prompts <= 1.0:
         raise UserError(f"--proportion_empty_prompts must be in [0, 1], got {cfg.proportion_empty_prompts}")
@@ -225,8 +239,8 @@ def _validate_family(cfg: argparse.Namespace) -> None:
     # The reference SDXL runs always use gradient checkpointing and Adafactor; explicit flags win.
     if cfg.gradient_checkpointing is None:
         cfg.gradient_checkpointing = family.heavy
-    if cfg.use_adafactor is None:
-        cfg.use_adafactor = family.name == "sdxl"
+    if cfg.use_adafactor is None:  # LoRA: the adapters' AdamW state is small, no need for Adafactor
+        cfg.use_adafactor = family.name == "sdxl" and not cfg.lora_rank
     objective = LOSSES[cfg.train_method]
     if family.process not in processes(objective):
         where = ", ".join(n for n, f in FAMILIES.items() if f.process in processes(objective))
@@ -266,6 +280,25 @@ def _validate_safeguard(cfg: argparse.Namespace) -> None:
     if cfg.winner_preserving_granularity == "pair" and mode != "output":
         # param: one lambda per pair needs two backward passes per pair; fixed: one value anyway.
         raise UserError(f"--winner_preserving_granularity pair needs --winner_preserving_mode output (mode is {mode})")
+
+
+def _validate_lora(cfg: argparse.Namespace) -> None:
+    """LoRA flags without ``--lora_rank`` would be silently ignored: reject them, and impossible values."""
+    given = [f"--{n}" for n in _LORA_FLAGS if _given(cfg, n)]
+    if cfg.lora_rank is None:
+        if given:
+            raise UserError(f"{', '.join(given)} only act with --lora_rank; add it or drop them")
+        return
+    if cfg.lora_rank <= 0:
+        raise UserError(f"--lora_rank must be a positive integer, got {cfg.lora_rank} (omit it for a full fine-tune)")
+    if cfg.lora_alpha is not None and cfg.lora_alpha <= 0:
+        raise UserError(f"--lora_alpha must be positive, got {cfg.lora_alpha}")
+    cfg.lora_dropout = cfg.lora_dropout or 0.0
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise UserError(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+
+
+_LORA_FLAGS = ("lora_alpha", "lora_dropout", "lora_target_modules", "save_merged")
 
 
 def _validate_extra_objectives(cfg: argparse.Namespace) -> None:

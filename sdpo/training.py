@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sdpo import checkpoint, data
+from sdpo import checkpoint, data, lora
 from sdpo.errors import UserError
 from sdpo.families import get_family
 from sdpo.forward import preference_forward
@@ -108,6 +108,8 @@ class Run:
     sampler: object
     stream: object
     jsonl: JsonlLog
+    weights: object  # which files hold the model: checkpoint.FullWeights or lora.AdapterWeights
+    params: list  # the trained parameters (LoRA: the adapters only)
     step: int = 0
     epoch: int = 0
     epoch_batches: int = 0
@@ -134,6 +136,9 @@ def setup(cfg) -> Run:
     weight_dtype = _DTYPES.get(accelerator.mixed_precision, torch.float32)
     family = get_family(cfg.model_family).load(cfg, accelerator.device, weight_dtype, objective.NEEDS_REFERENCE)
     params = [p for p in family.denoiser.parameters() if p.requires_grad]
+    trained, total = lora.parameter_counts(family.denoiser)
+    log.info("training %.2f M of the %s's %.2f M parameters%s", trained / 1e6, family.denoiser_folder, total / 1e6,
+             f" (LoRA rank {cfg.lora_rank}; reference = adapters off)" if lora.enabled(cfg) else "")  # fmt: skip
     optimizer = make_optimizer(cfg, params, accelerator.num_processes)
     loader, stream, sampler = make_loader(cfg, hf, accelerator)
     if cfg.max_train_steps is None:  # count optimizer steps from epochs
@@ -143,6 +148,8 @@ def setup(cfg) -> Run:
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=cfg.max_train_steps)  # fmt: skip
     family.denoiser, optimizer, lr_scheduler = accelerator.prepare(family.denoiser, optimizer, lr_scheduler)
+    weights = lora.AdapterWeights(family, cfg) if lora.enabled(cfg) else checkpoint.FullWeights(family.denoiser_folder)
+    weights.install(accelerator)
 
     resume = checkpoint.find_resume_point(out_dir, cfg.resume_from_checkpoint)
     state = checkpoint.load(accelerator, resume) if resume else {}
@@ -154,14 +161,16 @@ def setup(cfg) -> Run:
     n, b, a = accelerator.num_processes, cfg.train_batch_size, cfg.gradient_accumulation_steps
     log.info("%s pairs; %d process(es) x batch %d x accumulation %d = global batch %d; %d optimizer steps",
              len(hf) if sampler else "streamed", n, b, a, n * b * a, cfg.max_train_steps)  # fmt: skip
-    run = Run(cfg, accelerator, family, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl)
+    run = Run(cfg, accelerator, family, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl, weights,
+              params)  # fmt: skip
     for key in ("step", "epoch", "epoch_batches", "nonfinite_total"):
         setattr(run, key, state.get(key, 0))
     return run
 
 
 def train(cfg) -> Path:
-    """Run (or resume) training; returns the path of the final weights (``unet.pth``, ``transformer.pth``)."""
+    """Run (or resume) training; returns the path of the final weights (``unet.pth``, ``transformer.pth``;
+    LoRA: ``pytorch_lora_weights.safetensors``)."""
     run = setup(cfg)
     averager, window_ok, trace = StepAverager(), True, RankTrace(run.accelerator)
     bar = tqdm(total=cfg.max_train_steps, initial=run.step, desc="steps",
@@ -184,7 +193,7 @@ def train(cfg) -> Path:
             run.epoch, run.epoch_batches = run.epoch + 1, 0
     bar.close()
     trace.weights(run.accelerator, run.family.denoiser)
-    path = checkpoint.save_final(run.accelerator, run.family.denoiser, cfg.output_dir, run.family.denoiser_folder)
+    path = run.weights.save_final(run.accelerator, run.family.denoiser, cfg.output_dir)
     run.accelerator.end_training()
     log.info("done: %s", path)
     return path
@@ -211,7 +220,7 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
     cfg, acc = run.cfg, run.accelerator
     if ok:
         if cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_(run.family.denoiser.parameters(), cfg.max_grad_norm)
+            acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
         run.optimizer.step()
         run.lr_scheduler.step()
         run.nonfinite_run = 0
@@ -228,7 +237,7 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
     if stop or run.step % cfg.checkpointing_steps == 0 or run.step == cfg.max_train_steps:
         state = {"epoch": run.epoch, "epoch_batches": run.epoch_batches, "nonfinite_total": run.nonfinite_total}
         path = checkpoint.save(acc, run.family.denoiser, cfg.output_dir, run.step, state, cfg.checkpoints_total_limit,
-                               run.family.denoiser_folder)  # fmt: skip
+                               weights=run.weights)  # fmt: skip
         if stop:
             raise UserError(
                 f"{run.nonfinite_run} consecutive optimizer steps had a non-finite loss (up to step {run.step}); "

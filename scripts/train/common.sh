@@ -7,6 +7,10 @@
 # prints those numbers, and runs (or with DRY_RUN=1 / --dry-run, prints) one `accelerate launch`
 # command.  Extra arguments go to train.py after the recipe's own flags, so they override them.
 #
+# LoRA: with --lora_rank among the extra arguments, the recipe trains adapters instead of the whole
+# denoiser: lr 1e-5 not scaled by the batch (diffusers' Diffusion-DPO LoRA example; a later
+# --learning_rate wins), AdamW instead of SDXL's Adafactor, and FLUX no longer needs sharding.
+#
 # Environment (all optional):
 #   MODEL, VAE            base model / separate VAE (hub id or local folder); VAE=none drops it
 #   DATASET               --dataset_name (hub id, local dataset folder or parquet file)
@@ -74,7 +78,7 @@ EOF_PY
 launch() {
     local flow=0
     [[ "$FAMILY" == flux || "$FAMILY" == sd3 ]] && flow=1
-    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch
+    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch lora=0
     batch="${PER_GPU_BATCH:-$( ((flow)) && echo 1 || echo 8)}"
     local -a extra=()
     name="$(basename "$0" .sh)"
@@ -98,6 +102,7 @@ launch() {
                 ;;
             --train_batch_size=*) batch="${1#*=}" ;;
             --gradient_accumulation_steps=*) accum="${1#*=}" ;;
+            --lora_rank | --lora_rank=*) lora=1; extra+=("$1") ;;
             *) extra+=("$1") ;;
         esac
         shift
@@ -160,19 +165,26 @@ launch() {
         vae="${VAE:-none}"
         lr=1e-5
         scale_lr=()
-        if [[ "$device" == gpu && "$FAMILY" == flux && "$dry" != 1 ]]; then
-            _die "a FLUX.1-dev full fine-tune (12B policy + 12B frozen reference = 48 GB of bf16 weights, plus gradients and optimizer state) does not fit plain DDP, and sharded training (FSDP/HSDP) is not in this version yet; see the README's FLUX section (--dry-run prints the command)"
+        if [[ "$device" == gpu && "$FAMILY" == flux && "$dry" != 1 && "$lora" != 1 ]]; then
+            _die "a FLUX.1-dev full fine-tune (12B policy + 12B frozen reference = 48 GB of bf16 weights, plus gradients and optimizer state) does not fit plain DDP, and sharded training (FSDP/HSDP) is not in this version yet; add --lora_rank 16 for a LoRA run, or see the README's FLUX section (--dry-run prints the command)"
         fi
     else
         model="${MODEL:-stable-diffusion-v1-5/stable-diffusion-v1-5}"
         vae="${VAE:-none}"
         lr=1e-8
     fi
+    if ((lora)); then
+        lr=1e-5
+        scale_lr=()
+    fi
     local precision="${MIXED_PRECISION:-bf16}"
     [[ "$device" == cpu && -z "${MIXED_PRECISION:-}" ]] && precision=no
     local -a train=(--pretrained_model_name_or_path "$model")
     [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
-    [[ "$FAMILY" == sdxl ]] && train+=(--sdxl --use_adafactor --gradient_checkpointing)
+    if [[ "$FAMILY" == sdxl ]]; then
+        train+=(--sdxl --gradient_checkpointing)
+        ((lora)) || train+=(--use_adafactor)
+    fi
     ((flow)) && train+=(--model_family "$FAMILY" --gradient_checkpointing --resolution 1024)
     if [[ -n "${TRAIN_DATA_DIR:-}" ]]; then
         train+=(--train_data_dir "$TRAIN_DATA_DIR")

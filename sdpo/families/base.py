@@ -60,6 +60,14 @@ class ModelFamily:
     heavy: ClassVar[bool] = False  # reference SDXL-style defaults: gradient checkpointing + Adafactor on
     joint_augment: ClassVar[bool] = False  # one crop/flip for winner and loser (the SDXL reference script)
     dspo_form: ClassVar[str | None] = "sd15"  # which branch of the reference DSPO loss applies
+    # LoRA (``sdpo.lora``): peft ``target_modules`` names per preset of ``--lora_target_modules``;
+    # ``attn`` (the attention projections) is the default, ``ff`` adds the feed-forward layers.
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}
+    lora_default: ClassVar[tuple[str, ...]] = ("attn",)
+    # Key names in the saved LoRA file: diffusers' UNet naming (``lora.down``/``lora.up``, what
+    # ``convert_state_dict_to_diffusers`` writes) or peft's (``lora_A``/``lora_B``, what diffusers' SD3 and
+    # FLUX LoRA trainers write; their loaders expect it).
+    lora_key_style: ClassVar[str] = "diffusers"
 
     def __init__(self, cfg, device: torch.device, weight_dtype: torch.dtype):
         self.cfg, self.device, self.weight_dtype = cfg, device, weight_dtype
@@ -82,6 +90,13 @@ class ModelFamily:
         raise NotImplementedError
 
     @classmethod
+    def pipeline_class(cls):
+        """The family's diffusers pipeline (its ``save_lora_weights`` / ``load_lora_weights`` define the LoRA format)."""
+        import diffusers
+
+        return getattr(diffusers, cls.pipeline_classes[0])
+
+    @classmethod
     def check_folder(cls, root: Path) -> None:
         """Raise a one-line UserError if a local pipeline folder lacks what this family needs."""
         if not (root / cls.denoiser_folder).is_dir():
@@ -92,14 +107,25 @@ class ModelFamily:
     @classmethod
     def load(cls, cfg, device: torch.device, weight_dtype: torch.dtype, needs_reference: bool) -> ModelFamily:
         """Every part training needs: the trained denoiser (fp32, train mode), the frozen reference
-        (weight dtype) if the objective needs one, the text encoders, the VAE and the scheduler."""
+        (weight dtype) if the objective needs one, the text encoders, the VAE and the scheduler.
+
+        With ``--lora_rank`` the denoiser itself stays frozen in the weight dtype with trainable fp32
+        adapters, and the reference is that same module with its adapters off (``sdpo.lora``)."""
+        from sdpo import lora
+
         fam = cls(cfg, device, weight_dtype)
         fam.scheduler = fam.load_scheduler()
         fam.load_text_encoders()
         fam.vae = fam.load_vae()
         fam.denoiser = fam.load_denoiser()
-        fam.reference = fam.load_denoiser() if needs_reference else None
-        for m in (fam.vae, *fam.text_encoders, *([fam.reference] if fam.reference is not None else [])):
+        if lora.enabled(cfg):
+            lora.add_adapters(fam.denoiser, lora.lora_config(cfg, cls, fam.denoiser), weight_dtype, cfg.seed)
+            fam.denoiser.to(device)
+            fam.reference = lora.AdaptersOff(fam) if needs_reference else None
+        else:
+            fam.reference = fam.load_denoiser() if needs_reference else None
+        frozen = [m for m in (fam.reference,) if isinstance(m, torch.nn.Module)]
+        for m in (fam.vae, *fam.text_encoders, *frozen):
             freeze(m, device, weight_dtype)
         fam.after_load()
         fam.denoiser.train()

@@ -29,6 +29,11 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 512
 class Flux(FlowFamily):
     name: ClassVar[str] = "flux"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
+    # FLUX's single-stream blocks add their MLP input projection to the feed-forward preset.
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
+        **FlowFamily.lora_targets,
+        "ff": (*FlowFamily.lora_targets["ff"], "proj_mlp"),
+    }
 
     @classmethod
     def denoiser_class(cls):

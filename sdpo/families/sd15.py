@@ -19,6 +19,11 @@ class SD15(ModelFamily):
     name: ClassVar[str] = "sd15"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
     default_resolution: ClassVar[int] = 512
+    # diffusers' LoRA examples (text-to-image, DreamBooth, Diffusion-DPO) adapt these four projections.
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
+        "attn": ("to_q", "to_k", "to_v", "to_out.0"),
+        "ff": ("ff.net.0.proj", "ff.net.2"),
+    }
 
     @classmethod
     def denoiser_class(cls):

@@ -326,6 +326,7 @@ def write_full_weights(model: torch.nn.Module, output_dir: str | Path, name: str
     from sdpo.atomic import atomic_path, torch_save
 
     root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
     torch_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, root / f"{name}.pth")
     with atomic_path(root / name) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -352,7 +353,6 @@ def main(argv: list[str] | None = None) -> Path:
     a = p.parse_args(argv)
     family = get_family(resolve_family(a.pretrained_model_name_or_path, a.model_family, a.revision))
     check_lora_file(a.lora_path, family)
-    Path(a.output_dir).mkdir(parents=True, exist_ok=True)
     path = write_full_weights(merge(family, a, a.lora_path, a.lora_scale), a.output_dir, family.denoiser_folder)
     print(f"merged {lora_file(a.lora_path)} (scale {a.lora_scale}) into {path}")
     return path

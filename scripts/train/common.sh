@@ -228,14 +228,16 @@ launch() {
     fi
     cmd+=("$_SDPO_REPO/train.py" "${train[@]}")
 
-    local scaled
+    local scaled lr_line
     scaled="$(awk -v lr="$lr" -v g="$global" 'BEGIN { printf "%.4g", lr * g }')"
-    ((${#scale_lr[@]})) || scaled="$lr (not scaled)"
+    lr_line="lr $lr x $global (--scale_lr) = $scaled"
+    ((${#scale_lr[@]})) || lr_line="lr $lr (not scaled)"
+    ((lora)) && lr_line="LoRA: $lr_line, AdamW on the adapters"
     local unit="GPU(s)"
     [[ "$device" == cpu ]] && unit="CPU process"
     echo "$name: $nodes node(s) x $procs_per_node $unit = $world process(es) (this node: rank $rank)"
     echo "$name: per-GPU batch $batch x $world x accumulation $accum = global batch $global pairs"
-    echo "$name: lr $lr x $global (--scale_lr) = $scaled; output ${OUTPUT_DIR:-outputs/$name}"
+    echo "$name: $lr_line; output ${OUTPUT_DIR:-outputs/$name}"
     if [[ "$dry" == 1 ]]; then
         printf '%q ' "${cmd[@]}" | sed 's/ $//'
         echo

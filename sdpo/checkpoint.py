@@ -74,7 +74,14 @@ class FullWeights:
         self.name = name
 
     def install(self, accelerator) -> None:
-        """Nothing to change: accelerate's own state holds the model."""
+        """Accelerate's own state holds the model; only refuse a LoRA run's checkpoint (it has no model file)."""
+
+        def refuse_adapters(models, input_dir):
+            if (Path(input_dir) / "pytorch_lora_weights.safetensors").is_file():
+                raise UserError(f"{input_dir} was written by a LoRA run (adapters only); resume it with the run's "
+                                "--lora_rank, or pass --resume_from_checkpoint none for a fresh full fine-tune")  # fmt: skip
+
+        accelerator.register_load_state_pre_hook(refuse_adapters)
 
     def save_checkpoint(self, accelerator, unet, directory: Path) -> None:
         weights = unet_state_dict(accelerator, unet)

@@ -196,11 +196,16 @@ def load_adapters(family, module: torch.nn.Module, directory: str | Path) -> Non
     prefix = family.denoiser_folder + "."
     sd = {k[len(prefix) :]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
     model = unwrap(module)
-    result = set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(sd), adapter_name=ADAPTER)
+    hint = "resume with the run's own --lora_rank and --lora_target_modules"
+    try:
+        result = set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(sd), adapter_name=ADAPTER)
+    except RuntimeError as e:  # a size mismatch: another rank
+        raise UserError(
+            f"{path}: adapters do not fit this run's LoRA ({str(e).splitlines()[-1].strip()}); {hint}"
+        ) from None
     unexpected = getattr(result, "unexpected_keys", None) or []
     if not sd or unexpected:
-        raise UserError(f"{path}: adapters do not fit this run's LoRA ({len(unexpected)} unexpected keys); "
-                        "resume with the same --lora_rank and --lora_target_modules")  # fmt: skip
+        raise UserError(f"{path}: adapters do not fit this run's LoRA ({len(unexpected)} unexpected keys); {hint}")
 
 
 class AdapterWeights:

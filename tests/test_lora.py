@@ -144,6 +144,14 @@ def test_lora_run_writes_adapters_only_resumes_bit_identically_and_merges(tiny_s
     resumed = load_file(final)
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
 
+    # Resuming with another rank, or as a full fine-tune, stops with one line.
+    i = flags.index("--lora_rank")
+    other_rank = [*flags[: i + 1], "8", *flags[i + 2 :]]
+    with pytest.raises(UserError, match="adapters do not fit this run's LoRA .*--lora_rank"):
+        run_train(*other_rank)
+    with pytest.raises(UserError, match="was written by a LoRA run"):
+        run_train(*tiny_flags(tiny_sd15, tiny_pairs, out))
+
     # --save_merged and the merge CLI write the same full weights; they predict what base + LoRA predicts.
     from sdpo.lora import main as lora_cli
 
@@ -171,6 +179,29 @@ def test_flow_lora_run_trains_with_the_reference_off_the_same_module(tiny_flux, 
     assert sd and all(k.startswith("transformer.") for k in sd)
     assert any(".single_transformer_blocks." in k for k in sd)  # the single-stream attention is adapted too
     assert not (out / "transformer.pth").exists()  # no --save_merged: adapters only
+
+
+def test_gradient_checkpointing_recomputes_with_the_adapters_on(tiny_sdxl):
+    """The reference runs with adapters off between the policy forward and its backward; the backward's
+    recomputation (gradient checkpointing) must see them on again: same adapter gradients as without it."""
+    cfg, fam = _family(
+        tiny_sdxl, "--gradient_checkpointing", "--use_winner_preserving", "--winner_preserving_mu", "0.5"
+    )
+    _randomise_adapters(fam.denoiser)
+    g = torch.Generator().manual_seed(0)
+    batch = {"pixel_values": torch.rand(4, 3, 32, 32, generator=g) * 2 - 1, "captions": ["a red circle", "a cube"],
+             "sample_seeds": torch.tensor([5, 6])}  # fmt: skip
+    dpo = get_objective("diffusion-dpo")
+    params = [p for p in fam.denoiser.parameters() if p.requires_grad]
+    grads = []
+    for checkpointing in (True, False):
+        fam.denoiser.enable_gradient_checkpointing() if checkpointing else fam.denoiser.disable_gradient_checkpointing()
+        terms = preference_forward(batch, fam, cfg, dpo, CPU)
+        assert terms.ref_pred is not None
+        grads.append(_grads(dpo.loss(terms, cfg).loss, params))
+    assert any(g.abs().max() > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
 
 
 def _grads(loss, params):

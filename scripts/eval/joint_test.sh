@@ -25,7 +25,7 @@ MODEL_PATH=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) MODEL_PATH="$arg" ;;
   esac
 done

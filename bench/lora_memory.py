@@ -136,9 +136,12 @@ def main(argv=None) -> None:
     x, y = torch.tensor(pixels, dtype=torch.float64), torch.tensor(peaks, dtype=torch.float64)
     slope, icpt = torch.linalg.lstsq(torch.stack([x, torch.ones_like(x)], 1), y[:, None]).solution.flatten().tolist()
     worst = max(abs(icpt + slope * px - pk) / pk for px, pk in zip(pixels, peaks))
-    step = icpt + slope * args.resolution**2
+    fitted = icpt + slope * args.resolution**2
+    scaled = peaks[-1] * args.resolution**2 / pixels[-1]  # the largest measurement, grown with the pixel count
+    step = max(fitted, scaled)
     print(f"fit: {icpt / GB:.3f} GB + {slope * 1e6 / GB:.3f} GB per megapixel (worst residual {100 * worst:.1f}%); "
-          f"at {args.resolution} px: {step / GB:.2f} GB")  # fmt: skip
+          f"at {args.resolution} px: {fitted / GB:.2f} GB; {args.measure[-1]} px scaled by the pixel count: "
+          f"{scaled / GB:.2f} GB; taken: the larger, {step / GB:.2f} GB")  # fmt: skip
     print(
         f"total at {args.resolution} px, 1 pair per step: {kept / GB:.2f} + {step / GB:.2f} = "
         f"{(kept + step) / GB:.2f} GB ({(kept + step) / 2**30:.2f} GiB) before the CUDA context and fragmentation"

@@ -54,14 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = p.add_argument_group("LoRA (peft): adapters train, the reference is the base with them off").add_argument
     a("--lora_rank", type=int, default=None, help="train LoRA adapters of this rank instead of the whole denoiser")
-    a("--lora_alpha", type=float, default=None, help="LoRA alpha (scale alpha/rank); default: the rank")
-    a("--lora_dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
+    a("--lora_alpha", type=float, default=None, help="LoRA alpha, scale = alpha / rank (None: the rank)")
+    a("--lora_dropout", type=float, default=None, help="dropout on the adapters' input (None: 0)")
     a(
         "--lora_target_modules",
         nargs="+",
         default=None,
         help="peft target_modules names, or the family presets 'attn' (attention projections, the default) "
-        "and 'ff' (feed-forward); e.g. --lora_target_modules attn ff",
+        "and 'ff' (feed-forward), e.g. --lora_target_modules attn ff (None: attn)",
     )
     a("--save_merged", action="store_true", help="LoRA: also write merged full weights (unet.pth / transformer.pth)")
 

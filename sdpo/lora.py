@@ -284,7 +284,7 @@ def check_lora_file(path: str | Path, family, model: torch.nn.Module | None = No
     mine = [k for k in keys if k.startswith(prefix)]
     if not mine:
         raise UserError(f"--lora_path {f}: a LoRA for {_describe(keys)}, but the base model is {family.name}; "
-                        "pass the base model it was trained on (--pretrain_path / --model_family)")  # fmt: skip
+                        "pass the base model it was trained on")  # fmt: skip
     if model is None:
         return f
     layers = dict(model.named_modules())

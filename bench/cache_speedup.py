@@ -149,8 +149,9 @@ def flop_breakdown(name: str) -> dict[str, float]:
         with torch.no_grad():
             out = {
                 "VAE encode": flops(lambda: v.encode(pixels)),
-                "text encode": sum(flops(lambda e=e, n=n: e(torch.zeros(1, n, dtype=torch.long)))
-                                   for e, n in zip(texts, tokens)),  # fmt: skip
+                "text encode": sum(
+                    flops(lambda e=e, n=n: e(torch.zeros(1, n, dtype=torch.long))) for e, n in zip(texts, tokens)
+                ),  # fmt: skip
             }
         out["policy fwd+bwd"] = flops(policy)
         out["reference fwd"] = flops(reference)

@@ -1,4 +1,5 @@
-"""Per-GPU memory of the full fine-tunes under DDP, ZeRO-2, FSDP and HSDP, from the real model configs.
+"""Per-GPU memory of the full fine-tunes under DDP, ZeRO-2, FSDP and HSDP (and of a LoRA run), from the real
+model configs.
 
 No GPU and no download: the denoisers, text encoders and VAEs are built from their published
 configs on the meta device, so parameter counts and tensor shapes are exact.  Per GPU, in GB (1e9):
@@ -11,6 +12,8 @@ configs on the meta device, so parameter counts and tensor shapes are exact.  Pe
   second moment per tensor, which ZeRO's flat partitions cannot factor, and which transformers'
   Adafactor cannot compute on sharded parameters at all (``train.py`` refuses it under ``--sharding``).
 * reference: the frozen copy of the denoiser in bf16, whole (DDP, ZeRO-2) or sharded like the policy.
+* LoRA (``--lora_rank 16`` on the ``attn`` preset, DDP): the frozen base in bf16 is the policy's weights and
+  the reference at once; the adapters keep fp32 weights, gradients, DDP buckets and AdamW moments.
 * gathered: FSDP's transient full-size tensors: two bf16 units (the running block and the prefetched
   one) plus one unit's fp32 gradient before its reduce-scatter; the largest unit counts.
 * encoders: text encoders and VAE in bf16, whole on every GPU (a latent/text cache removes them).
@@ -81,6 +84,7 @@ class Model:
     shapes: list[torch.Size] = field(default_factory=list)
     units: list[int] = field(default_factory=list)  # parameters per FSDP unit (blocks, then the root's rest)
     frozen_params: int = 0
+    lora_params: int = 0  # adapter parameters at LORA_RANK on the family's default (attn) preset
     act_inputs: float = 0.0  # bytes saved at block boundaries (what activation checkpointing keeps)
     act_block_max: float = 0.0  # bytes one block saves for backward (the largest)
     act_all: float = 0.0  # bytes every block and the rest save without checkpointing
@@ -136,6 +140,7 @@ def measure(model: Model) -> None:
         net = build(model.family, model.config).to(torch.bfloat16)
         model.frozen_params = sum(sum(p.numel() for p in build(k, c).parameters()) for _, k, c in model.frozen)
     model.shapes = [p.shape for p in net.parameters()]
+    model.lora_params = lora_numel(model.family, net, LORA_RANK)
     units = [m for m in net.modules() if type(m).__name__ in blocks]
     in_units = {id(p) for u in units for p in u.parameters()}
     model.units = [sum(p.numel() for p in u.parameters()) for u in units]
@@ -246,13 +251,32 @@ def adafactor_numel(shapes) -> int:
     return sum(s[:-1].numel() + s[:-2].numel() * s[-1] if len(s) >= 2 else s.numel() for s in shapes)
 
 
-STRATEGIES = [("DDP", 8, None), ("ZeRO-2", 8, None), ("FSDP", 8, 8), ("FSDP", 16, 16), ("HSDP 2x8", 16, 8)]
+def lora_numel(family: str, net: torch.nn.Module, rank: int) -> int:
+    """Adapter parameters ``train.py --lora_rank rank`` adds: ``rank * (in + out)`` per targeted layer."""
+    from sdpo.families import get_family
+    from sdpo.lora import matches, target_modules
+
+    targets = target_modules(get_family(family), net, None)
+    layers = [
+        m for n, m in net.named_modules() if isinstance(m, torch.nn.Linear) and any(matches(n, t) for t in targets)
+    ]
+    return sum(rank * (m.in_features + m.out_features) for m in layers)
+
+
+LORA_RANK = 16
+STRATEGIES = [("DDP", 8, None), ("ZeRO-2", 8, None), ("FSDP", 8, 8), ("FSDP", 16, 16), ("HSDP 2x8", 16, 8),
+              (f"LoRA r{LORA_RANK} (DDP)", 1, None)]  # fmt: skip
 
 
 def plan(model: Model, strategy: str, gpus: int, shard: int | None, optimizer: str, pairs: int, checkpointing: bool):
     """Per-GPU bytes by component; ``None`` for a combination that does not run."""
     p, shapes = model.params, model.shapes
-    if strategy == "DDP":
+    if strategy.startswith("LoRA"):  # the frozen bf16 base is also the reference; AdamW on the adapters
+        if optimizer != "AdamW":
+            return None
+        a = model.lora_params
+        weights, grads, extra, ref, gathered, optim = 2 * p + 4 * a, 4 * a, 4 * a, 0, 0, 8 * a
+    elif strategy == "DDP":
         weights, grads, extra, ref, gathered = 4 * p, 4 * p, 4 * p, 2 * p, 0  # extra: DDP's gradient buckets
         optim = 8 * p if optimizer == "AdamW" else 4 * adafactor_numel(shapes)
     elif strategy == "ZeRO-2":
@@ -280,7 +304,7 @@ def print_plan(model: Model, gpu_gb: float, pair_counts: list[int]) -> None:
     print(f"\n| strategy | GPUs | optimizer | {' | '.join(cols)} | total, 1 pair + AC | fits {gpu_gb:.0f} GB |")
     print("|" + "---|" * (len(cols) + 5))
     for strategy, gpus, shard in STRATEGIES:
-        for optimizer in ("AdamW", "Adafactor"):
+        for optimizer in ("AdamW",) if strategy.startswith("LoRA") else ("AdamW", "Adafactor"):
             row = plan(model, strategy, gpus, shard, optimizer, 1, True)
             if row is None:
                 print(f"| {strategy} | {gpus} | {optimizer} | " + " | ".join("-" * len(cols)) +

@@ -7,6 +7,7 @@ time and the peak memory of each, as ratios to plain Diffusion-DPO.
 
     python bench/safeguard_overhead.py                       # CPU-sized UNet, 128 px
     python bench/safeguard_overhead.py --real-arch sd15      # SD1.5's UNet config, random weights (GPU)
+    python bench/safeguard_overhead.py --lora_rank 8         # LoRA: lambda's gradients over the adapters only
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (weights, optimizer state and activations,
 as in the paper), from the timed steps.  On CPU, in separate rounds after the timed ones: the
@@ -115,7 +116,15 @@ def build(args, device):
     comps.unet = UNet2DConditionModel(**unet_cfg).to(device).train()
     if args.gradient_checkpointing:
         comps.unet.enable_gradient_checkpointing()
-    comps.ref_unet = copy.deepcopy(comps.unet).requires_grad_(False).eval()
+    if args.lora_rank:  # adapters on a frozen base; the reference is that base with the adapters off
+        from sdpo import lora
+
+        cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules = args.lora_rank, None, 0.0, None
+        lora.add_adapters(comps.unet, lora.lora_config(cfg, type(comps), comps.unet), torch.float32, 0)
+        comps.unet.to(device).train()
+        comps.ref_unet = lora.AdaptersOff(comps)
+    else:
+        comps.ref_unet = copy.deepcopy(comps.unet).requires_grad_(False).eval()
     return cfg, comps
 
 
@@ -128,6 +137,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--mu", type=float, default=0.9)
     p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--lora_rank", type=int, default=None, help="train LoRA adapters of this rank (attn preset)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 is steadiest on a shared machine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -201,6 +211,7 @@ def main(argv=None) -> None:
         f"{arch} ({n_params / 1e6:.1f} M params), {args.batch} pairs at {args.resolution} px, mu {args.mu}, "
         f"{args.steps} interleaved steps each after {args.warmup} warm-up, {where}"
         + (", gradient checkpointing" if args.gradient_checkpointing else "")
+        + (f", LoRA rank {args.lora_rank} (params = the adapters)" if args.lora_rank else "")
     )
     base_t, base_m = statistics.median(times["dpo"]), max(mems["dpo"])
     print(

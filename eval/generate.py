@@ -5,7 +5,9 @@
     python eval/generate.py --weights_path RUN/transformer.pth --model_family flux   # FLUX.1-dev, guidance 3.5
 
 ``--weights_path`` (alias ``--unet_path``) takes a ``unet.pth`` / ``transformer.pth``, a checkpoint
-folder or a diffusers folder.  SD3 and FLUX use their own pipelines' samplers and guidance
+folder or a diffusers folder.  ``--lora_path`` adds a LoRA in diffusers' format (a LoRA run's folder or
+checkpoint, or its ``pytorch_lora_weights.safetensors``) on top of the base model (or of
+``--weights_path``), weighted by ``--lora_scale``.  SD3 and FLUX use their own pipelines' samplers and guidance
 (``eval/flow_sampling.py``): ``--cfg`` is then the model's own guidance scale (FLUX: the distilled
 guidance embedding, not classifier-free guidance; default 3.5 for both), and the manifest's
 ``metadata`` says which kind it was.
@@ -298,9 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights_path",
         "--unet_path",
         dest="unet_path",
-        required=True,
+        default=None,
         help="unet.pth / transformer.pth, a checkpoint folder, or a diffusers folder (--unet_path: the old name)",
     )
+    p.add_argument(
+        "--lora_path", default=None, help="a LoRA (diffusers format): run folder, checkpoint or .safetensors"
+    )
+    p.add_argument("--lora_scale", type=float, default=1.0, help="weight of the LoRA (1: as trained)")
     p.add_argument(
         "--pretrain_path", default=None, help=f"base model hub id or folder (default {SD15_ID}; --sdxl: {SDXL_ID})"
     )
@@ -368,9 +374,16 @@ def _family(a: argparse.Namespace) -> str:
 
 
 def _validate(a: argparse.Namespace) -> None:
+    if a.unet_path is None and a.lora_path is None:
+        raise UserError("pass --weights_path (a unet.pth / transformer.pth) or --lora_path (a LoRA run), or both")
     a.model_family = _family(a)
     a.sdxl = a.model_family == "sdxl"
     a.pretrain_path = a.pretrain_path or DEFAULT_BASE[a.model_family]
+    if a.lora_path is not None:  # a LoRA of another family stops here, before any model loads
+        from sdpo.families import get_family
+        from sdpo.lora import check_lora_file
+
+        check_lora_file(a.lora_path, get_family(a.model_family))
     if is_video(a.model_family):
         return validate_video(a)
     flow = a.model_family in ("sd3", "flux")
@@ -402,7 +415,7 @@ def main(argv: list[str] | None = None) -> Path:
         return main_video(args)
     name = run_name(layout_set_name(args.test_json), args.seed, args.height, args.width, args.steps, args.cfg)
     name += images_suffix(args.images_per_prompt)
-    out = Path(args.output_path) if args.output_path else default_output_path(args.unet_path)
+    out = Path(args.output_path) if args.output_path else default_output_path(args.unet_path or args.lora_path)
     image_dir, manifest = out / name, out / f"{name}.json"
     if args.print_manifest_path:
         print(manifest)
@@ -419,7 +432,7 @@ def main(argv: list[str] | None = None) -> Path:
     dtype = resolve_dtype(args.dtype, state.device)
     vae_dtype = resolve_dtype(args.vae_dtype, state.device)
     settings = {
-        "unet_path": str(Path(args.unet_path).absolute()),
+        **weight_settings(args),
         "pretrain_path": args.pretrain_path,
         "vae_path": args.vae_path,
         "sdxl": args.sdxl,
@@ -476,6 +489,24 @@ def _cpu_only() -> bool:
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.accelerator.is_available()
 
 
+def weight_settings(args) -> dict:
+    """The manifest's record of which weights generated the set (a rerun with other weights is refused)."""
+    return {
+        "unet_path": str(Path(args.unet_path).absolute()) if args.unet_path else None,
+        "lora_path": str(Path(args.lora_path).absolute()) if args.lora_path else None,
+        "lora_scale": args.lora_scale if args.lora_path else None,
+    }
+
+
+def attach_lora(denoiser, args) -> None:
+    """``--lora_path``: the LoRA on top of the loaded denoiser, weighted by ``--lora_scale``."""
+    if args.lora_path:
+        from sdpo.families import get_family
+        from sdpo.lora import attach
+
+        attach(denoiser, get_family(args.model_family), args.lora_path, args.lora_scale)
+
+
 def _generate(args, entries, todo, paths, dtype, vae_dtype, state, load_components) -> tuple[int, float]:
     """Generate this process's ``todo`` (prompt, image) items into ``paths``; return (images written, seconds
     spent sampling)."""
@@ -487,6 +518,7 @@ def _generate(args, entries, todo, paths, dtype, vae_dtype, state, load_componen
         args.pretrain_path, args.unet_path, args.sdxl, state.device, dtype, vae_path=args.vae_path,
         vae_dtype=vae_dtype, family=args.model_family, max_sequence_length=args.max_sequence_length,
     )  # fmt: skip
+    attach_lora(comp.unet, args)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
     written, start = 0, time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"generate[{state.process_index}]", disable=not state.is_main_process)

@@ -107,7 +107,7 @@ def main_video(args: argparse.Namespace) -> Path:
 
     name = run_name(g.set_name(args.test_json), args.seed, args.height, args.width, args.num_frames, args.steps,
                     args.cfg)  # fmt: skip
-    out = Path(args.output_path) if args.output_path else g.default_output_path(args.unet_path)
+    out = Path(args.output_path) if args.output_path else g.default_output_path(args.unet_path or args.lora_path)
     video_dir, manifest = out / name, out / f"{name}.json"
     if args.print_manifest_path:
         print(manifest)
@@ -116,7 +116,7 @@ def main_video(args: argparse.Namespace) -> Path:
     state = PartialState(cpu=g._cpu_only())
     dtype, vae_dtype = resolve_dtype(args.dtype, state.device), resolve_dtype(args.vae_dtype, state.device)
     settings = {
-        "unet_path": str(Path(args.unet_path).absolute()), "pretrain_path": args.pretrain_path,
+        **g.weight_settings(args), "pretrain_path": args.pretrain_path,
         "model_family": args.model_family, "dtype": str(dtype).removeprefix("torch."),
         "vae_dtype": str(vae_dtype).removeprefix("torch."), "fps": args.fps, "negative_prompt": args.negative_prompt,
         "vae_tiling": args.vae_tiling,
@@ -153,13 +153,14 @@ def main_video(args: argparse.Namespace) -> Path:
 def _generate(args, entries, todo, video_dir: Path, dtype, vae_dtype, state) -> int:
     from tqdm import tqdm
 
-    from eval.generate import KILL_AFTER_ENV
+    from eval.generate import KILL_AFTER_ENV, attach_lora
     from eval.video_sampling import generate_videos, load_video_components
     from sdpo.atomic import atomic_path
     from sdpo.video_io import write_mp4
 
     comp = load_video_components(args.model_family, args.pretrain_path, args.unet_path, state.device, dtype, vae_dtype,
                                  args.max_sequence_length, args.vae_tiling)  # fmt: skip
+    attach_lora(comp.pipe.transformer, args)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
     h, w, written = args.height, args.width, 0
     bar = tqdm(total=len(todo), desc=f"generate[{state.process_index}]", disable=not state.is_main_process)

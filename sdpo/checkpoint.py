@@ -5,8 +5,13 @@ A checkpoint holds accelerate's state (model, optimizer, lr scheduler, RNG; load
 for transformer families: the file is named after the denoiser's pipeline subfolder) and
 ``training_state.json`` (step, data position in samples, the batch arithmetic: ``sdpo.elastic``),
 written last.  It is assembled in ``checkpoint-<step>.partial`` and renamed, so ``latest`` never sees a
-half-written one.  A sharded run (``--sharding fsdp|hsdp``) writes DCP shards instead of accelerate's
-state and ``unet.pth`` (``sdpo.sharded_checkpoint``), in the same folder, with the same atomicity.
+half-written one.
+
+Which files hold the model is the run's ``weights`` object (one interface: ``install``,
+``save_checkpoint``, ``load_checkpoint``, ``save_final``): :class:`FullWeights` here (the whole
+denoiser), ``sdpo.lora.AdapterWeights`` for a LoRA run (adapters only; accelerate's state then holds
+no model), ``sdpo.sharded_checkpoint.ShardedState`` for ``--sharding fsdp|hsdp`` (DCP shards instead of
+accelerate's state and ``unet.pth``), each in the same folder with the same atomicity.
 """
 
 from __future__ import annotations
@@ -71,28 +76,64 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save(
-    accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None, name: str = "unet",
-    sharded=None,
-) -> Path:
-    """Write ``checkpoint-<step>`` atomically; every process must call this.  ``sharded``: a
-    ``sdpo.sharded_checkpoint.ShardedState`` (every process writes its own shards, no ``<name>.pth``)."""
+class FullWeights:
+    """A full fine-tune: accelerate's state (model, optimizer, lr scheduler, RNG) and ``<name>.pth`` in every
+    checkpoint; ``<name>.pth`` and ``<name>/`` at the end.  ``name`` is the denoiser's pipeline subfolder."""
+
+    def __init__(self, name: str = "unet"):
+        self.name = name
+
+    def install(self, accelerator) -> None:
+        """Accelerate's own state holds the model; only refuse a LoRA run's checkpoint (it has no model file)."""
+
+        def refuse_adapters(models, input_dir):
+            if (Path(input_dir) / "pytorch_lora_weights.safetensors").is_file():
+                raise UserError(f"{input_dir} was written by a LoRA run (adapters only); resume it with the run's "
+                                "--lora_rank, or pass --resume_from_checkpoint none for a fresh full fine-tune")  # fmt: skip
+
+        accelerator.register_load_state_pre_hook(refuse_adapters)
+
+    def save_checkpoint(self, accelerator, module, folder: Path) -> None:
+        accelerator.save_state(str(folder))
+        self.save_model(accelerator, module, folder)
+
+    def save_model(self, accelerator, module, folder: Path) -> None:
+        weights = unet_state_dict(accelerator, module)
+        if accelerator.is_main_process:
+            torch.save(weights, folder / f"{self.name}.pth")
+
+    def load_checkpoint(self, accelerator, folder: Path) -> None:
+        accelerator.load_state(str(folder))
+        # accelerate restores its micro-step counter; checkpoints sit on accumulation boundaries, so 0 is
+        # the same there, and stays right when an elastic resume changed the accumulation (or a new rank
+        # found no saved counter to restore)
+        accelerator.step = 0
+
+    def save_final(self, accelerator, module, output_dir: str | Path) -> Path:
+        """``output_dir/<name>.pth`` and ``output_dir/<name>/`` (diffusers, safetensors), both atomic."""
+        from sdpo.atomic import atomic_path
+
+        weights = unet_state_dict(accelerator, module)
+        if accelerator.is_main_process:
+            root = Path(output_dir)
+            torch_save(weights, root / f"{self.name}.pth")
+            with atomic_path(root / self.name) as tmp:
+                accelerator.unwrap_model(module).save_pretrained(tmp, safe_serialization=True)
+        accelerator.wait_for_everyone()
+        return Path(output_dir) / f"{self.name}.pth"
+
+
+def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, total_limit: int | None, weights) -> Path:
+    """Write ``checkpoint-<step>`` atomically; every process must call this.  ``weights`` (see the module
+    docstring) writes the model and optimizer files; ``training_state.json`` goes in last."""
     root = Path(output_dir)
     final, partial = root / f"checkpoint-{step}", root / f"checkpoint-{step}.partial"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
-        if sharded is not None:
-            partial.mkdir(parents=True)
+        partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    weights = None
-    if sharded is None:
-        accelerator.save_state(str(partial))
-        weights = unet_state_dict(accelerator, unet)
-    else:
-        sharded.save(partial, accelerator.is_main_process)
+    weights.save_checkpoint(accelerator, unet, partial)
     if accelerator.is_main_process:
-        if weights is not None:
-            torch.save(weights, partial / f"{name}.pth")
         crash_point(f"checkpoint-{step}")
         write_json(partial / STATE_FILE, {**state, "step": step})
         shutil.rmtree(final, ignore_errors=True)
@@ -105,44 +146,14 @@ def save(
     return final
 
 
-def load(accelerator, path: Path, sharded=None) -> dict:
-    """Restore accelerate's state from ``path`` (every file read with ``weights_only=True``, so a
-    tampered pickle is refused, not run), or the sharded state into ``sharded``; return its
-    training_state.json."""
+def load(accelerator, path: Path, weights) -> dict:
+    """Restore a checkpoint into this run through ``weights`` (every file read with ``weights_only=True``,
+    so a tampered pickle is refused, not run); return its training_state.json."""
     try:
-        if sharded is None:
-            accelerator.load_state(str(path))
-            # accelerate restores its micro-step counter; checkpoints sit on accumulation boundaries, so 0 is
-            # the same there, and stays right when an elastic resume changed the accumulation (or a new rank
-            # found no saved counter to restore)
-            accelerator.step = 0
-        else:
-            sharded.load(path)
+        weights.load_checkpoint(accelerator, Path(path))
     except pickle.UnpicklingError:
         raise UserError(
             f"{path}: refused to load a checkpoint file holding Python objects beyond tensors (it may have been "
             "tampered with); resume from another checkpoint"
         ) from None
     return read_state(path)
-
-
-def save_final(accelerator, unet, output_dir: str | Path, name: str = "unet", sharded=None) -> Path:
-    """``output_dir/<name>.pth`` and ``output_dir/<name>/`` (diffusers, safetensors), both atomic;
-    ``name`` is the denoiser's pipeline subfolder (``unet``, ``transformer``).  Returns the .pth path.
-    A sharded run gathers the weights here, once (``sdpo.sharded_checkpoint.export``)."""
-    from sdpo.atomic import atomic_path
-
-    if sharded is not None:
-        from sdpo.sharded_checkpoint import export
-
-        path = export(sharded.model, Path(output_dir), name, accelerator.is_main_process)
-        accelerator.wait_for_everyone()
-        return path
-    weights = unet_state_dict(accelerator, unet)
-    if accelerator.is_main_process:
-        root = Path(output_dir)
-        torch_save(weights, root / f"{name}.pth")
-        with atomic_path(root / name) as tmp:
-            accelerator.unwrap_model(unet).save_pretrained(tmp, safe_serialization=True)
-    accelerator.wait_for_everyone()
-    return Path(output_dir) / f"{name}.pth"

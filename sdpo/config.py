@@ -56,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="initial denoiser weights for policy and reference (UNet or transformer): a .pth, or a diffusers folder",
     )
 
+    a = p.add_argument_group("LoRA (peft): adapters train, the reference is the base with them off").add_argument
+    a("--lora_rank", type=int, default=None, help="train LoRA adapters of this rank instead of the whole denoiser")
+    a("--lora_alpha", type=float, default=None, help="LoRA alpha, scale = alpha / rank (None: the rank)")
+    a("--lora_dropout", type=float, default=None, help="dropout on the adapters' input (None: 0)")
+    a(
+        "--lora_target_modules",
+        nargs="+",
+        default=None,
+        help="peft target_modules names, or the family presets 'attn' (attention projections, the default) "
+        "and 'ff' (feed-forward), e.g. --lora_target_modules attn ff (None: attn)",
+    )
+    a("--save_merged", action="store_true", help="LoRA: also write merged full weights (unet.pth / transformer.pth)")
+
     a = p.add_argument_group("rectified flow (sd3, flux, wan)").add_argument
     a("--weighting_scheme", default="none", choices=WEIGHTING_SCHEMES, help="density of the training sigmas")
     a("--logit_mean", type=float, default=0.0, help="logit_normal: mean")
@@ -269,6 +282,7 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--winner_preserving_mu must be in [0, 1], got {cfg.winner_preserving_mu}")
     _validate_kto(cfg)  # before the safeguard's own checks: with kto the answer is "drop it", not "add it"
     _validate_safeguard(cfg)
+    _validate_lora(cfg)
     _validate_extra_objectives(cfg)
     _validate_sharding(cfg)
     if not 0.0 <= cfg.proportion_empty_prompts <= 1.0:
@@ -327,8 +341,8 @@ def _validate_family(cfg: argparse.Namespace) -> None:
     # The reference SDXL runs always use gradient checkpointing and Adafactor; explicit flags win.
     if cfg.gradient_checkpointing is None:
         cfg.gradient_checkpointing = family.heavy
-    if cfg.use_adafactor is None:  # sharded runs: AdamW (Adafactor does not run on sharded parameters)
-        cfg.use_adafactor = family.name == "sdxl" and cfg.sharding == "none"
+    if cfg.use_adafactor is None:  # AdamW when sharded (Adafactor cannot run on sharded parameters) or LoRA
+        cfg.use_adafactor = family.name == "sdxl" and cfg.sharding == "none" and not cfg.lora_rank
     objective = LOSSES[cfg.train_method]
     if getattr(cfg, "precomputed", None) and getattr(family, "video", False):
         raise UserError(f"--precomputed caches image pairs; the {family.name} family trains on video: drop it")
@@ -374,6 +388,25 @@ def _validate_safeguard(cfg: argparse.Namespace) -> None:
         raise UserError(f"--winner_preserving_granularity pair needs --winner_preserving_mode output (mode is {mode})")
 
 
+def _validate_lora(cfg: argparse.Namespace) -> None:
+    """LoRA flags without ``--lora_rank`` would be silently ignored: reject them, and impossible values."""
+    given = [f"--{n}" for n in _LORA_FLAGS if _given(cfg, n)]
+    if cfg.lora_rank is None:
+        if given:
+            raise UserError(f"{', '.join(given)} only act with --lora_rank; add it or drop them")
+        return
+    if cfg.lora_rank <= 0:
+        raise UserError(f"--lora_rank must be a positive integer, got {cfg.lora_rank} (omit it for a full fine-tune)")
+    if cfg.lora_alpha is not None and cfg.lora_alpha <= 0:
+        raise UserError(f"--lora_alpha must be positive, got {cfg.lora_alpha}")
+    cfg.lora_dropout = cfg.lora_dropout or 0.0
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise UserError(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+
+
+_LORA_FLAGS = ("lora_alpha", "lora_dropout", "lora_target_modules", "save_merged")
+
+
 def _validate_extra_objectives(cfg: argparse.Namespace) -> None:
     if cfg.beta_mapo < 0:
         raise UserError(f"--beta_mapo must be >= 0, got {cfg.beta_mapo}")
@@ -391,7 +424,9 @@ def _validate_sharding(cfg: argparse.Namespace) -> None:
     """What FSDP/HSDP cannot do here is refused now, in one line, rather than failing mid-step."""
     sharded = cfg.sharding != "none"
     if cfg.dp_replicate is not None and cfg.sharding != "hsdp":
-        raise UserError(f"--dp_replicate is the HSDP replica count; it needs --sharding hsdp (sharding is {cfg.sharding})")
+        raise UserError(
+            f"--dp_replicate is the HSDP replica count; it needs --sharding hsdp (sharding is {cfg.sharding})"
+        )
     if cfg.dp_replicate is not None and cfg.dp_replicate < 1:
         raise UserError(f"--dp_replicate must be >= 1, got {cfg.dp_replicate}")
     if cfg.fsdp_reduce_dtype is not None and not sharded:
@@ -415,6 +450,13 @@ def _validate_sharding(cfg: argparse.Namespace) -> None:
             f"--sharding {cfg.sharding}: transformers' Adafactor does not run on sharded (DTensor) parameters; "
             "pass --no-use_adafactor (AdamW) or use --sharding none"
         )
+    if cfg.lora_rank:
+        raise UserError(
+            f"--sharding {cfg.sharding} with --lora_rank: LoRA keeps one frozen base copy per process and trains "
+            "only the adapters with plain data parallelism; drop --sharding (bench/lora_memory.py prints what fits)"
+        )
+
+
 def _validate_kto(cfg: argparse.Namespace) -> None:
     if cfg.train_method != "kto":
         if cfg.kto_label_column:

@@ -94,9 +94,10 @@ def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device:
     uses_loser = objective.USES_LOSER
     reps = 2 if uses_loser else 1  # SFT: only the preferred images are denoised (kto: each sample's one image)
     latents, noisy, target, timesteps = noised_latents(batch, reps * bsz, family, cfg, reps, device)
-    # Inputs in the trained denoiser's parameter dtype: fp32 normally (autocast does the rest), bf16/fp16
-    # when DeepSpeed has cast the module itself and accelerate's autocast is off.
-    dtype = next(family.denoiser.parameters()).dtype
+    # Inputs in the trained parameters' dtype: fp32 normally (autocast does the rest; LoRA: the adapters',
+    # not the frozen base's), bf16/fp16 when DeepSpeed has cast the module itself and autocast is off.
+    params = family.denoiser.parameters()
+    dtype = next((p for p in params if p.requires_grad), next(family.denoiser.parameters())).dtype
     noisy = noisy.to(dtype)
     cond = conditioning(family, batch, reps, dtype, device)
 

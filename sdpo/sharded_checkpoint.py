@@ -125,8 +125,8 @@ def _dcp_load(state: dict, folder: Path) -> None:
 class ShardedState:
     """The trained (sharded) denoiser, its optimizer and lr scheduler, saved and loaded with DCP."""
 
-    def __init__(self, model: torch.nn.Module, optimizer, scheduler):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, optimizer, scheduler, name: str = "unet"):
+        self.model, self.name = model, name
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer
         self.scheduler = getattr(scheduler, "scheduler", scheduler)
 
@@ -159,6 +159,22 @@ class ShardedState:
         _dcp_load(optim_sd, folder / OPTIMIZER_DIR)
         set_optimizer_state_dict(self.model, self.optimizer, optim_sd)
         self.scheduler.load_state_dict(json.loads((folder / SCHEDULER_FILE).read_text()))
+
+    # The run's ``weights`` interface (``sdpo.checkpoint``): every process calls each of these.
+    def install(self, accelerator) -> None:
+        """Nothing to hook: accelerate never saves or loads a sharded run's state."""
+
+    def save_checkpoint(self, accelerator, module, folder: Path) -> None:
+        self.save(folder, accelerator.is_main_process)
+
+    def load_checkpoint(self, accelerator, folder: Path) -> None:
+        self.load(folder)
+
+    def save_final(self, accelerator, module, output_dir: str | Path) -> Path:
+        """The full weights, gathered here once (:func:`export`)."""
+        path = export(self.model, Path(output_dir), self.name, accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+        return path
 
 
 # ----------------------------------------------------------------------------- export

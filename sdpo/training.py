@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sdpo import cache, checkpoint, data, elastic, kto_data, sharding
+from sdpo import cache, checkpoint, data, elastic, kto_data, lora, sharding
 from sdpo.errors import UserError
 from sdpo.families import get_family
 from sdpo.forward import preference_forward
@@ -122,13 +122,29 @@ class Run:
     sampler: object
     stream: object
     jsonl: JsonlLog
-    sharded_state: ShardedState | None = None  # --sharding fsdp|hsdp: what its checkpoints save (DCP)
+    weights: object  # which files hold the model: FullWeights, lora.AdapterWeights or ShardedState (sdpo.checkpoint)
+    params: list  # the trained parameters (LoRA: the adapters only)
     shards: sharding.Sharding | None = None  # --sharding fsdp|hsdp: the device mesh
     step: int = 0
     epoch: int = 0
     epoch_samples: int = 0  # samples of this epoch consumed by all processes together
     nonfinite_total: int = 0
     nonfinite_run: int = 0
+
+
+def prepare(cfg, accelerator, family, optimizer, lr_scheduler, shards):
+    """Hand the trained parts to accelerate and pick what the run's checkpoints hold (``sdpo.checkpoint``):
+    the whole denoiser, the LoRA adapters only, or DCP shards (a sharded denoiser is not wrapped again)."""
+    if shards is None:
+        family.denoiser, optimizer, lr_scheduler = accelerator.prepare(family.denoiser, optimizer, lr_scheduler)
+        weights = (
+            lora.AdapterWeights(family, cfg) if lora.enabled(cfg) else checkpoint.FullWeights(family.denoiser_folder)
+        )
+    else:
+        optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
+        weights = ShardedState(family.denoiser, optimizer, lr_scheduler, family.denoiser_folder)
+    weights.install(accelerator)
+    return optimizer, lr_scheduler, weights
 
 
 def setup(cfg) -> Run:
@@ -167,6 +183,9 @@ def setup(cfg) -> Run:
     if shards is not None:
         shards.shard_family(family, weight_dtype)  # before the optimizer: it must see the sharded parameters
     params = [p for p in family.denoiser.parameters() if p.requires_grad]
+    trained, total = lora.parameter_counts(family.denoiser)
+    log.info("training %.2f M of the %s's %.2f M parameters%s", trained / 1e6, family.denoiser_folder, total / 1e6,
+             f" (LoRA rank {cfg.lora_rank}; reference = adapters off)" if lora.enabled(cfg) else "")  # fmt: skip
     optimizer = make_optimizer(cfg, params, accelerator.num_processes)
     loader, stream, sampler = make_loader(cfg, hf, accelerator)
     if cfg.max_train_steps is None:  # count optimizer steps from epochs
@@ -175,13 +194,9 @@ def setup(cfg) -> Run:
         )
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=cfg.max_train_steps)  # fmt: skip
-    if shards is None:
-        family.denoiser, optimizer, lr_scheduler = accelerator.prepare(family.denoiser, optimizer, lr_scheduler)
-    else:
-        optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
-    state_io = ShardedState(family.denoiser, optimizer, lr_scheduler) if shards is not None else None
+    optimizer, lr_scheduler, weights = prepare(cfg, accelerator, family, optimizer, lr_scheduler, shards)
 
-    state = checkpoint.load(accelerator, resume, state_io) if resume else {}
+    state = checkpoint.load(accelerator, resume, weights) if resume else {}
     if resume:
         log.info("resumed from %s at step %d", resume, state["step"])
     if accelerator.is_main_process and cfg.report_to != "none":
@@ -190,8 +205,8 @@ def setup(cfg) -> Run:
     n, b, a = accelerator.num_processes, cfg.train_batch_size, cfg.gradient_accumulation_steps
     log.info("%s pairs; %d process(es) x batch %d x accumulation %d = global batch %d; %d optimizer steps",
              len(hf) if sampler else "streamed", n, b, a, n * b * a, cfg.max_train_steps)  # fmt: skip
-    run = Run(cfg, accelerator, family, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl,
-              state_io, shards)  # fmt: skip
+    run = Run(cfg, accelerator, family, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl, weights,
+              params, shards)  # fmt: skip
     for key in ("step", "epoch", "nonfinite_total"):
         setattr(run, key, state.get(key, 0))
     run.epoch_samples = elastic.saved_epoch_samples(state, cfg, n) if state else 0
@@ -199,7 +214,8 @@ def setup(cfg) -> Run:
 
 
 def train(cfg) -> Path:
-    """Run (or resume) training; returns the path of the final weights (``unet.pth``, ``transformer.pth``)."""
+    """Run (or resume) training; returns the path of the final weights (``unet.pth``, ``transformer.pth``;
+    LoRA: ``pytorch_lora_weights.safetensors``)."""
     run = setup(cfg)
     averager, window_ok, trace = StepAverager(), True, RankTrace(run.accelerator)
     validator = make_validator(run)  # images and rewards at step 0, every N steps and at the end (if asked)
@@ -225,8 +241,7 @@ def train(cfg) -> Path:
             run.epoch, run.epoch_samples = run.epoch + 1, 0
     bar.close()
     trace.weights(run.accelerator, run.family.denoiser)
-    path = checkpoint.save_final(run.accelerator, run.family.denoiser, cfg.output_dir, run.family.denoiser_folder,
-                                 run.sharded_state)  # fmt: skip
+    path = run.weights.save_final(run.accelerator, run.family.denoiser, cfg.output_dir)
     run.accelerator.end_training()
     if run.shards is not None:
         run.shards.close()
@@ -256,7 +271,7 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
     if ok:
         if cfg.max_grad_norm > 0:
             clip = sharding.clip_grad_norm_ if run.shards is not None else acc.clip_grad_norm_
-            clip(run.family.denoiser.parameters(), cfg.max_grad_norm)
+            clip(run.params, cfg.max_grad_norm)
         run.optimizer.step()
         run.lr_scheduler.step()
         run.nonfinite_run = 0
@@ -274,7 +289,7 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
         state = {**elastic.position_state(run.epoch, run.epoch_samples, cfg, acc.num_processes),
                  "nonfinite_total": run.nonfinite_total}  # fmt: skip
         path = checkpoint.save(acc, run.family.denoiser, cfg.output_dir, run.step, state, cfg.checkpoints_total_limit,
-                               run.family.denoiser_folder, run.sharded_state)  # fmt: skip
+                               weights=run.weights)  # fmt: skip
         if stop:
             raise UserError(
                 f"{run.nonfinite_run} consecutive optimizer steps had a non-finite loss (up to step {run.step}); "

@@ -78,6 +78,30 @@ def test_first_step_matches_single_process_batch_two(runs):
     assert diff < 1e-6 + 1e-3 * moved, f"2 procs x batch 1 differs from 1 proc x batch 2 by {diff} (step {moved})"
 
 
+def test_lora_under_ddp_matches_one_process(runs):
+    """LoRA behind DDP: the adapters-off reference, the adapter-only files and the save hook see through the
+    wrapper; 2 processes x batch 1 take the first step of 1 process x batch 2."""
+    from safetensors.torch import load_file
+
+    root, model = runs
+    pairs = root / "pairs"
+    base = ["--pretrained_model_name_or_path", str(model), "--dataset_name", str(pairs), *COMMON, "--lora_rank", "4",
+            "--max_train_steps", "1"]  # fmt: skip
+    ddp = torchrun(2, *base, "--train_batch_size", "1", "--output_dir", root / "lora_ddp")
+    single = [sys.executable, str(ROOT / "train.py"), *base, "--train_batch_size", "2", "--output_dir",
+              str(root / "lora_single")]  # fmt: skip
+    for name, cmd in (("lora_ddp", ddp), ("lora_single", single)):
+        proc = subprocess.run(cmd, env=env(root / f"{name}_trace"), cwd=root, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{name} run failed:\n{proc.stderr[-3000:]}"
+    rank0, rank1 = (load(root / "lora_ddp_trace" / f"rank{r}_unet.pth") for r in (0, 1))
+    assert max_diff(rank0, rank1) == 0.0
+    assert sorted(p.name for p in (root / "lora_ddp" / "checkpoint-1").iterdir() if "model" in p.name) == []
+    a, b = (load_file(root / d / "pytorch_lora_weights.safetensors") for d in ("lora_ddp", "lora_single"))
+    moved = max(v.abs().max().item() for k, v in b.items() if ".lora.up." in k)  # B starts at zero
+    assert moved > 1e-5
+    assert max_diff(a, b) < 1e-6 + 1e-3 * moved
+
+
 def test_accumulation_flag_wins_over_accelerates_environment(monkeypatch, tmp_path):
     """`accelerate launch` exports ACCELERATE_GRADIENT_ACCUMULATION_STEPS from a DeepSpeed config;
     it must not replace --gradient_accumulation_steps (the launch scripts' global-batch arithmetic)."""

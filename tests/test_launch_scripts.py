@@ -280,3 +280,25 @@ def test_video_recipe_refusals_are_one_line(name, args, env, message):
     proc = run_script(name, "--dry-run", *args, NUM_GPUS="8", **env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_lora_through_the_pass_through_flags_on_one_gpu():
+    """The README's one-GPU recipe: --lora_rank switches to an unscaled LoRA lr and AdamW (no forced Adafactor)."""
+    opts, cfg, lines = dry_run("sdxl_diffusion_dpo", "--lora_rank", "8", NUM_GPUS="1", PER_GPU_BATCH="1",
+                               GLOBAL_BATCH="16")  # fmt: skip
+    assert cfg.lora_rank == 8 and cfg.learning_rate == 1e-5 and not cfg.scale_lr
+    assert cfg.use_adafactor is None and cfg.gradient_checkpointing  # AdamW on the adapters; checkpointing kept
+    assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (1, 16) and opts["--num_processes"] == "1"
+    assert cfg.use_winner_preserving and cfg.winner_preserving_mu == 0.6
+    assert "LoRA: lr 1e-5 (not scaled), AdamW on the adapters" in "\n".join(lines)
+    _, cfg, _ = dry_run("sdxl_diffusion_dpo", "--lora_rank", "8", "--learning_rate", "3e-5", NUM_GPUS="1")
+    assert cfg.learning_rate == 3e-5  # a later flag still wins
+
+
+def test_flux_with_lora_runs_unsharded():
+    _, cfg, lines = dry_run("flux_diffusion_dpo", "--lora_rank=16", NUM_GPUS="8")
+    assert cfg.lora_rank == 16 and cfg.learning_rate == 1e-5 and cfg.sharding == "none"
+    assert not any("HSDP" in line for line in lines)
+    proc = run_script("flux_diffusion_dpo", "--dry-run", "--lora_rank", "16", NUM_GPUS="8", SHARDING="fsdp")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "--lora_rank runs without sharding" in proc.stderr

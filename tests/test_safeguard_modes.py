@@ -307,5 +307,8 @@ def test_bad_safeguard_flags_are_one_line_errors(flags, message):
 def test_default_mode_is_output_batch():
     from sdpo.config import parse_args
 
-    cfg = parse_args(["--pretrained_model_name_or_path", "org/model", "--model_family", "sd15", "--use_winner_preserving"])
+    # A hub id: offline, the family must be named (it cannot be read from the hub's model_index.json).
+    cfg = parse_args(
+        ["--pretrained_model_name_or_path", "org/model", "--model_family", "sd15", "--use_winner_preserving"]
+    )
     assert (cfg.winner_preserving_mode, cfg.winner_preserving_granularity) == ("output", "batch")

@@ -188,7 +188,11 @@ def test_tiny_sdxl_run_with_safeguard(files, tmp_path, method, extra):
     "model, flags, expected",
     [
         ("sd15", ["--sdxl"], "is an SD1.5-style folder (no text_encoder_2/) but --sdxl was given; drop --sdxl"),
-        ("sdxl", ["--model_family", "sd15"], "is a sdxl model but --model_family sd15 was given; drop the flag or use sdxl"),
+        (
+            "sdxl",
+            ["--model_family", "sd15"],
+            "is a sdxl model but --model_family sd15 was given; drop the flag or use sdxl",
+        ),
     ],
 )
 def test_family_mismatch_is_one_line(files, model, flags, expected):

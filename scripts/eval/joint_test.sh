@@ -4,6 +4,7 @@
 # Not meant to be called directly.
 #
 #   KIND=sd15|sdxl|sd3|flux joint_test.sh [--dry-run] <unet.pth | transformer.pth | checkpoint folder>
+#   LORA_PATH=<LoRA run folder | checkpoint | .safetensors> KIND=... joint_test.sh [--dry-run] [<weights>]
 #
 # Environment (defaults are the paper's settings):
 #   PRETRAIN_PATH  base model id or folder    VAE_PATH  VAE id or folder (SDXL: fp16-fix VAE)
@@ -14,6 +15,8 @@
 #   LAUNCH ("python"; e.g. "accelerate launch --num_processes 8")  GEN_ARGS (extra generate flags)
 #   METRICS (all)  SCORE_BATCH_SIZE  DEVICE  SCORE_PY (eval/score.py)  SUMMARY_PY (eval/summary.py)
 #   DRY_RUN=1 (same as --dry-run: print the commands, run nothing)
+#   LORA_PATH  a LoRA on top of the base model (or of the weights given); LORA_SCALE (1.0) its weight;
+#              the results go beside the LoRA when no weights are given
 set -euo pipefail
 
 KIND="${KIND:?KIND must be sd15, sdxl, sd3 or flux}"
@@ -22,26 +25,24 @@ MODEL_PATH=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) MODEL_PATH="$arg" ;;
   esac
 done
-if [[ -z "$MODEL_PATH" ]]; then
-  echo "usage: $(basename "${CALLER:-$0}") [--dry-run] <unet.pth | transformer.pth | checkpoint folder>" >&2
+LORA_PATH="${LORA_PATH:-}"
+if [[ -z "$MODEL_PATH" && -z "$LORA_PATH" ]]; then
+  echo "usage: $(basename "${CALLER:-$0}") [--dry-run] <unet.pth | transformer.pth | checkpoint folder>  (or set LORA_PATH)" >&2
   exit 2
 fi
-if [[ ! -e "$MODEL_PATH" ]]; then
-  echo "error: $MODEL_PATH: no such file or folder" >&2
-  exit 2
-fi
-
-# Absolute paths first: the rest runs from the repository root.
-if [[ -d "$MODEL_PATH" ]]; then
-  MODEL_PATH="$(cd "$MODEL_PATH" && pwd)"
-  DEFAULT_OUTPUT="$MODEL_PATH"
-else
-  MODEL_PATH="$(cd "$(dirname "$MODEL_PATH")" && pwd)/$(basename "$MODEL_PATH")"
-  DEFAULT_OUTPUT="$(dirname "$MODEL_PATH")"
+absolute() {  # an absolute path for an existing file or folder: the rest runs from the repository root
+  if [[ ! -e "$1" ]]; then echo "error: $1: no such file or folder" >&2; exit 2; fi
+  if [[ -d "$1" ]]; then (cd "$1" && pwd); else echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; fi
+}
+folder_of() { if [[ -d "$1" ]]; then echo "$1"; else dirname "$1"; fi; }
+if [[ -n "$MODEL_PATH" ]]; then MODEL_PATH="$(absolute "$MODEL_PATH")"; DEFAULT_OUTPUT="$(folder_of "$MODEL_PATH")"; fi
+if [[ -n "$LORA_PATH" ]]; then
+  LORA_PATH="$(absolute "$LORA_PATH")"
+  [[ -n "$MODEL_PATH" ]] || DEFAULT_OUTPUT="$(folder_of "$LORA_PATH")"
 fi
 OUTPUT="${OUTPUT:-$DEFAULT_OUTPUT}"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -82,7 +83,7 @@ LOG_PATH="${OUTPUT}/joint_test_${SIZE}.log"
 if [[ "$DRY_RUN" != 1 ]]; then
   mkdir -p "$OUTPUT"
   exec > >(tee -a "$LOG_PATH") 2>&1
-  echo "== $(date '+%F %T') joint test ($KIND) of $MODEL_PATH, log $LOG_PATH"
+  echo "== $(date '+%F %T') joint test ($KIND) of ${MODEL_PATH:-the base model}${LORA_PATH:+ + LoRA $LORA_PATH}, log $LOG_PATH"
 fi
 
 run() {  # print a command; run it unless this is a dry run
@@ -90,8 +91,10 @@ run() {  # print a command; run it unless this is a dry run
   if [[ "$DRY_RUN" != 1 ]]; then "$@"; fi
 }
 
-GEN_COMMON=(--weights_path "$MODEL_PATH" --pretrain_path "$PRETRAIN_PATH" --output_path "$OUTPUT"
+GEN_COMMON=(--pretrain_path "$PRETRAIN_PATH" --output_path "$OUTPUT"
   --height "$SIZE" --width "$SIZE" --steps "$STEPS" --cfg "$CFG" --seed "$SEED" --dtype "$DTYPE" "${KIND_ARGS[@]}")
+if [[ -n "$MODEL_PATH" ]]; then GEN_COMMON+=(--weights_path "$MODEL_PATH"); fi
+if [[ -n "$LORA_PATH" ]]; then GEN_COMMON+=(--lora_path "$LORA_PATH" --lora_scale "${LORA_SCALE:-1.0}"); fi
 if [[ -n "$VAE_PATH" ]]; then GEN_COMMON+=(--vae_path "$VAE_PATH"); fi
 read -r -a LAUNCH_CMD <<< "$LAUNCH"
 read -r -a EXTRA <<< "${GEN_ARGS:-}"

@@ -5,6 +5,7 @@
 # scored with the five reward models; log beside the checkpoint; prints the table.
 #
 #   bash scripts/eval/test_sd3.sh [--dry-run] path/to/checkpoint-2000/transformer.pth
+#   LORA_PATH=path/to/lora_run bash scripts/eval/test_sd3.sh [--dry-run]   # a LoRA run (LORA_SCALE)
 #
 # Settings are environment variables; see scripts/eval/joint_test.sh for the list.
 CALLER="$0" KIND=sd3 exec bash "$(dirname "${BASH_SOURCE[0]}")/joint_test.sh" "$@"

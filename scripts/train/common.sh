@@ -14,6 +14,10 @@
 # prints those numbers, and runs (or with DRY_RUN=1 / --dry-run, prints) one `accelerate launch`
 # command.  Extra arguments go to train.py after the recipe's own flags, so they override them.
 #
+# LoRA: with --lora_rank among the extra arguments, the recipe trains adapters instead of the whole
+# denoiser: lr 1e-5 not scaled by the batch (diffusers' Diffusion-DPO LoRA example; a later
+# --learning_rate wins), AdamW instead of SDXL's Adafactor, and FLUX no longer needs sharding.
+#
 # Environment (all optional):
 #   MODEL, VAE            base model / separate VAE (hub id or local folder); VAE=none drops it
 #   DATASET               --dataset_name (hub id, local dataset folder or parquet file)
@@ -92,8 +96,8 @@ launch() {
     local flow=0 video=0
     [[ "$FAMILY" == flux || "$FAMILY" == sd3 ]] && flow=1
     [[ "$FAMILY" == cogvideox || "$FAMILY" == wan ]] && video=1
-    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch method="${METHOD:-}"
-    local sharding="${SHARDING:-$([[ "$FAMILY" == flux ]] && echo hsdp || echo none)}" replicate="${DP_REPLICATE:-}"
+    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch method="${METHOD:-}" lora=0
+    local sharding="${SHARDING:-}" replicate="${DP_REPLICATE:-}"
     batch="${PER_GPU_BATCH:-${RECIPE_PER_GPU_BATCH:-$( ((flow)) && echo 1 || { ((video)) && echo 4 || echo 8; })}}"
     local -a extra=()
     name="$(basename "$0" .sh)"
@@ -135,6 +139,7 @@ launch() {
             --dp_replicate=*) replicate="${1#*=}" ;;
             --train_batch_size=*) batch="${1#*=}" ;;
             --gradient_accumulation_steps=*) accum="${1#*=}" ;;
+            --lora_rank | --lora_rank=*) lora=1; extra+=("$1") ;;
             *) extra+=("$1") ;;
         esac
         shift
@@ -196,6 +201,14 @@ launch() {
     fi
 
     # --- sharding: none (DDP) | fsdp | hsdp (replicate x shard = processes) -----------------------
+    # FLUX full fine-tunes shard by default (HSDP, as the paper); LoRA keeps one base copy and runs DDP.
+    if [[ -z "$sharding" ]]; then
+        sharding=none
+        [[ "$FAMILY" == flux ]] && ((!lora)) && sharding=hsdp
+    fi
+    if ((lora)) && [[ "$sharding" != none ]]; then
+        _die "--lora_rank runs without sharding (one frozen base copy per GPU, DDP on the adapters); drop --sharding / SHARDING=$sharding"
+    fi
     local -a shard_flags=()
     case "$sharding" in
         none | fsdp)
@@ -237,13 +250,17 @@ launch() {
     fi
     lr="${RECIPE_LR:-$lr}"
     [[ "${RECIPE_SCALE_LR:-1}" == 1 ]] || scale_lr=()
+    if ((lora)); then  # LoRA: the adapters' lr, as is (diffusers' LoRA Diffusion-DPO example uses 1e-5 to 5e-5)
+        lr=1e-5
+        scale_lr=()
+    fi
     local precision="${MIXED_PRECISION:-${RECIPE_PRECISION:-$( ((video)) && echo fp16 || echo bf16)}}"
     [[ "$device" == cpu && -z "${MIXED_PRECISION:-}" ]] && precision=no
     local -a train=(--pretrained_model_name_or_path "$model")
     [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
-    if [[ "$FAMILY" == sdxl ]]; then  # Adafactor as the reference; it cannot run on sharded parameters (AdamW then)
+    if [[ "$FAMILY" == sdxl ]]; then  # Adafactor as the reference; not on sharded parameters or adapters (AdamW then)
         train+=(--sdxl --gradient_checkpointing)
-        [[ "$sharding" == none ]] && train+=(--use_adafactor)
+        [[ "$sharding" == none ]] && ((!lora)) && train+=(--use_adafactor)
     fi
     ((flow)) && train+=(--model_family "$FAMILY" --gradient_checkpointing --resolution 1024)
     ((video)) && train+=(--model_family "$FAMILY" --gradient_checkpointing --train_method "$method"
@@ -308,15 +325,14 @@ launch() {
 
     local scaled
     scaled="$(awk -v lr="$lr" -v g="$global" 'BEGIN { printf "%.4g", lr * g }')"
-    local unit="GPU(s)"
+    local unit="GPU(s)" lr_line
     [[ "$device" == cpu ]] && unit="CPU process"
+    lr_line="lr $lr x $global (--scale_lr) = $scaled"
+    ((${#scale_lr[@]})) || lr_line="lr $lr (not scaled)"
+    ((lora)) && lr_line="LoRA: $lr_line, AdamW on the adapters"
     echo "$name: $nodes node(s) x $procs_per_node $unit = $world process(es) (this node: rank $rank)"
     echo "$name: per-GPU batch $batch x $world x accumulation $accum = global batch $global ${RECIPE_UNIT:-pairs}"
-    if ((${#scale_lr[@]})); then
-        echo "$name: lr $lr x $global (--scale_lr) = $scaled; output $out"
-    else
-        echo "$name: lr $lr (not scaled); output $out"
-    fi
+    echo "$name: $lr_line; output $out"
     if [[ "$sharding" == hsdp ]]; then
         echo "$name: HSDP: $replicate replica group(s) x $((world / replicate)) shard(s) (FSDP inside a group, data parallel across groups)"
     elif [[ "$sharding" == fsdp ]]; then

@@ -64,6 +64,14 @@ class ModelFamily:
     shard_blocks: ClassVar[tuple[str, ...]] = ()  # denoiser module classes that are FSDP units (sdpo.sharding)
     video: ClassVar[bool] = False  # samples are frame stacks (F, 3, H, W) rather than images (3, H, W)
     channel_axis: ClassVar[int] = 0  # the axis of one sample's latent that holds the channels (noise offset)
+    # LoRA (``sdpo.lora``): peft ``target_modules`` names per preset of ``--lora_target_modules``;
+    # ``attn`` (the attention projections) is the default, ``ff`` adds the feed-forward layers.
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}
+    lora_default: ClassVar[tuple[str, ...]] = ("attn",)
+    # Key names in the saved LoRA file: diffusers' UNet naming (``lora.down``/``lora.up``, what
+    # ``convert_state_dict_to_diffusers`` writes) or peft's (``lora_A``/``lora_B``, what diffusers' SD3 and
+    # FLUX LoRA trainers write; their loaders expect it).
+    lora_key_style: ClassVar[str] = "diffusers"
 
     def __init__(self, cfg, device: torch.device, weight_dtype: torch.dtype):
         self.cfg, self.device, self.weight_dtype = cfg, device, weight_dtype
@@ -98,6 +106,13 @@ class ModelFamily:
             raise UserError(f"{', '.join(given)} only apply to video families (cogvideox, wan), not {cls.name}")
 
     @classmethod
+    def pipeline_class(cls):
+        """The family's diffusers pipeline (its ``save_lora_weights`` / ``load_lora_weights`` define the LoRA format)."""
+        import diffusers
+
+        return getattr(diffusers, cls.pipeline_classes[0])
+
+    @classmethod
     def check_folder(cls, root: Path) -> None:
         """Raise a one-line UserError if a local pipeline folder lacks what this family needs."""
         if not (root / cls.denoiser_folder).is_dir():
@@ -113,15 +128,25 @@ class ModelFamily:
         (weight dtype) if the objective needs one, the text encoders, the VAE and the scheduler.
 
         ``shard_later``: the denoisers stay on the CPU (the reference already in the weight dtype), so that
-        ``sdpo.sharding`` moves only each process's shards to the device, never a whole 12B model."""
+        ``sdpo.sharding`` moves only each process's shards to the device, never a whole 12B model.
+
+        With ``--lora_rank`` the denoiser itself stays frozen in the weight dtype with trainable fp32
+        adapters, and the reference is that same module with its adapters off (``sdpo.lora``)."""
+        from sdpo import lora
+
         fam = cls(cfg, device, weight_dtype)
         fam.scheduler = fam.load_scheduler()
         if not getattr(cfg, "precomputed", None):  # with a latent/text cache (sdpo.cache) neither is loaded
             fam.load_encoders()
         fam.denoiser = fam.load_denoiser()
-        fam.reference = fam.load_denoiser() if needs_reference else None
-        if fam.reference is not None:
-            freeze(fam.reference, "cpu" if shard_later else device, weight_dtype)
+        if lora.enabled(cfg):  # never sharded (config refuses --sharding with --lora_rank)
+            lora.add_adapters(fam.denoiser, lora.lora_config(cfg, cls, fam.denoiser), weight_dtype, cfg.seed)
+            fam.denoiser.to(device)
+            fam.reference = lora.AdaptersOff(fam) if needs_reference else None
+        else:
+            fam.reference = fam.load_denoiser() if needs_reference else None
+            if fam.reference is not None:
+                freeze(fam.reference, "cpu" if shard_later else device, weight_dtype)
         fam.after_load()
         fam.denoiser.train()
         if cfg.gradient_checkpointing:

@@ -43,6 +43,12 @@ class CogVideoX(VideoFamily, DDPMFamily):
     default_size: ClassVar[tuple[int, int]] = (480, 720)
     default_resolution: ClassVar[int] = 480
     default_fps: ClassVar[int] = 8
+    # diffusers' CogVideoX LoRA trainer adapts the attention projections; its file keeps peft's key names.
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
+        "attn": ("to_q", "to_k", "to_v", "to_out.0"),
+        "ff": ("ff.net.0.proj", "ff.net.2"),
+    }
+    lora_key_style: ClassVar[str] = "peft"
 
     @classmethod
     def configure(cls, cfg) -> None:

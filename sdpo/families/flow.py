@@ -56,6 +56,13 @@ class FlowFamily(ModelFamily):
     default_resolution: ClassVar[int] = 1024
     heavy: ClassVar[bool] = True  # gradient checkpointing on by default
     joint_augment: ClassVar[bool] = True  # one crop/flip per pair, as the SDXL reference script
+    # MM-DiT joint attention: image-stream and text-stream (add_*) projections, as diffusers' SD3/FLUX
+    # DreamBooth LoRA scripts; feed-forward of both streams.
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
+        "attn": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+        "ff": ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+    }
+    lora_key_style: ClassVar[str] = "peft"
 
     def load_scheduler(self):
         from diffusers import FlowMatchEulerDiscreteScheduler

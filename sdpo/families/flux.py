@@ -30,6 +30,11 @@ class Flux(FlowFamily):
     name: ClassVar[str] = "flux"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
     shard_blocks: ClassVar[tuple[str, ...]] = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
+    # FLUX's single-stream blocks add their MLP input projection to the feed-forward preset.
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
+        **FlowFamily.lora_targets,
+        "ff": (*FlowFamily.lora_targets["ff"], "proj_mlp"),
+    }
 
     @classmethod
     def denoiser_class(cls):

@@ -20,6 +20,11 @@ class SD15(ModelFamily):
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
     default_resolution: ClassVar[int] = 512
     shard_blocks: ClassVar[tuple[str, ...]] = ("ResnetBlock2D", "Transformer2DModel")
+    # diffusers' LoRA examples (text-to-image, DreamBooth, Diffusion-DPO) adapt these four projections.
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
+        "attn": ("to_q", "to_k", "to_v", "to_out.0"),
+        "ff": ("ff.net.0.proj", "ff.net.2"),
+    }
 
     @classmethod
     def denoiser_class(cls):

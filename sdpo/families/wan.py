@@ -41,6 +41,12 @@ class Wan(VideoFamily, FlowFamily):
     default_size: ClassVar[tuple[int, int]] = (480, 832)
     default_resolution: ClassVar[int] = 480
     default_fps: ClassVar[int] = 16
+    # Self- and cross-attention projections (add_k/v_proj: the image branch of the I2V models); Wan's
+    # feed-forward is ``ffn``, not the MM-DiT ``ff``/``ff_context``.
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
+        "attn": ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"),
+        "ff": ("ffn.net.0.proj", "ffn.net.2"),
+    }
 
     @classmethod
     def denoiser_class(cls):

@@ -231,7 +231,7 @@ def test_validator_loads_vae_and_text_encoders_when_training_has_none(runs, val_
         acc = Accelerator(cpu=True)
         family = get_family(cfg.model_family).load(cfg, acc.device, torch.float32, True)
         family.vae, family.text_encoders, family.tokenizers = None, [], []
-        run = Run(cfg, acc, family, None, None, None, None, None, None, JsonlLog(tmp_path / "out"))
+        run = Run(cfg, acc, family, None, None, None, None, None, None, JsonlLog(tmp_path / "out"), None, [])
         validator = Validator(run)
         assert validator.own_parts and validator.parts.vae.device.type == "cpu"
         validator.validate(run)

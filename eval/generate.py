@@ -374,24 +374,22 @@ def _family(a: argparse.Namespace) -> str:
 
 
 def _validate(a: argparse.Namespace) -> None:
+    from sdpo.families import get_family
+
     if a.unet_path is None and a.lora_path is None:
         raise UserError("pass --weights_path (a unet.pth / transformer.pth) or --lora_path (a LoRA run), or both")
     a.model_family = _family(a)
     a.sdxl = a.model_family == "sdxl"
     a.pretrain_path = a.pretrain_path or DEFAULT_BASE[a.model_family]
     if a.lora_path is not None:  # a LoRA of another family stops here, before any model loads
-        from sdpo.families import get_family
         from sdpo.lora import check_lora_file
 
         check_lora_file(a.lora_path, get_family(a.model_family))
     if is_video(a.model_family):
         return validate_video(a)
-    flow = a.model_family in ("sd3", "flux")
-    if a.cfg is None:
-        from eval.flow_sampling import DEFAULT_GUIDANCE
-
-        a.cfg = DEFAULT_GUIDANCE[a.model_family] if flow else 7.5
-    size = 512 if a.model_family == "sd15" else 1024
+    fam = get_family(a.model_family)
+    a.cfg = fam.sampling_guidance if a.cfg is None else a.cfg
+    size = fam.default_resolution
     a.height = a.height or size
     a.width = a.width or size
     if a.height % 16 or a.width % 16 or a.height <= 0 or a.width <= 0:
@@ -538,12 +536,12 @@ def _generate(args, entries, todo, paths, dtype, vae_dtype, state, load_componen
 
 
 def guidance_metadata(args) -> dict | None:
-    """SD3/FLUX manifests say what their guidance number means (FLUX's is a distilled embedding)."""
-    if args.model_family not in ("sd3", "flux"):
-        return None  # SD1.5/SDXL manifests stay byte-compatible with the reference scripts'
-    from eval.flow_sampling import GUIDANCE_KIND
+    """SD3/FLUX manifests say what their guidance number means (FLUX's is a distilled embedding); SD1.5/SDXL
+    manifests stay byte-compatible with the reference scripts' (no ``guidance_kind``: None here)."""
+    from sdpo.families import get_family
 
-    return {"model_family": args.model_family, "guidance": args.cfg, "guidance_kind": GUIDANCE_KIND[args.model_family]}
+    kind = get_family(args.model_family).guidance_kind
+    return None if kind is None else {"model_family": args.model_family, "guidance": args.cfg, "guidance_kind": kind}
 
 
 def _finish(args, entries: list[dict], image_dir: Path, manifest: Path) -> None:

@@ -124,7 +124,9 @@ def load_components(
     weights into its UNet (``None`` keeps the base UNet). The VAE comes from ``vae_path`` when given
     (SDXL: the fp16-fix VAE by default, as in the paper), else from the base model.  ``family`` sd3 or
     flux loads a rectified-flow model instead (``eval/flow_sampling.py``)."""
-    if family in ("sd3", "flux"):
+    from sdpo.families import get_family
+
+    if family is not None and get_family(family).process == "flow":  # sd3, flux (video has its own loader)
         from eval.flow_sampling import load_flow_components
 
         return load_flow_components(family, pretrain_path, unet_path, device, dtype, vae_path, vae_dtype,

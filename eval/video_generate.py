@@ -45,7 +45,6 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
 
 def validate_video(a: argparse.Namespace) -> None:
     """Video defaults (the model's frames, size, fps, guidance) and one-line refusals."""
-    from eval.video_sampling import DEFAULT_GUIDANCE
     from sdpo.families import get_family
 
     fam = get_family(a.model_family)
@@ -54,7 +53,7 @@ def validate_video(a: argparse.Namespace) -> None:
     a.height, a.width = a.height or fam.default_size[0], a.width or fam.default_size[1]
     fam.check_size(a.height, a.width)
     a.fps = a.fps or fam.default_fps
-    a.cfg = DEFAULT_GUIDANCE[a.model_family] if a.cfg is None else a.cfg
+    a.cfg = fam.sampling_guidance if a.cfg is None else a.cfg
     if a.steps < 1:
         raise UserError(f"--steps must be at least 1, got {a.steps}")
     if a.batch_size < 1:
@@ -85,8 +84,10 @@ def _complete(args, video_dir: Path, i: int) -> bool:
 
 
 def manifest_entries(args, entries: list[dict], video_dir: Path) -> list[dict]:
+    from sdpo.families import get_family
+
     meta = {"model_family": args.model_family, "media": "video", "num_frames": args.num_frames, "fps": args.fps,
-            "guidance": args.cfg, "guidance_kind": "classifier-free guidance, diffusers scale"}  # fmt: skip
+            "guidance": args.cfg, "guidance_kind": get_family(args.model_family).guidance_kind}  # fmt: skip
     out = []
     for i, e in enumerate(entries):
         path = str((video_dir / video_name(i, args.height, args.width)).absolute())

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DEFAULT_GUIDANCE = {"cogvideox": 6.0, "wan": 5.0}
-GUIDANCE_KIND = "classifier-free guidance, diffusers scale"
+from sdpo.families import get_family
 
 
 @dataclass
@@ -49,17 +48,13 @@ def load_video_components(family: str, pretrain_path: str, weights_path: str | N
                           vae_dtype=torch.float32, max_sequence_length: int | None = None,
                           vae_tiling: bool = False) -> VideoComponents:  # fmt: skip
     """The base pipeline from ``pretrain_path`` with the transformer's weights from ``weights_path``."""
-    from diffusers import CogVideoXPipeline, WanPipeline
-
     from sdpo.families import get_family
     from sdpo.families.base import from_pretrained
-    from sdpo.families.wan import max_sequence_length as wan_msl
     from sdpo.weights import load_denoiser_weights
 
     fam = get_family(family)
     vae = from_pretrained(fam.vae_class(), pretrain_path, subfolder="vae", torch_dtype=vae_dtype)
-    cls = CogVideoXPipeline if family == "cogvideox" else WanPipeline
-    pipe = from_pretrained(cls, pretrain_path, vae=vae, torch_dtype=dtype)
+    pipe = from_pretrained(fam.pipeline_class(), pretrain_path, vae=vae, torch_dtype=dtype)
     if weights_path is not None:
         load_denoiser_weights(pipe.transformer, weights_path)
     for m in (pipe.transformer, pipe.text_encoder, pipe.vae):
@@ -69,11 +64,7 @@ def load_video_components(family: str, pretrain_path: str, weights_path: str | N
     if vae_tiling:
         pipe.vae.enable_tiling()
     pipe.set_progress_bar_config(disable=True)
-    if family == "cogvideox":
-        msl = pipe.transformer.config.max_text_seq_length  # the length the transformer was trained with
-    else:
-        msl = wan_msl(max_sequence_length, pipe.tokenizer)
-    return VideoComponents(family, pipe, msl)
+    return VideoComponents(family, pipe, fam.sampling_sequence_length(pipe, max_sequence_length))
 
 
 def initial_latent(comp: VideoComponents, frames: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -82,7 +73,7 @@ def initial_latent(comp: VideoComponents, frames: int, height: int, width: int, 
     pipe = comp.pipe
     c, s = pipe.transformer.config.in_channels, pipe.vae_scale_factor_spatial
     f, h, w = (frames - 1) // pipe.vae_scale_factor_temporal + 1, height // s, width // s
-    shape = (1, f, c, h, w) if comp.family == "cogvideox" else (1, c, f, h, w)
+    shape = get_family(comp.family).sampling_latent_shape(c, f, h, w)
     gen = torch.Generator(device=comp.device).manual_seed(seed)
     return torch.randn(shape, generator=gen, device=comp.device, dtype=comp.dtype)
 
@@ -110,15 +101,8 @@ def sample_video_latents(comp: VideoComponents, prompts: list[str], height: int,
 @torch.no_grad()
 def decode_video(comp: VideoComponents, latent: torch.Tensor) -> np.ndarray:
     """One video's latents (with its batch axis of one) -> ``uint8 (F, H, W, 3)``."""
-    pipe, vae = comp.pipe, comp.pipe.vae
-    latent = latent.to(vae.dtype)
-    if comp.family == "cogvideox":
-        video = pipe.decode_latents(latent)
-    else:
-        c = vae.config
-        mean = torch.tensor(c.latents_mean, device=latent.device, dtype=latent.dtype).view(1, c.z_dim, 1, 1, 1)
-        std = torch.tensor(c.latents_std, device=latent.device, dtype=latent.dtype).view(1, c.z_dim, 1, 1, 1)
-        video = vae.decode(latent * std + mean, return_dict=False)[0]
+    pipe = comp.pipe
+    video = get_family(comp.family).decode_sampled(pipe, latent.to(pipe.vae.dtype))
     frames = pipe.video_processor.postprocess_video(video.float(), output_type="np")[0]
     return (frames * 255).round().clip(0, 255).astype(np.uint8)
 

@@ -137,7 +137,7 @@ def check_flags(cfg, family) -> None:
     if cfg.validation_model_root and not Path(cfg.validation_model_root).expanduser().is_dir():
         raise UserError(f"--validation_model_root {cfg.validation_model_root}: no such folder")
     defaults = dict(validation_steps=100, validation_num_inference_steps=DEFAULT_STEPS, validation_seed=0,
-                    validation_guidance=family.default_sampling_guidance(), validation_resolution=cfg.resolution,
+                    validation_guidance=family.sampling_guidance, validation_resolution=cfg.resolution,
                     validation_batch_size=4)  # fmt: skip
     for name, value in defaults.items():
         if getattr(cfg, name) is None:

@@ -57,7 +57,9 @@ class ColourClassifier:
         self._weights: dict[str, torch.Tensor] = {}
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        if not self.amp:  # only on CUDA, as the official evaluator
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=torch.float16)
 
     @torch.no_grad()
     def weights(self, obj: str) -> torch.Tensor:

@@ -72,6 +72,9 @@ class ModelFamily:
     # ``convert_state_dict_to_diffusers`` writes) or peft's (``lora_A``/``lora_B``, what diffusers' SD3 and
     # FLUX LoRA trainers write; their loaders expect it).
     lora_key_style: ClassVar[str] = "diffusers"
+    # Evaluation sampling: the protocol's default guidance and what the number means (manifests say it).
+    sampling_guidance: ClassVar[float] = 7.5  # the reference scripts' cfg: cond + cfg (cond - uncond)
+    guidance_kind: ClassVar[str | None] = None  # None: manifests keep the reference scripts' layout (SD1.5/SDXL)
 
     def __init__(self, cfg, device: torch.device, weight_dtype: torch.dtype):
         self.cfg, self.device, self.weight_dtype = cfg, device, weight_dtype
@@ -289,11 +292,6 @@ class ModelFamily:
         return {}
 
     # ------------------------------------------------------------------ sampling (in-training validation)
-
-    @classmethod
-    def default_sampling_guidance(cls) -> float:
-        """The evaluation protocol's guidance: the reference scripts' cfg 7.5 (``cond + cfg (cond - uncond)``)."""
-        return 7.5
 
     def sampling_scheduler(self):
         """A new instance of the evaluation sampler's scheduler from the model folder.  Sampling calls its

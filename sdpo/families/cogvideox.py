@@ -43,6 +43,7 @@ class CogVideoX(VideoFamily, DDPMFamily):
     default_size: ClassVar[tuple[int, int]] = (480, 720)
     default_resolution: ClassVar[int] = 480
     default_fps: ClassVar[int] = 8
+    sampling_guidance: ClassVar[float] = 6.0  # CogVideoXPipeline's documented value
     # diffusers' CogVideoX LoRA trainer adapts the attention projections; its file keeps peft's key names.
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
         "attn": ("to_q", "to_k", "to_v", "to_out.0"),
@@ -135,6 +136,20 @@ class CogVideoX(VideoFamily, DDPMFamily):
             max_sequence_length=self.transformer_config.max_text_seq_length,
         )  # fmt: skip
         return {"encoder_hidden_states": embeds}
+
+    # ------------------------------------------------------------------ evaluation sampling
+
+    @classmethod
+    def sampling_sequence_length(cls, pipe, given: int | None) -> int:
+        return pipe.transformer.config.max_text_seq_length  # the length the transformer was trained with
+
+    @classmethod
+    def sampling_latent_shape(cls, channels: int, frames: int, h: int, w: int) -> tuple[int, ...]:
+        return (1, frames, channels, h, w)
+
+    @classmethod
+    def decode_sampled(cls, pipe, latent: torch.Tensor) -> torch.Tensor:
+        return pipe.decode_latents(latent)
 
     def rotary_embeddings(self, frames: int, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The pipeline's 3-D rotary embeddings for ``frames`` latent frames of ``h x w`` latents (cached)."""

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import torch
 
-from sdpo.families.base import ModelFamily, from_pretrained
+from sdpo.families.base import Conditioning, ModelFamily, from_pretrained
 
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode")
 
@@ -63,6 +63,38 @@ class FlowFamily(ModelFamily):
         "ff": ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
     }
     lora_key_style: ClassVar[str] = "peft"
+    # transformers classes of text_encoder, text_encoder_2, ... (the last one is T5, which sets the length)
+    text_encoder_classes: ClassVar[tuple[str, ...]] = ()
+    default_max_sequence_length: ClassVar[int] = 512  # T5 tokens: the pipeline's default
+
+    @classmethod
+    def load_text_parts(cls, path: str, revision: str | None = None, **kw) -> tuple[list, list]:
+        """``(tokenizers, text encoders)`` of a pipeline folder or hub id; ``kw`` goes to the encoders'
+        ``from_pretrained`` (evaluation loads them in its dtype)."""
+        import transformers
+
+        folders = ["text_encoder", *(f"text_encoder_{i}" for i in range(2, len(cls.text_encoder_classes) + 1))]
+        tokenizers = [from_pretrained(transformers.AutoTokenizer, path, revision=revision,
+                                      subfolder=f.replace("text_encoder", "tokenizer")) for f in folders]  # fmt: skip
+        encoders = [from_pretrained(getattr(transformers, c), path, subfolder=f, revision=revision, **kw)
+                    for f, c in zip(folders, cls.text_encoder_classes)]  # fmt: skip
+        return tokenizers, encoders
+
+    def load_text_encoders(self) -> None:
+        self.tokenizers, self.text_encoders = self.load_text_parts(self.cfg.pretrained_model_name_or_path,
+                                                                   self.cfg.revision)  # fmt: skip
+
+    @classmethod
+    def max_sequence_length(cls, given: int | None, t5_tokenizer=None) -> int:
+        """``--max_sequence_length``, else the pipeline's default capped at the T5 tokenizer's own maximum."""
+        if given:
+            return given
+        cap = getattr(t5_tokenizer, "model_max_length", None) or cls.default_max_sequence_length
+        return min(cls.default_max_sequence_length, cap)
+
+    def sequence_length(self) -> int:
+        """T5 tokens: ``--max_sequence_length``, else the pipeline's default (capped by the tokenizer)."""
+        return self.max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[-1])
 
     def load_scheduler(self):
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -82,12 +114,6 @@ class FlowFamily(ModelFamily):
     def process_terms(self) -> dict:
         return {"num_train_timesteps": self.scheduler.config.num_train_timesteps}
 
-    @classmethod
-    def default_sampling_guidance(cls) -> float:
-        from eval.flow_sampling import DEFAULT_GUIDANCE
-
-        return DEFAULT_GUIDANCE[cls.name]
-
     def sampling_scheduler(self):
         return self.load_scheduler()  # a new instance, unshifted: the pipeline sets its own timesteps
 
@@ -97,10 +123,28 @@ class FlowFamily(ModelFamily):
         return FlowComponents(self.name, denoiser, self.vae, scheduler, self.tokenizers, self.text_encoders,
                               self.sequence_length())  # fmt: skip
 
-    def sequence_length(self) -> int:
-        """T5 tokens: ``--max_sequence_length``, else the pipeline's default (capped by the tokenizer)."""
+    @classmethod
+    def build_pipeline(cls, scheduler, tokenizers: list, text_encoders: list, transformer=None, vae=None):
+        """The family's diffusers pipeline from loaded parts (text only when ``transformer``/``vae`` are None)."""
         raise NotImplementedError
 
     def text_pipeline(self):
         """A diffusers pipeline holding only the text parts, for its own ``encode_prompt``."""
+        return self.build_pipeline(self.scheduler, self.tokenizers, self.text_encoders)
+
+    @classmethod
+    def prompt_embeds(cls, pipe, prompts: list[str], device, max_sequence_length: int):
+        """``(sequence embeddings, pooled embeddings)`` as the pipeline's ``encode_prompt`` makes them."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode_prompt(self, captions: list[str]) -> Conditioning:
+        embeds, pooled = self.prompt_embeds(self.text_pipeline(), captions, self.device, self.sequence_length())
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+    @classmethod
+    def sample(cls, pipe, latents: torch.Tensor, negative, **kw) -> torch.Tensor:
+        """Run the pipeline from ``(N, C, h, w)`` initial ``latents`` and return ``(N, C, h, w)`` denoised ones;
+        ``negative()`` gives the empty prompt's ``(embeds, pooled)`` when the family uses classifier-free
+        guidance; ``kw`` are the pipeline's own arguments (prompt embeddings, steps, guidance, size)."""
         raise NotImplementedError

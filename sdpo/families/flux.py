@@ -20,16 +20,19 @@ from typing import ClassVar
 import torch
 
 from sdpo.errors import UserError
-from sdpo.families.base import Conditioning, from_pretrained
+from sdpo.families.base import Conditioning
 from sdpo.families.flow import FlowFamily
-
-DEFAULT_MAX_SEQUENCE_LENGTH = 512
 
 
 class Flux(FlowFamily):
     name: ClassVar[str] = "flux"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
     shard_blocks: ClassVar[tuple[str, ...]] = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
+    text_encoder_classes: ClassVar[tuple[str, ...]] = ("CLIPTextModel", "T5EncoderModel")
+    default_max_sequence_length: ClassVar[int] = 512
+    # FLUX.1-dev is guidance-distilled: the number feeds its guidance embedding (paper, Appendix B: 3.5).
+    sampling_guidance: ClassVar[float] = 3.5
+    guidance_kind: ClassVar[str | None] = "distilled guidance embedding (no CFG)"
     # FLUX's single-stream blocks add their MLP input projection to the feed-forward preset.
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
         **FlowFamily.lora_targets,
@@ -41,17 +44,6 @@ class Flux(FlowFamily):
         from diffusers import FluxTransformer2DModel
 
         return FluxTransformer2DModel
-
-    def load_text_encoders(self) -> None:
-        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
-
-        path, rev = self.cfg.pretrained_model_name_or_path, self.cfg.revision
-        self.tokenizers = [from_pretrained(AutoTokenizer, path, subfolder=s, revision=rev)
-                           for s in ("tokenizer", "tokenizer_2")]  # fmt: skip
-        self.text_encoders = [
-            from_pretrained(CLIPTextModel, path, subfolder="text_encoder", revision=rev),
-            from_pretrained(T5EncoderModel, path, subfolder="text_encoder_2", revision=rev),
-        ]
 
     def load_denoiser(self):
         model = super().load_denoiser()
@@ -66,25 +58,29 @@ class Flux(FlowFamily):
             )
         return shape
 
-    def text_pipeline(self):
+    @classmethod
+    def build_pipeline(cls, scheduler, tokenizers, text_encoders, transformer=None, vae=None):
         from diffusers import FluxPipeline
 
-        te, tok = self.text_encoders, self.tokenizers
-        return FluxPipeline(transformer=None, scheduler=self.scheduler, vae=None, text_encoder=te[0],
+        te, tok = text_encoders, tokenizers
+        return FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=te[0],
                             tokenizer=tok[0], text_encoder_2=te[1], tokenizer_2=tok[1])  # fmt: skip
 
-    def sequence_length(self) -> int:
-        return max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[1])
+    @classmethod
+    def prompt_embeds(cls, pipe, prompts, device, max_sequence_length):
+        embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=prompts, device=device,
+                                               max_sequence_length=max_sequence_length)  # fmt: skip
+        return embeds, pooled
 
-    @torch.no_grad()
-    def encode_prompt(self, captions: list[str]) -> Conditioning:
-        embeds, pooled, _ = self.text_pipeline().encode_prompt(
-            prompt=captions,
-            prompt_2=captions,
-            device=self.device,
-            max_sequence_length=self.sequence_length(),
-        )
-        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+    @classmethod
+    def sample(cls, pipe, latents, negative, **kw):
+        """Guidance-distilled: ``guidance_scale`` feeds the guidance embedding, no negative pass; the
+        latents go in packed 2x2, as the pipeline's own ``prepare_latents`` packs them."""
+        from diffusers import FluxPipeline
+
+        n, c, h, w = latents.shape
+        out = pipe(latents=FluxPipeline._pack_latents(latents, n, c, h, w), **kw).images
+        return unpack(out, h, w)
 
     def predict(self, module, noisy, t, cond: Conditioning):
         from diffusers import FluxPipeline
@@ -112,11 +108,3 @@ def unpack(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:
     from diffusers import FluxPipeline
 
     return FluxPipeline._unpack_latents(packed, h, w, 1)
-
-
-def max_sequence_length(given: int | None, t5_tokenizer=None) -> int:
-    """``--max_sequence_length``, else the pipeline's default capped at the T5 tokenizer's own maximum."""
-    if given:
-        return given
-    cap = getattr(t5_tokenizer, "model_max_length", None) or DEFAULT_MAX_SEQUENCE_LENGTH
-    return min(DEFAULT_MAX_SEQUENCE_LENGTH, cap)

@@ -36,6 +36,7 @@ class VideoFamily:
     default_num_frames: ClassVar[int] = 81
     default_size: ClassVar[tuple[int, int]] = (480, 832)  # (height, width) the model was trained at
     default_fps: ClassVar[int] = 16
+    guidance_kind: ClassVar[str | None] = "classifier-free guidance, diffusers scale"
 
     @classmethod
     def valid_frame_counts(cls) -> list[int]:
@@ -73,6 +74,23 @@ class VideoFamily:
         cfg.width = cfg.width or square or cls.default_size[1]
         cls.check_size(cfg.height, cfg.width)
         cfg.resolution = cfg.resolution or cfg.height
+
+    # ------------------------------------------------------------------ evaluation sampling (eval.video_sampling)
+
+    @classmethod
+    def sampling_sequence_length(cls, pipe, given: int | None) -> int:
+        """Text tokens the sampler encodes prompts to."""
+        raise NotImplementedError
+
+    @classmethod
+    def sampling_latent_shape(cls, channels: int, frames: int, h: int, w: int) -> tuple[int, ...]:
+        """One video's initial noise in the pipeline's layout."""
+        raise NotImplementedError
+
+    @classmethod
+    def decode_sampled(cls, pipe, latent: torch.Tensor) -> torch.Tensor:
+        """One video's denoised latents (batch axis of one) -> the VAE's video tensor."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ shapes
 

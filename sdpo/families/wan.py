@@ -24,11 +24,9 @@ from typing import ClassVar
 import torch
 
 from sdpo.errors import UserError
-from sdpo.families.base import Conditioning, from_pretrained
+from sdpo.families.base import Conditioning
 from sdpo.families.flow import FlowFamily
 from sdpo.families.video import VideoFamily, keep_fp32_modules
-
-DEFAULT_MAX_SEQUENCE_LENGTH = 512
 
 
 class Wan(VideoFamily, FlowFamily):
@@ -41,6 +39,8 @@ class Wan(VideoFamily, FlowFamily):
     default_size: ClassVar[tuple[int, int]] = (480, 832)
     default_resolution: ClassVar[int] = 480
     default_fps: ClassVar[int] = 16
+    text_encoder_classes: ClassVar[tuple[str, ...]] = ("UMT5EncoderModel",)
+    sampling_guidance: ClassVar[float] = 5.0  # WanPipeline's documented value
     # Self- and cross-attention projections (add_k/v_proj: the image branch of the I2V models); Wan's
     # feed-forward is ``ffn``, not the MM-DiT ``ff``/``ff_context``.
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -80,13 +80,6 @@ class Wan(VideoFamily, FlowFamily):
                             "(offline? pass a local folder)") from None  # fmt: skip
         return flow_scheduler(config)
 
-    def load_text_encoders(self) -> None:
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
-        path, rev = self.cfg.pretrained_model_name_or_path, self.cfg.revision
-        self.tokenizers = [from_pretrained(AutoTokenizer, path, subfolder="tokenizer", revision=rev)]
-        self.text_encoders = [from_pretrained(UMT5EncoderModel, path, subfolder="text_encoder", revision=rev)]
-
     def after_load(self) -> None:
         if self.weight_dtype == torch.float16:
             keep_fp32_modules(self.text_encoders[0])
@@ -121,19 +114,36 @@ class Wan(VideoFamily, FlowFamily):
 
     # ------------------------------------------------------------------ text and the denoiser
 
-    def text_pipeline(self):
+    @classmethod
+    def build_pipeline(cls, scheduler, tokenizers, text_encoders, transformer=None, vae=None):
         from diffusers import WanPipeline
 
-        return WanPipeline(tokenizer=self.tokenizers[0], text_encoder=self.text_encoders[0], vae=None,
-                           scheduler=self.scheduler, transformer=None)  # fmt: skip
+        return WanPipeline(tokenizer=tokenizers[0], text_encoder=text_encoders[0], vae=vae, scheduler=scheduler,
+                           transformer=transformer)  # fmt: skip
 
     @torch.no_grad()
     def encode_prompt(self, captions: list[str]) -> Conditioning:
-        embeds, _ = self.text_pipeline().encode_prompt(
-            prompt=captions, do_classifier_free_guidance=False, device=self.device,
-            max_sequence_length=max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[0]),
-        )  # fmt: skip
+        embeds, _ = self.text_pipeline().encode_prompt(prompt=captions, do_classifier_free_guidance=False,
+                                                       device=self.device, max_sequence_length=self.sequence_length())  # fmt: skip
         return {"encoder_hidden_states": embeds}
+
+    # ------------------------------------------------------------------ evaluation sampling
+
+    @classmethod
+    def sampling_sequence_length(cls, pipe, given: int | None) -> int:
+        return cls.max_sequence_length(given, pipe.tokenizer)
+
+    @classmethod
+    def sampling_latent_shape(cls, channels: int, frames: int, h: int, w: int) -> tuple[int, ...]:
+        return (1, channels, frames, h, w)
+
+    @classmethod
+    def decode_sampled(cls, pipe, latent: torch.Tensor) -> torch.Tensor:
+        """``WanPipeline``'s decode: undo the per-channel normalisation, then the VAE."""
+        c = pipe.vae.config
+        mean = torch.tensor(c.latents_mean, device=latent.device, dtype=latent.dtype).view(1, c.z_dim, 1, 1, 1)
+        std = torch.tensor(c.latents_std, device=latent.device, dtype=latent.dtype).view(1, c.z_dim, 1, 1, 1)
+        return pipe.vae.decode(latent * std + mean, return_dict=False)[0]
 
     def predict(self, module, noisy, t, cond: Conditioning):
         return module(hidden_states=noisy, timestep=t, encoder_hidden_states=cond["encoder_hidden_states"],
@@ -150,11 +160,3 @@ def flow_scheduler(config: dict):
         raise UserError(f"Wan scheduler config has prediction_type {config.get('prediction_type')!r}, not flow")
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000),
                                            shift=float(config.get("flow_shift") or 1.0))  # fmt: skip
-
-
-def max_sequence_length(given: int | None, tokenizer=None) -> int:
-    """``--max_sequence_length``, else the pipeline's 512 capped at the tokenizer's own maximum."""
-    if given:
-        return given
-    cap = getattr(tokenizer, "model_max_length", None) or DEFAULT_MAX_SEQUENCE_LENGTH
-    return min(DEFAULT_MAX_SEQUENCE_LENGTH, cap)

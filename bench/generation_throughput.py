@@ -26,6 +26,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from bench.model_configs import SD15_UNET  # noqa: E402
 from eval.sampling import Components, generate_images, load_components, resolve_dtype  # noqa: E402
 from sdpo.tiny import build_tiny_model  # noqa: E402
 
@@ -37,15 +38,7 @@ def _real_sd15(device: torch.device, dtype: torch.dtype, tmp: Path) -> Component
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )
+    unet = UNet2DConditionModel(**SD15_UNET)
     text = CLIPTextModel(
         CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
     )

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.lora_vs_full import CLIP_G, CLIP_L, SD_VAE, _text_encoder, build  # noqa: E402
-from bench.sdxl_state_sizes import SDXL_UNET  # noqa: E402
+from bench.lora_vs_full import SD_VAE, _text_encoder, build  # noqa: E402
+from bench.model_configs import CLIP_G, CLIP_L, SDXL_UNET  # noqa: E402
 
 GB = 1e9
 

@@ -33,15 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.safeguard_overhead import SD15_UNET, CpuPeak, _rss_kb  # noqa: E402
-from bench.sdxl_state_sizes import SDXL_UNET  # noqa: E402
+from bench.model_configs import CLIP_G, CLIP_L, SD15_UNET, SDXL_UNET  # noqa: E402
+from bench.safeguard_overhead import CpuPeak, _rss_kb  # noqa: E402
 
 GiB = 2**30
 MID_UNET = dict(SD15_UNET, block_out_channels=(128, 256, 512, 512))  # SD1.5's layout at 0.4x width: 142 M
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              hidden_act="quick_gelu", projection_dim=768)  # fmt: skip
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-              hidden_act="gelu", projection_dim=1280)  # fmt: skip
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=1024)
 
 

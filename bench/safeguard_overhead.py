@@ -34,21 +34,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from bench.model_configs import SD15_UNET  # noqa: E402
+
 # Paper, Table 4 (one A100, bf16): Diffusion-DPO 183 s / 57.0 GB, +SDPO 184 s / 57.1 GB, param 314 s / 63.3 GB.
 PAPER = {"output": (184 / 183, 57.1 / 57.0), "param": (314 / 183, 63.3 / 57.0)}
 MODES = ("dpo", "fixed", "output", "param")
 
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    attention_head_dim=8,
-    cross_attention_dim=768,
-)
 SMALL_UNET = dict(
     sample_size=16,
     in_channels=4,

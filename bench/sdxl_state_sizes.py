@@ -12,23 +12,13 @@ longer factor, so the second moment becomes full-size, divided over the processe
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.model_configs import SDXL_UNET  # noqa: E402
+
 GB = 1e9
 
 

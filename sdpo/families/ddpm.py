@@ -1,5 +1,4 @@
-"""The DDPM noise process as the families on it use it (CogVideoX; SD1.5/SDXL have their own copy in
-``sd15.py`` that predates this module and behaves identically).
+"""The DDPM noise process as the families on it use it (SD1.5, SDXL, CogVideoX).
 
     t ~ U{0..T-1},   x_t = scheduler.add_noise(x_0, eps, t),
     target = eps (``epsilon``) or scheduler.get_velocity(x_0, eps, t) (``v_prediction``)

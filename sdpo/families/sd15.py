@@ -12,10 +12,11 @@ from typing import ClassVar
 import torch
 
 from sdpo.errors import UserError
-from sdpo.families.base import Conditioning, ModelFamily, from_pretrained
+from sdpo.families.base import Conditioning, from_pretrained
+from sdpo.families.ddpm import DDPMFamily
 
 
-class SD15(ModelFamily):
+class SD15(DDPMFamily):
     name: ClassVar[str] = "sd15"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
     default_resolution: ClassVar[int] = 512
@@ -43,13 +44,8 @@ class SD15(ModelFamily):
         from diffusers import DDPMScheduler
 
         cfg = self.cfg
-        sched = from_pretrained(DDPMScheduler, cfg.pretrained_model_name_or_path, subfolder="scheduler",
-                                revision=cfg.revision)  # fmt: skip
-        if sched.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise UserError(
-                f"{cfg.pretrained_model_name_or_path}: prediction_type {sched.config.prediction_type!r} is not supported"
-            )
-        return sched
+        return self.check_scheduler(from_pretrained(DDPMScheduler, cfg.pretrained_model_name_or_path,
+                                                    subfolder="scheduler", revision=cfg.revision))  # fmt: skip
 
     def sampling_scheduler(self):
         from diffusers import EulerDiscreteScheduler
@@ -78,23 +74,6 @@ class SD15(ModelFamily):
         ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
         return {"encoder_hidden_states": enc(ids.input_ids.to(self.device))[0]}
 
-    def draw_time(self, generator, device) -> torch.Tensor:
-        return torch.randint(0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=device)
-
-    def add_noise(self, latents, noise, time):
-        sched = self.scheduler
-        noisy = sched.add_noise(latents, noise, time)
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, time)
-        return noisy, target, time
-
     def predict(self, module, noisy, t, cond: Conditioning):
         added = {k: v for k, v in cond.items() if k != "encoder_hidden_states"} or None
         return module(noisy, t, cond["encoder_hidden_states"], added_cond_kwargs=added).sample
-
-    def process_terms(self) -> dict:
-        sched = self.scheduler
-        return {
-            "alphas_cumprod": sched.alphas_cumprod,
-            "prediction_type": sched.config.prediction_type,
-            "num_train_timesteps": sched.config.num_train_timesteps,
-        }

@@ -4,7 +4,7 @@ protected by the SDPO safeguard.  Launch with ``accelerate launch train.py ...``
 
 from sdpo.config import parse_args
 from sdpo.errors import cli_main
-from sdpo.training import train
+from sdpo.training.loop import train
 
 
 @cli_main

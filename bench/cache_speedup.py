@@ -1,11 +1,11 @@
-"""What precomputed latents and text (``sdpo.precompute`` / ``train.py --precomputed``) save.
+"""What precomputed latents and text (``sdpo.cache.precompute`` / ``train.py --precomputed``) save.
 
 1. FLOPs of one Diffusion-DPO pair per component (VAE encode of 2 images, text encode of 1 caption,
    policy forward+backward and reference forward on the stacked 2 images), counted with
    ``torch.utils.flop_counter.FlopCounterMode`` on the meta device with the real configs of SD1.5,
    SDXL and FLUX.1-dev: the cache removes the first two, which bounds the speed-up.
 2. Step time, cached vs uncached, interleaved in one process (so drift and other load hit both arms
-   alike): the real training step (``sdpo.forward.preference_forward`` + Diffusion-DPO + SDPO
+   alike): the real training step (``sdpo.training.step.preference_forward`` + Diffusion-DPO + SDPO
    safeguard + backward + clipping + optimizer step) on SD1.5's real architecture (random weights:
    UNet2DConditionModel, AutoencoderKL and CLIP text model with SD1.5's configs) and on the tiny model.
    The cached arm gets the posterior's mean and std and the text encoding of the same pixels and
@@ -163,8 +163,8 @@ def build_family(real: bool, resolution: int, device):
 
 def time_steps(real: bool, args, device) -> tuple[float, float, int, str]:
     """Median seconds per step (uncached, cached) of interleaved steps."""
-    from sdpo.forward import preference_forward
     from sdpo.losses import get_objective
+    from sdpo.training.step import preference_forward
 
     res = args.resolution if real else 64
     cfg, fam = build_family(real, res, device)
@@ -248,7 +248,7 @@ def print_memory(names) -> None:
 
 
 def print_sizes(names) -> None:
-    from sdpo.cache import estimate_bytes
+    from sdpo.cache.store import estimate_bytes
 
     print("\n4. Cache size (2 flips, mean+std, winner+loser; text per unique caption): per pair, and for "
           f"Pick-a-Pic v2 ({PICKAPIC_PAIRS:,} pairs, {PICKAPIC_PROMPTS:,} prompts)")  # fmt: skip

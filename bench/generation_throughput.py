@@ -27,7 +27,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from bench.model_configs import SD15_UNET  # noqa: E402
-from eval.sampling import Components, generate_images, load_components, resolve_dtype  # noqa: E402
+from sdpo.sampling.images import Components, generate_images, load_components, resolve_dtype  # noqa: E402
 from sdpo.tiny import build_tiny_model  # noqa: E402
 
 

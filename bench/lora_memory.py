@@ -12,7 +12,7 @@ Three parts, each printed:
   part of the step peak below;
 * the step peak above what is kept (activations under gradient checkpointing, gradients, temporaries):
   measured, with ``--measure``, on this machine's CPU for the real training step
-  (``sdpo.forward.preference_forward`` with Diffusion-DPO and the SDPO safeguard, the reference forward with
+  (``sdpo.training.step.preference_forward`` with Diffusion-DPO and the SDPO safeguard, the reference forward with
   adapters off, backward, clip, AdamW) of the real configs in bf16 under autocast, by counting live tensor
   storage at the dispatcher (``bench/live_memory.py``).  A CPU step at 1024 px would take too long on a
   small machine, so it runs at a few small resolutions; under gradient checkpointing and a memory-efficient
@@ -49,8 +49,8 @@ def parameter_counts(rank: int, targets: list[str] | None) -> dict[str, int]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdpo import lora
     from sdpo.families import get_family
+    from sdpo.lora import adapters as lora
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SDXL_UNET)
@@ -74,8 +74,8 @@ def parameter_counts(rank: int, targets: list[str] | None) -> dict[str, int]:
 def measure_step_peak(resolution: int, args) -> float:
     """Bytes a LoRA training step allocates above what it keeps (2nd step: the optimizer state exists)."""
     from bench.live_memory import LiveBytes
-    from sdpo.forward import preference_forward
     from sdpo.losses import get_objective
+    from sdpo.training.step import preference_forward
 
     ns = SimpleNamespace(arch="sdxl", resolution=resolution, rank=args.rank, targets=args.targets,
                          gradient_checkpointing=True, only="lora")  # fmt: skip

@@ -2,8 +2,8 @@
 
 One process, one initial denoiser: the full fine-tune trains an fp32 copy beside a frozen reference copy in
 the weight dtype; the LoRA run trains adapters on a copy frozen in the weight dtype whose reference is the
-same module with the adapters off (``sdpo.lora``).  Both share the text encoders and the VAE and run the real
-training step (``sdpo.forward.preference_forward`` + Diffusion-DPO with the SDPO safeguard + backward + grad
+same module with the adapters off (``sdpo.lora.adapters``).  Both share the text encoders and the VAE and run the real
+training step (``sdpo.training.step.preference_forward`` + Diffusion-DPO with the SDPO safeguard + backward + grad
 clip + AdamW step), interleaved step by step so that drift hits both alike.  Prints the parameter counts,
 each run's memory and the median step time, and the LoRA / full ratios.
 
@@ -63,10 +63,10 @@ def build(args, device: torch.device, weight_dtype: torch.dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdpo import lora
     from sdpo.config import parse_args
     from sdpo.families import get_family
     from sdpo.families.base import freeze
+    from sdpo.lora import adapters as lora
     from sdpo.tiny import build_tiny_model
 
     kind = "sdxl" if args.arch == "sdxl" else "sd15"
@@ -160,9 +160,9 @@ def main(argv=None) -> None:
     weight_dtype = torch.bfloat16 if cuda else torch.float32  # CPU: fp32 everywhere (bf16 matmuls are slow there)
     cpu_peak = None if cuda else CpuPeak()
 
-    from sdpo import lora
-    from sdpo.forward import preference_forward
+    from sdpo.lora import adapters as lora
     from sdpo.losses import get_objective
+    from sdpo.training.step import preference_forward
 
     cfg, runs, n_params = build(args, device, weight_dtype)
     dpo = get_objective("diffusion-dpo")

@@ -239,7 +239,7 @@ def adafactor_numel(shapes) -> int:
 def lora_numel(family: str, net: torch.nn.Module, rank: int) -> int:
     """Adapter parameters ``train.py --lora_rank rank`` adds: ``rank * (in + out)`` per targeted layer."""
     from sdpo.families import get_family
-    from sdpo.lora import matches, target_modules
+    from sdpo.lora.adapters import matches, target_modules
 
     targets = target_modules(get_family(family), net, None)
     layers = [
@@ -319,8 +319,8 @@ def cross_check() -> bool:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    from sdpo.distributed.sharding import shard_module
     from sdpo.families import get_family
-    from sdpo.sharding import shard_module
 
     blocks, ok = get_family("flux").shard_blocks, True
     for label, shape in (("FSDP over 8", (8,)), ("HSDP 2 x 8", (2, 8))):

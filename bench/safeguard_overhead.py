@@ -1,6 +1,6 @@
 """Cost of the SDPO safeguard's lambda sources against plain Diffusion-DPO (the paper's Table 4 columns).
 
-One process, one model, the real training step (``sdpo.forward.preference_forward`` + the
+One process, one model, the real training step (``sdpo.training.step.preference_forward`` + the
 Diffusion-DPO objective + backward + grad clip + AdamW step), with the configurations interleaved
 step by step so that drift (thermal, other load) hits all of them alike.  Prints the median step
 time and the peak memory of each, as ratios to plain Diffusion-DPO.
@@ -91,8 +91,8 @@ def build(args, device):
     from transformers import CLIPTextModel
 
     from sdpo.config import parse_args
-    from sdpo.models import load_components
-    from sdpo.tiny import _text_config, build_tiny_model
+    from sdpo.families import load_family as load_components
+    from sdpo.tiny import build_tiny_model, text_config
 
     tmp = tempfile.mkdtemp(prefix="sdpo-bench-")
     model = build_tiny_model("sd15", Path(tmp) / "m")
@@ -101,14 +101,14 @@ def build(args, device):
     comps = load_components(cfg, device, torch.float32, needs_reference=True)
     unet_cfg = dict(SD15_UNET if args.real_arch == "sd15" else SMALL_UNET)
     if args.real_arch == "sd15":
-        text = CLIPTextModel(_text_config(hidden_size=768, intermediate_size=3072, num_attention_heads=12))
+        text = CLIPTextModel(text_config(hidden_size=768, intermediate_size=3072, num_attention_heads=12))
         comps.text_encoders = [text.requires_grad_(False).eval().to(device)]
     torch.manual_seed(0)
     comps.unet = UNet2DConditionModel(**unet_cfg).to(device).train()
     if args.gradient_checkpointing:
         comps.unet.enable_gradient_checkpointing()
     if args.lora_rank:  # adapters on a frozen base; the reference is that base with the adapters off
-        from sdpo import lora
+        from sdpo.lora import adapters as lora
 
         cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules = args.lora_rank, None, 0.0, None
         lora.add_adapters(comps.unet, lora.lora_config(cfg, type(comps), comps.unet), torch.float32, 0)
@@ -139,8 +139,8 @@ def main(argv=None) -> None:
     cuda = device.type == "cuda"
     cpu_peak = None if cuda else CpuPeak()
 
-    from sdpo.forward import preference_forward
     from sdpo.losses import get_objective
+    from sdpo.training.step import preference_forward
 
     cfg, comps = build(args, device)
     dpo = get_objective("diffusion-dpo")

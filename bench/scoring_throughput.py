@@ -23,9 +23,9 @@ import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from eval.rewards import METRICS, RewardConfig, load_scorer  # noqa: E402
-from eval.rewards.tiny import build_tiny_reward_root, write_tiny_manifest  # noqa: E402
 from eval.score import open_manifest, score_images  # noqa: E402
+from sdpo.rewards import METRICS, RewardConfig, load_scorer  # noqa: E402
+from sdpo.tiny.rewards import build_tiny_reward_root, write_tiny_manifest  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,7 +76,7 @@ def child(args) -> None:
     """One training run with the step hooks in place; writes the per-step rows as JSON."""
     import torch
 
-    import sdpo.training as training
+    import sdpo.training.loop as training
     from sdpo.config import parse_args
 
     torch.set_num_threads(args.threads)
@@ -102,8 +102,8 @@ def child(args) -> None:
 
 
 def build_inputs(work: Path, args) -> list[str]:
-    from eval.rewards.tiny import build_tiny_reward_root
     from sdpo.tiny import build_tiny_model, build_tiny_pairs
+    from sdpo.tiny.rewards import build_tiny_reward_root
 
     model = build_tiny_model("sd15", work / "model", block_out_channels=tuple(args.channels))
     pairs = build_tiny_pairs(work / "pairs", n=4 * args.batch * args.steps, size=args.resolution)

@@ -50,7 +50,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
 import zipfile  # noqa: E402
@@ -58,10 +57,22 @@ from pathlib import Path  # noqa: E402
 
 from PIL import ExifTags, Image  # noqa: E402
 
-from eval.manifest import read_entries, read_manifest  # noqa: E402
+from eval.outputs import (  # noqa: E402
+    KILL_AFTER_ENV,
+    SETTINGS_FILE,
+    attach_lora,
+    check_settings,
+    cpu_only,
+    default_output_path,
+    remove_stale_temps,
+    set_name,
+    shard,
+    weight_settings,
+)
 from eval.video_generate import add_video_arguments, is_video, main_video, validate_video  # noqa: E402
 from sdpo.atomic import atomic_path, write_json  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
+from sdpo.sampling.prompts import read_entries, read_manifest  # noqa: E402
 
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -73,29 +84,15 @@ DEFAULT_BASE = {
     "cogvideox": "THUDM/CogVideoX-2b",
     "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
 }
-SETTINGS_FILE = ".generate.json"
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
-# Test hook: the process SIGKILLs itself after writing this many images, to test resuming.
-KILL_AFTER_ENV = "SDPO_GENERATE_KILL_AFTER"
 
 
 # ----------------------------------------------------------------------------- names and paths
 
 
-def set_name(test_json: str | Path) -> str:
-    """The prompt set's name as the reference scripts take it: the file name up to its first dot."""
-    return os.path.basename(str(test_json)).split(".")[0]
-
-
 def run_name(set_: str, seed: int, height: int, width: int, steps: int, cfg: float) -> str:
     """``<set>_seed<seed>_<H>x<W>_<steps>s_<cfg>cfg``; cfg is formatted as a Python float (7.5, 5.0)."""
     return f"{set_}_seed{seed}_{height}x{width}_{steps}s_{float(cfg)}cfg"
-
-
-def default_output_path(unet_path: str | Path) -> Path:
-    """The folder holding ``unet.pth`` (or the given folder itself), where the reference scripts write."""
-    p = Path(unet_path)
-    return p if p.is_dir() else p.parent
 
 
 def image_name(index: int, height: int, width: int) -> str:
@@ -196,12 +193,6 @@ def png_prompt(path: str | Path) -> str:
         return text
 
 
-def shard(indices: list[int], rank: int, world: int) -> list[int]:
-    """Prompt ``i`` belongs to process ``i % world``: fixed by the index alone, so processes that scan
-    the folder at different moments still agree on who does what."""
-    return [i for i in indices if i % world == rank]
-
-
 def manifest_entries(
     entries: list[dict],
     image_dir: Path,
@@ -248,37 +239,6 @@ def _manifest_still_valid(path: Path, entries: list[dict], width: int, height: i
         if not png_is_complete(p, width, height) and not png_is_complete(path.parent / p, width, height):
             return False
     return True
-
-
-def _check_settings(image_dir: Path, settings: dict) -> None:
-    """Refuse to mix images made with different weights or numerics in one folder."""
-    f = image_dir / SETTINGS_FILE
-    if not f.is_file():
-        return
-    try:
-        old = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return
-    diff = [k for k in settings if k in old and old[k] != settings[k]]
-    if diff:
-        k = diff[0]
-        raise UserError(
-            f"{image_dir} holds images made with {k}={old[k]!r}, this run has {k}={settings[k]!r}: "
-            f"pass another --output_path or delete the folder"
-        )
-
-
-def _remove_stale_temps(paths: list[Path]) -> None:
-    """Temp files left by a killed writer (``.<name>.tmp-<pid>``) for this process's image ``paths``."""
-    by_folder: dict[Path, set[str]] = {}
-    for p in paths:
-        by_folder.setdefault(p.parent, set()).add(f".{p.name}.tmp-")
-    for folder, prefixes in by_folder.items():
-        if not folder.is_dir():
-            continue
-        for name in os.listdir(folder):
-            if name.startswith(".") and name[: name.find(".tmp-") + 5] in prefixes:
-                (folder / name).unlink(missing_ok=True)
 
 
 def _zip_folder(folder: Path) -> None:
@@ -382,7 +342,7 @@ def _validate(a: argparse.Namespace) -> None:
     a.sdxl = a.model_family == "sdxl"
     a.pretrain_path = a.pretrain_path or DEFAULT_BASE[a.model_family]
     if a.lora_path is not None:  # a LoRA of another family stops here, before any model loads
-        from sdpo.lora import check_lora_file
+        from sdpo.lora.adapters import check_lora_file
 
         check_lora_file(a.lora_path, get_family(a.model_family))
     if is_video(a.model_family):
@@ -423,9 +383,9 @@ def main(argv: list[str] | None = None) -> Path:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState(cpu=_cpu_only())
+    state = PartialState(cpu=cpu_only())
 
-    from eval.sampling import load_components, resolve_dtype
+    from sdpo.sampling.images import load_components, resolve_dtype
 
     dtype = resolve_dtype(args.dtype, state.device)
     vae_dtype = resolve_dtype(args.vae_dtype, state.device)
@@ -440,7 +400,7 @@ def main(argv: list[str] | None = None) -> Path:
         "sampler": args.sampler,
         "layout": args.layout,
     }
-    _check_settings(image_dir, settings)
+    check_settings(image_dir, settings)
     image_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -453,7 +413,7 @@ def main(argv: list[str] | None = None) -> Path:
         it: image_path(image_dir, args.layout, *it, args.images_per_prompt, args.height, args.width) for it in items
     }
     mine = [items[j] for j in shard(list(range(len(items))), state.process_index, state.num_processes)]
-    _remove_stale_temps([paths[it] for it in mine])
+    remove_stale_temps([paths[it] for it in mine])
     todo = [it for it in mine if not png_is_complete(paths[it], args.width, args.height)]
     if state.is_main_process:
         done = len(mine) - len(todo)
@@ -480,37 +440,12 @@ def main(argv: list[str] | None = None) -> Path:
     return manifest
 
 
-def _cpu_only() -> bool:
-    """accelerate runs CPU-only processes as one data-parallel group only when told they are CPU ones."""
-    import torch
-
-    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.accelerator.is_available()
-
-
-def weight_settings(args) -> dict:
-    """The manifest's record of which weights generated the set (a rerun with other weights is refused)."""
-    return {
-        "unet_path": str(Path(args.unet_path).absolute()) if args.unet_path else None,
-        "lora_path": str(Path(args.lora_path).absolute()) if args.lora_path else None,
-        "lora_scale": args.lora_scale if args.lora_path else None,
-    }
-
-
-def attach_lora(denoiser, args) -> None:
-    """``--lora_path``: the LoRA on top of the loaded denoiser, weighted by ``--lora_scale``."""
-    if args.lora_path:
-        from sdpo.families import get_family
-        from sdpo.lora import attach
-
-        attach(denoiser, get_family(args.model_family), args.lora_path, args.lora_scale)
-
-
 def _generate(args, entries, todo, paths, dtype, vae_dtype, state, load_components) -> tuple[int, float]:
     """Generate this process's ``todo`` (prompt, image) items into ``paths``; return (images written, seconds
     spent sampling)."""
     from tqdm import tqdm
 
-    from eval.sampling import generate_images
+    from sdpo.sampling.images import generate_images
 
     comp = load_components(
         args.pretrain_path, args.unet_path, args.sdxl, state.device, dtype, vae_path=args.vae_path,

@@ -31,19 +31,13 @@ from dataclasses import dataclass  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
-from eval.manifest import read_manifest  # noqa: E402
-from eval.rewards import LABELS, METRICS, RewardConfig, Scorer, load_scorer, parse_metrics, source_of  # noqa: E402
+from eval.outputs import SCORES_SUFFIX, scores_path  # noqa: E402, F401  (scores_path: part of this module's API)
 from sdpo.atomic import write_json  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
+from sdpo.rewards import LABELS, METRICS, RewardConfig, Scorer, load_scorer, parse_metrics, source_of  # noqa: E402
+from sdpo.sampling.prompts import read_manifest  # noqa: E402
 
-SCORES_SUFFIX = ".scores.json"
 SHOW_MISSING = 5
-
-
-def scores_path(manifest: str | Path) -> Path:
-    """Where the per-image scores of ``manifest`` are cached: ``<dir>/<stem>.scores.json``."""
-    manifest = Path(manifest)
-    return manifest.with_name(manifest.stem + SCORES_SUFFIX)
 
 
 def resolve_image(raw: str, manifest: Path) -> Path:

@@ -23,10 +23,10 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from eval.rewards import LABELS as REWARD_LABELS  # noqa: E402
-from eval.rewards import METRICS  # noqa: E402
-from eval.score import SCORES_SUFFIX, scores_path  # noqa: E402
+from eval.outputs import SCORES_SUFFIX, scores_path  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
+from sdpo.rewards import LABELS as REWARD_LABELS  # noqa: E402
+from sdpo.rewards import METRICS  # noqa: E402
 
 GENEVAL_SUFFIX = ".geneval.json"
 COLUMNS = (*METRICS, "geneval")

@@ -29,9 +29,9 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 
-from eval.manifest import read_manifest  # noqa: E402
 from sdpo.atomic import write_json  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
+from sdpo.sampling.prompts import read_manifest  # noqa: E402
 
 
 def prompts_from_txt(txt: str | Path, out: str | Path) -> int:

@@ -75,7 +75,7 @@ def frames_dir(video_dir: Path, index: int, height: int, width: int) -> Path:
 
 
 def _complete(args, video_dir: Path, i: int) -> bool:
-    from sdpo.video_io import mp4_is_complete
+    from sdpo.data.video_io import mp4_is_complete
 
     h, w, f = args.height, args.width, args.num_frames
     if not mp4_is_complete(video_dir / video_name(i, h, w), f, h, w):
@@ -101,10 +101,10 @@ def main_video(args: argparse.Namespace) -> Path:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from eval import generate as g
-    from eval.manifest import read_entries
-    from eval.sampling import resolve_dtype
+    from eval import outputs as g
     from sdpo.atomic import write_json
+    from sdpo.sampling.images import resolve_dtype
+    from sdpo.sampling.prompts import read_entries
 
     name = run_name(g.set_name(args.test_json), args.seed, args.height, args.width, args.num_frames, args.steps,
                     args.cfg)  # fmt: skip
@@ -114,7 +114,7 @@ def main_video(args: argparse.Namespace) -> Path:
         print(manifest)
         return manifest
     entries = read_entries(args.test_json)
-    state = PartialState(cpu=g._cpu_only())
+    state = PartialState(cpu=g.cpu_only())
     dtype, vae_dtype = resolve_dtype(args.dtype, state.device), resolve_dtype(args.vae_dtype, state.device)
     settings = {
         **g.weight_settings(args), "pretrain_path": args.pretrain_path,
@@ -122,13 +122,13 @@ def main_video(args: argparse.Namespace) -> Path:
         "vae_dtype": str(vae_dtype).removeprefix("torch."), "fps": args.fps, "negative_prompt": args.negative_prompt,
         "vae_tiling": args.vae_tiling,
     }  # fmt: skip
-    g._check_settings(video_dir, settings)
+    g.check_settings(video_dir, settings)
     video_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     if state.is_main_process:
         write_json(video_dir / g.SETTINGS_FILE, settings)
     mine = g.shard(list(range(len(entries))), state.process_index, state.num_processes)
-    g._remove_stale_temps([video_dir / video_name(i, args.height, args.width) for i in mine])
+    g.remove_stale_temps([video_dir / video_name(i, args.height, args.width) for i in mine])
     todo = [i for i in mine if not _complete(args, video_dir, i)]
     if state.is_main_process:
         print(f"{name}: {len(entries)} prompts, {len(mine) - len(todo)} of this process's {len(mine)} already done "
@@ -154,10 +154,10 @@ def main_video(args: argparse.Namespace) -> Path:
 def _generate(args, entries, todo, video_dir: Path, dtype, vae_dtype, state) -> int:
     from tqdm import tqdm
 
-    from eval.generate import KILL_AFTER_ENV, attach_lora
-    from eval.video_sampling import generate_videos, load_video_components
+    from eval.outputs import KILL_AFTER_ENV, attach_lora
     from sdpo.atomic import atomic_path
-    from sdpo.video_io import write_mp4
+    from sdpo.data.video_io import write_mp4
+    from sdpo.sampling.video import generate_videos, load_video_components
 
     comp = load_video_components(args.model_family, args.pretrain_path, args.unet_path, state.device, dtype, vae_dtype,
                                  args.max_sequence_length, args.vae_tiling)  # fmt: skip

@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 
-from eval.manifest import read_manifest  # noqa: E402
 from eval.temporal_flickering import temporal_flickering  # noqa: E402
 from sdpo.atomic import write_json  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
+from sdpo.sampling.prompts import read_manifest  # noqa: E402
 
 METRICS = {"temporal_flickering": temporal_flickering}
 SUFFIX = ".video_scores.json"
@@ -36,7 +36,7 @@ def score_manifest(path: str | Path, metrics: list[str] | None = None) -> dict:
     """``{"mean": {metric: value}, "videos": [{prompt, video, metric: score}, ...]}`` for one manifest."""
     from tqdm import tqdm
 
-    from sdpo.video_io import VideoError, read_frames
+    from sdpo.data.video_io import VideoError, read_frames
 
     path = Path(path)
     metrics = metrics or list(METRICS)

@@ -33,10 +33,10 @@ from collections.abc import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from eval.rewards import LABELS, RewardConfig, parse_metrics  # noqa: E402
 from eval.score import Manifest, add_model_args, open_manifest, score_manifests  # noqa: E402
 from sdpo.atomic import atomic_path, write_json  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
+from sdpo.rewards import LABELS, RewardConfig, parse_metrics  # noqa: E402
 
 
 def align(prompts_a: Sequence[str], prompts_b: Sequence[str]) -> tuple[list[tuple[int, int]], list[int], list[int]]:

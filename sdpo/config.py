@@ -11,16 +11,15 @@ import argparse
 import os
 from pathlib import Path
 
-from sdpo import validation
+from sdpo.distributed.sharding import REDUCE_DTYPES, STRATEGIES
 from sdpo.errors import UserError
 from sdpo.families import CHOICES as FAMILY_CHOICES
 from sdpo.families import FAMILIES, get_family, resolve_family
 from sdpo.families.flow import WEIGHTING_SCHEMES
 from sdpo.losses import LOSSES, processes
 from sdpo.losses.kto import HALOS
-from sdpo.models import check_family
-from sdpo.safeguard_modes import GRANULARITIES, MODES
-from sdpo.sharding import REDUCE_DTYPES, STRATEGIES
+from sdpo.safeguard.modes import GRANULARITIES, MODES
+from sdpo.training import validation
 
 _PRECISIONS = ("no", "fp16", "bf16")
 
@@ -364,7 +363,8 @@ def _resolve_family(cfg: argparse.Namespace) -> None:
         if requested not in ("auto", "sdxl"):
             raise UserError(f"--sdxl contradicts --model_family {requested}; drop one")
         requested, flag = "sdxl", "--sdxl"
-        check_family(path, True)
+        if Path(path).expanduser().is_dir():
+            get_family("sdxl").check_folder(Path(path).expanduser(), "--sdxl")
     cfg.model_family = resolve_family(path, requested, cfg.revision, flag)
     cfg.sdxl = cfg.model_family == "sdxl"
 

@@ -45,7 +45,7 @@ def reset_accelerate() -> None:
 def run_train():
     """Run ``train.py`` in-process with the given flags; returns the final unet.pth path."""
     from sdpo.config import parse_args
-    from sdpo.training import train
+    from sdpo.training.loop import train
 
     def run(*argv: str):
         reset_accelerate()
@@ -108,7 +108,7 @@ def tiny_wan(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_video_pairs(tmp_path_factory):
     """Eight 9-frame 32 px clip pairs (one of them a tie) in the parquet format."""
-    from sdpo.tiny_video import build_tiny_video_pairs
+    from sdpo.tiny.video import build_tiny_video_pairs
 
     return build_tiny_video_pairs(tmp_path_factory.mktemp("data") / "video_pairs", n=8, frames=9, size=32, seed=0)
 

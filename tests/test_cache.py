@@ -1,4 +1,4 @@
-"""Precomputed latents and text (``sdpo.precompute`` -> ``train.py --precomputed``): the cached run is
+"""Precomputed latents and text (``sdpo.cache.precompute`` -> ``train.py --precomputed``): the cached run is
 the uncached computation, the cache survives a crash, and a cache made for something else is refused.
 
 Exactness needs the encoders to see the same batches in both runs: CPU kernels round a row slightly
@@ -22,14 +22,14 @@ import torch
 from conftest import flow_flags, reset_accelerate, tiny_flags
 
 from sdpo.errors import UserError
-from sdpo.metrics import read_jsonl
+from sdpo.training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = ["--shard_size", "8", "--text_shard_size", "4", "--encode_batch_size", "1"]
 
 
 def precompute(*argv):
-    from sdpo.precompute import parse_args, precompute
+    from sdpo.cache.precompute import parse_args, precompute
 
     reset_accelerate()
     try:
@@ -91,8 +91,9 @@ def test_cached_samples_are_the_encoded_uncached_samples(family, tiny_sd15, tiny
                                                          tmp_path):  # fmt: skip
     """Every (epoch, index): the cached variant is the VAE posterior of the pixels the uncached path
     draws (flips: independent for sd15, joint for the others), the text that of its caption or ''."""
-    from sdpo import cache, data
+    from sdpo.cache import store as cache
     from sdpo.config import parse_args
+    from sdpo.data import pairs as data
     from sdpo.families import get_family
 
     model = {"sd15": tiny_sd15, "sdxl": tiny_sdxl, "sd3": tiny_sd3}[family]
@@ -139,11 +140,11 @@ def test_killed_precompute_resumes_to_the_files_of_an_uninterrupted_two_process_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1", "--master_addr",
-           "127.0.0.1", "--master_port", str(port), "-m", "sdpo.precompute", *flags, "--out", str(whole)]  # fmt: skip
+           "127.0.0.1", "--master_port", str(port), "-m", "sdpo.cache.precompute", *flags, "--out", str(whole)]  # fmt: skip
     proc = subprocess.run(two, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "dealt over 2 process(es)" in proc.stderr, proc.stderr[-3000:]
     crash = {**_env(), "SDPO_CRASH_AT": "precompute:latents/latents-00001.safetensors"}
-    proc = subprocess.run([sys.executable, "-m", "sdpo.precompute", *flags, "--out", str(killed)], env=crash,
+    proc = subprocess.run([sys.executable, "-m", "sdpo.cache.precompute", *flags, "--out", str(killed)], env=crash,
                           cwd=ROOT, capture_output=True, timeout=300)  # fmt: skip
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "index.json").exists() and (killed / "latents" / "latents-00000.safetensors").is_file()
@@ -181,7 +182,7 @@ def _cli(main, argv, monkeypatch, capsys) -> str:
 
 def test_a_cache_made_for_something_else_is_refused(tiny_sd15, tiny_pairs, tmp_path, monkeypatch, capsys):
     import train
-    from sdpo.precompute import main as precompute_main
+    from sdpo.cache.precompute import main as precompute_main
     from sdpo.tiny import build_tiny_model
 
     cache = precompute("--pretrained_model_name_or_path", tiny_sd15, "--dataset_name", tiny_pairs, "--resolution",
@@ -216,8 +217,8 @@ def test_a_cache_made_for_something_else_is_refused(tiny_sd15, tiny_pairs, tmp_p
 def test_bad_rows_are_dropped_with_the_counts_training_logs(tmp_path, caplog):
     from test_reliability import broken_rows
 
-    from sdpo import data
     from sdpo.config import parse_args
+    from sdpo.data import pairs as data
     from sdpo.tiny import build_tiny_model, write_pairs
 
     write_pairs(broken_rows(), tmp_path / "pairs")
@@ -225,11 +226,11 @@ def test_bad_rows_are_dropped_with_the_counts_training_logs(tmp_path, caplog):
     flags = ["--pretrained_model_name_or_path", model, "--dataset_name", tmp_path / "pairs", "--resolution", "32",
              "--max_bad_fraction", "0.5"]  # fmt: skip
     cfg = parse_args([str(a) for a in flags])
-    with caplog.at_level("WARNING", logger="sdpo.data_checks"):
+    with caplog.at_level("WARNING", logger="sdpo.data.checks"):
         kept = data.clean_pairs(data.load_pairs(cfg), cfg)  # what training runs
     training_lines = [r.getMessage() for r in caplog.records if "broken rows" in r.getMessage()]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="sdpo.data_checks"):
+    with caplog.at_level("WARNING", logger="sdpo.data.checks"):
         out = precompute(*flags, "--out", tmp_path / "cache", "--no_hflip")
     assert [r.getMessage() for r in caplog.records if "broken rows" in r.getMessage()] == training_lines
     assert "skipped 5/20 broken rows" in training_lines[0]

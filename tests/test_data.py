@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdpo import data
 from sdpo.config import parse_args
+from sdpo.data import pairs as data
 from sdpo.tiny import tiny_pair_rows, write_pairs
 
 
@@ -43,12 +43,12 @@ def _colour_at_centre(pixels: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("label", [0.0, 1.0])
 def test_preferred_image_comes_first(label):
-    from sdpo.tiny import _COLOURS
+    from sdpo.tiny import COLOURS
 
     row = next(r for r in tiny_pair_rows(40, seed=1) if r["label_0"] == label)
     sample = data.PairTransform(cfg_for("unused"))(row, epoch=0, index=0)
     assert sample["pixel_values"].shape == (2, 3, 64, 64)
-    good = np.array(_COLOURS[row["caption"].split()[1]], dtype=float)
+    good = np.array(COLOURS[row["caption"].split()[1]], dtype=float)
     winner, loser = (_colour_at_centre(x) for x in sample["pixel_values"])
     assert np.abs(winner - good).max() < 25  # the caption's colour (JPEG tolerance)
     assert np.abs(loser - good).max() > 60
@@ -80,9 +80,9 @@ def test_sampler_shards_global_batches_without_duplicates():
 
 
 def test_winner_and_loser_share_timestep_and_noise(tiny_sd15, tiny_pairs):
-    from sdpo.forward import preference_forward
+    from sdpo.families import load_family as load_components
     from sdpo.losses import get_objective
-    from sdpo.models import load_components
+    from sdpo.training.step import preference_forward
 
     cfg = parse_args(["--pretrained_model_name_or_path", str(tiny_sd15), "--dataset_name", str(tiny_pairs),
                       "--resolution", "64"])  # fmt: skip

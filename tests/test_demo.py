@@ -12,9 +12,9 @@ import math
 import pytest
 from PIL import Image
 
-from sdpo import demo
-from sdpo.checkpoint import complete_checkpoints
-from sdpo.metrics import read_jsonl
+from sdpo.checkpoint.store import complete_checkpoints
+from sdpo.demo import dynamics as demo
+from sdpo.training.metrics import read_jsonl
 
 RUNS = [demo.run_name(m, sg) for m in demo.METHODS for sg in (False, True)]
 
@@ -92,7 +92,7 @@ def test_foreign_non_empty_out_is_refused(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "not empty and was not made by sdpo.demo" in err and "--overwrite" in err
+    assert "not empty and was not made by sdpo.demo.dynamics" in err and "--overwrite" in err
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 

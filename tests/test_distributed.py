@@ -108,7 +108,7 @@ def test_accumulation_flag_wins_over_accelerates_environment(monkeypatch, tmp_pa
     from accelerate.state import AcceleratorState, GradientState
 
     from sdpo.config import build_parser
-    from sdpo.training import make_accelerator
+    from sdpo.training.loop import make_accelerator
 
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
     cfg = build_parser().parse_args(

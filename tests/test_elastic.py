@@ -7,10 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from sdpo import data, elastic
+from sdpo.checkpoint import elastic
 from sdpo.config import parse_args
+from sdpo.data import pairs as data
+from sdpo.distributed.topology import check_launch
 from sdpo.errors import UserError
-from sdpo.topology import check_launch
 
 
 def _cfg(batch=1, accumulation=1, sharding="none", streaming=False):

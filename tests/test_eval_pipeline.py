@@ -15,7 +15,7 @@ PROMPTS = [{"prompt": "a red circle"}, {"prompt": "a blue square"}, {"prompt": "
 
 @pytest.fixture(scope="module")
 def reward_root(tmp_path_factory):
-    from eval.rewards.tiny import build_tiny_reward_root
+    from sdpo.tiny.rewards import build_tiny_reward_root
 
     return build_tiny_reward_root(tmp_path_factory.mktemp("rewards") / "root", seed=0)
 

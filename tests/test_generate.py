@@ -11,7 +11,7 @@ from generate_helpers import PROMPTS, SIZE, STEPS, build_models, model_args, png
 from PIL import ExifTags, Image
 
 from eval.generate import png_prompt
-from eval.manifest import read_manifest
+from sdpo.sampling.prompts import read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from generate_helpers import SIZE, STEPS, build_models, model_args
 
 from eval.generate import build_parser, main
 from eval.geneval import layout
-from eval.manifest import read_manifest
+from sdpo.sampling.prompts import read_manifest
 
 ROWS = [
     {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
@@ -38,7 +38,7 @@ def metadata(tmp_path_factory):
 
 
 def test_a_seed_per_prompt_draws_each_latent_alone(models):
-    from eval.sampling import generate_images, load_components
+    from sdpo.sampling.images import generate_images, load_components
 
     comp = load_components(str(models["sd15"]), None, False, "cpu", torch.float32)
     both = generate_images(comp, ["a red cube", "a blue ball"], SIZE, SIZE, STEPS, 7.5, [3, 5])

@@ -12,8 +12,8 @@ from generate_helpers import REPO, SIZE, STEPS, cli_env, pngs, write_prompts
 from PIL import Image
 
 from eval.generate import main
-from sdpo import lora
 from sdpo.families import get_family
+from sdpo.lora import adapters as lora
 
 PROMPTS = [{"prompt": "a red circle"}, {"prompt": "a blue square"}]
 

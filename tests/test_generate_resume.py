@@ -13,7 +13,7 @@ from generate_helpers import PROMPTS, SIZE, STEPS, build_models, model_args, png
 from PIL import ExifTags, Image
 
 from eval.generate import main, png_is_complete
-from eval.manifest import read_manifest
+from sdpo.sampling.prompts import read_manifest
 
 NAME = f"six_seed0_{SIZE}x{SIZE}_{STEPS}s_7.5cfg"
 

@@ -8,7 +8,7 @@ import torch
 from diffusers import EulerDiscreteScheduler
 from generate_helpers import build_models
 
-from eval.sampling import (
+from sdpo.sampling.images import (
     encode_prompts,
     latent_shape,
     load_components,

@@ -58,7 +58,7 @@ def test_converter_round_trip_and_same_outputs(model, tmp_path):
     for k in sd:
         if "swin.layernorm" not in k:  # unused by the backbone; the converter writes identity
             assert torch.equal(back[k], sd[k]), k
-    loaded, kind = detector.load_model(ckpt)
+    loaded, kind = convert.load_model(ckpt)
     assert kind == "mmdetection"
     x = torch.randn(1, 3, 64, 96)
     assert not loaded.training
@@ -67,7 +67,7 @@ def test_converter_round_trip_and_same_outputs(model, tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     # A converted folder loads the same weights.
     folder = convert.main([str(ckpt), str(tmp_path / "converted")])
-    again, kind = detector.load_model(folder)
+    again, kind = convert.load_model(folder)
     assert kind == "folder" and all(torch.equal(v, again.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 

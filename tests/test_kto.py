@@ -14,11 +14,11 @@ from conftest import tiny_flags
 from test_cli import one_error_line, run_cli
 from test_data import _colour_at_centre
 
-from sdpo import kto_data
+from sdpo.data import kto as kto_data
 from sdpo.errors import UserError
 from sdpo.losses import PreferenceTerms, get_objective
-from sdpo.metrics import read_jsonl
-from sdpo.tiny import _COLOURS, tiny_pair_rows, write_pairs
+from sdpo.tiny import COLOURS, tiny_pair_rows, write_pairs
+from sdpo.training.metrics import read_jsonl
 
 kto = get_objective("kto")
 
@@ -146,7 +146,7 @@ def data_cfg(**over):
 
 def has_caption_colour(pixels: torch.Tensor, caption: str) -> bool:
     """The image shows the colour its caption names (the winner), or clearly another one (the loser)."""
-    gap = np.abs(_colour_at_centre(pixels) - np.array(_COLOURS[caption.split()[1]], dtype=float)).max()
+    gap = np.abs(_colour_at_centre(pixels) - np.array(COLOURS[caption.split()[1]], dtype=float)).max()
     assert gap < 25 or gap > 60, gap  # JPEG tolerance either side
     return bool(gap < 25)
 
@@ -219,7 +219,7 @@ def test_tiny_run_writes_strict_weights_and_resumes_bit_identical(source, tiny_s
                                                                    monkeypatch, caplog):  # fmt: skip
     from diffusers import UNet2DConditionModel
 
-    import sdpo.training
+    import sdpo.training.loop
 
     data, extra = tiny_pairs, []
     if source == "labelled_images":
@@ -240,8 +240,8 @@ def test_tiny_run_writes_strict_weights_and_resumes_bit_identical(source, tiny_s
 
     shutil.rmtree(out / "checkpoint-2")  # second invocation resumes from checkpoint-1
     (out / "unet.pth").unlink()
-    calls, forward = [], sdpo.training.preference_forward
-    monkeypatch.setattr(sdpo.training, "preference_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    calls, forward = [], sdpo.training.loop.preference_forward
+    monkeypatch.setattr(sdpo.training.loop, "preference_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
     with caplog.at_level("INFO", logger="sdpo"):
         resumed = torch.load(run_train(*flags), map_location="cpu", weights_only=True)
     assert "checkpoint-1 at step 1" in caplog.text and len(calls) == 1  # only step 2 was trained again

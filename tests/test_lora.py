@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import flow_flags, reset_accelerate, tiny_flags
 
-from sdpo import lora
 from sdpo.config import parse_args
 from sdpo.errors import UserError
 from sdpo.families import get_family
-from sdpo.forward import preference_forward
+from sdpo.lora import adapters as lora
 from sdpo.losses import get_objective
+from sdpo.training.step import preference_forward
 
 CPU = torch.device("cpu")
 
@@ -93,14 +93,14 @@ def test_saved_adapters_load_into_the_diffusers_pipeline(family, request, tmp_pa
 
 
 def _setup(flags):
-    from sdpo.training import setup
+    from sdpo.training.loop import setup
 
     reset_accelerate()
     return setup(parse_args([str(f) for f in flags]))
 
 
 def test_a_step_changes_only_adapters_and_every_base_weight_is_bit_identical(tiny_sd15, tiny_pairs, tmp_path):
-    from sdpo.training import finish_step, micro_step
+    from sdpo.training.loop import finish_step, micro_step
 
     extra = "--lora_rank 4 --use_winner_preserving --winner_preserving_mu 0.5 --checkpointing_steps 100".split()
     run = _setup(tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "run", *extra))
@@ -154,7 +154,7 @@ def test_lora_run_writes_adapters_only_resumes_bit_identically_and_merges(tiny_s
         run_train(*tiny_flags(tiny_sd15, tiny_pairs, out))
 
     # --save_merged and the merge CLI write the same full weights; they predict what base + LoRA predicts.
-    from sdpo.lora import main as lora_cli
+    from sdpo.lora.__main__ import main as lora_cli
 
     merged_cli = lora_cli(["merge", "--pretrained_model_name_or_path", str(tiny_sd15), "--lora_path", str(out),
                            "--output_dir", str(tmp_path / "merged")])  # fmt: skip
@@ -243,7 +243,7 @@ def test_safeguard_scales_exactly_the_loser_gradient_with_lora(tiny_sd15, mode):
 
 
 def test_param_space_lambda_runs_over_the_adapters_only(tiny_sd15):
-    from sdpo.safeguard_modes import safeguard_lambda
+    from sdpo.safeguard.modes import safeguard_lambda
 
     cfg, fam = _family(tiny_sd15, "--use_winner_preserving", "--winner_preserving_mode", "param",
                        "--winner_preserving_mu", "0.2")  # fmt: skip
@@ -314,7 +314,7 @@ def test_video_lora_trains_and_generates_like_its_merged_weights(tiny_cogvideox,
     from safetensors.torch import load_file
 
     from eval.generate import main
-    from sdpo.video_io import read_frames
+    from sdpo.data.video_io import read_frames
 
     out = tmp_path / "run"
     final = run_train(*video_flags(tiny_cogvideox, tiny_video_pairs, out, "--train_method", "sipo", "--beta_dpo",

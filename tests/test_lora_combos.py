@@ -7,8 +7,8 @@ from conftest import flow_flags, tiny_flags
 from test_cache import precompute
 from test_validation import _meta, _tiles, _train
 
-from sdpo import lora
-from sdpo.metrics import read_jsonl
+from sdpo.lora import adapters as lora
+from sdpo.training.metrics import read_jsonl
 
 
 def test_cached_flux_lora_run_validates_through_the_adapted_module(tiny_flux, tiny_pairs, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sdpo.losses import LOSSES, PreferenceTerms, get_objective
-from sdpo.safeguard import scale_loser
+from sdpo.safeguard.hook import scale_loser
 
 MW, ML, RW, RL = [0.30, 0.52, 0.11], [0.41, 0.40, 0.09], [0.33, 0.50, 0.10], [0.39, 0.45, 0.12]
 

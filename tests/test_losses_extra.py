@@ -67,7 +67,7 @@ def test_mapo_value_by_hand():
 def test_mapo_needs_no_reference_and_loads_none(tiny_sd15):
     """No reference UNet reaches the device: the parameter count is the no-reference count."""
     from sdpo.config import parse_args
-    from sdpo.models import load_components
+    from sdpo.families import load_family as load_components
 
     def count(comps):
         mods = [comps.unet, comps.vae, *comps.text_encoders] + ([comps.ref_unet] if comps.ref_unet else [])

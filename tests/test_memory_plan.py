@@ -37,8 +37,8 @@ def test_lora_adapter_count_is_what_peft_adds():
     sys.path.insert(0, str(ROOT / "bench"))
     import memory_plan as m
 
-    from sdpo import lora
     from sdpo.families import get_family
+    from sdpo.lora import adapters as lora
 
     torch.manual_seed(0)
     net = FluxTransformer2DModel(**m.SMALL_FLUX)

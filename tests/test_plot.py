@@ -1,4 +1,4 @@
-"""sdpo.plot: curves of logged scalars from metrics.jsonl files, and its errors for missing logs."""
+"""sdpo.plot.curves: curves of logged scalars from metrics.jsonl files, and its errors for missing logs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sdpo.errors import UserError
-from sdpo.plot import DEFAULT_METRICS, load_run, main, plot_runs, series, smooth
+from sdpo.plot.curves import DEFAULT_METRICS, load_run, main, plot_runs, series, smooth
 
 
 def _write_run(folder, n=12, seed=0):

@@ -15,8 +15,8 @@ from conftest import tiny_flags
 from PIL import Image
 
 from sdpo.errors import UserError
-from sdpo.metrics import read_jsonl
 from sdpo.tiny import jpeg_bytes, tiny_pair_rows, write_pairs
+from sdpo.training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_checkpoints_total_limit_keeps_newest(tiny_sd15, tiny_pairs, tmp_path, r
 
 
 def test_latest_ignores_half_written_checkpoints(tmp_path):
-    from sdpo.checkpoint import find_resume_point
+    from sdpo.checkpoint.store import find_resume_point
 
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "training_state.json").write_text('{"step": 2}')
@@ -107,7 +107,7 @@ def broken_rows():
 def test_bad_rows_skipped_with_counts_and_indices(tmp_path, caplog, tiny_sd15, run_train):
     from types import SimpleNamespace
 
-    from sdpo import data
+    from sdpo.data import pairs as data
 
     write_pairs(broken_rows(), tmp_path / "pairs")
     cfg = SimpleNamespace(dataset_name=str(tmp_path / "pairs"), train_data_dir=None, split="train", cache_dir=None,
@@ -144,7 +144,7 @@ def test_mostly_broken_dataset_aborts_with_clear_message(tmp_path, tiny_sd15):
 
 def _nan_on(calls_to_poison, monkeypatch):
     """Make the objective return NaN on the given (1-based) micro-step calls."""
-    import sdpo.training
+    import sdpo.training.loop
     from sdpo.losses import LossOutput, get_objective
 
     real = get_objective("diffusion-dpo")
@@ -161,7 +161,7 @@ def _nan_on(calls_to_poison, monkeypatch):
                 return LossOutput(loss=out.loss * float("nan"), inside=out.inside)
             return out
 
-    monkeypatch.setattr(sdpo.training, "get_objective", lambda name: Poisoned)
+    monkeypatch.setattr(sdpo.training.loop, "get_objective", lambda name: Poisoned)
 
 
 def test_nonfinite_loss_skips_the_step(tiny_sd15, tiny_pairs, tmp_path, run_train, monkeypatch):
@@ -199,7 +199,7 @@ class _Evil:
 
 
 def test_unsafe_unet_pth_is_refused_and_never_runs(tmp_path):
-    from sdpo.weights import load_unet_state_dict
+    from sdpo.checkpoint.weights import load_unet_state_dict
 
     marker = tmp_path / "pwned"
     torch.save({"conv_in.weight": torch.zeros(1), "x": _Evil(marker)}, tmp_path / "unet.pth")
@@ -233,7 +233,7 @@ def test_wrong_architecture_unet_init_names_the_family(tiny_sd15, tiny_sdxl, tin
 
 
 def test_jsonl_survives_a_line_cut_short(tmp_path):
-    from sdpo.metrics import JsonlLog
+    from sdpo.training.metrics import JsonlLog
 
     p = tmp_path / "metrics.jsonl"
     p.write_text(json.dumps({"step": 1, "a": 1}) + "\n" + json.dumps({"step": 2, "a": 2}) + '\n{"step": 3, "a"')

@@ -11,11 +11,11 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from eval.rewards import METRICS, RewardConfig, load_scorer, parse_metrics
-from eval.rewards.base import default_device
-from eval.rewards.imagereward import REWARD_MEAN, REWARD_STD, convert_state_dict
-from eval.rewards.tiny import IMAGE_SIZE, OPENAI_MEAN, OPENAI_STD, build_tiny_reward_root
 from sdpo.errors import UserError
+from sdpo.rewards import METRICS, RewardConfig, load_scorer, parse_metrics
+from sdpo.rewards.base import default_device
+from sdpo.rewards.imagereward import REWARD_MEAN, REWARD_STD, convert_state_dict
+from sdpo.tiny.rewards import IMAGE_SIZE, OPENAI_MEAN, OPENAI_STD, build_tiny_reward_root
 
 PROMPTS = ["a red cube on a table", "Two dogs playing!", "", "sunset over the sea, 4k, " * 8, "a cat"]
 

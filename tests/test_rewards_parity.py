@@ -119,7 +119,7 @@ def _tiny_released_model(mods, tmp: Path, tokenizer_dir: Path, monkeypatch):
     """The package's own ImageReward, built by its own __init__, with the ViT, crop and MLP made tiny."""
     from transformers import BertTokenizer
 
-    from eval.rewards.tiny import TINY_MED, TINY_VISION, _randomise
+    from sdpo.tiny.rewards import TINY_MED, TINY_VISION, _randomise
 
     v = TINY_VISION
     tiny_vit = partial(
@@ -147,8 +147,8 @@ def _tiny_released_model(mods, tmp: Path, tokenizer_dir: Path, monkeypatch):
 
 
 def test_imagereward_matches_released_code(released, tmp_path, monkeypatch):
-    from eval.rewards import RewardConfig, load_scorer
-    from eval.rewards.tiny import TINY_MED, TINY_VISION, bert_tokenizer
+    from sdpo.rewards import RewardConfig, load_scorer
+    from sdpo.tiny.rewards import TINY_MED, TINY_VISION, bert_tokenizer
 
     root = tmp_path / "root"
     tok_dir = root / "google-bert/bert-base-uncased"
@@ -209,8 +209,8 @@ def hps_open_clip(tmp_path_factory):
 
 
 def test_hpsv2_matches_released_code(hps_open_clip, tmp_path):
-    from eval.rewards import RewardConfig, load_scorer
-    from eval.rewards.tiny import OPEN_CLIP_CFG, _randomise
+    from sdpo.rewards import RewardConfig, load_scorer
+    from sdpo.tiny.rewards import OPEN_CLIP_CFG, _randomise
 
     cfg_dir = tmp_path / "cfgs"
     cfg_dir.mkdir()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sdpo.safeguard import scale_loser, winner_preserving_lambda
+from sdpo.safeguard.hook import scale_loser, winner_preserving_lambda
 
 
 def autograd_lambda(pred: torch.Tensor, target: torch.Tensor, mu: float) -> float:

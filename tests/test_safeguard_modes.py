@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdpo.safeguard import scale_loser, winner_preserving_lambda
-from sdpo.safeguard_modes import param_space_lambda, safeguard_lambda
+from sdpo.safeguard.hook import scale_loser, winner_preserving_lambda
+from sdpo.safeguard.modes import param_space_lambda, safeguard_lambda
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -211,7 +211,7 @@ def tiny_model(tmp_path_factory):
 
 def _comps_and_batch(model, extra=()):
     from sdpo.config import parse_args
-    from sdpo.models import load_components
+    from sdpo.families import load_family as load_components
 
     cfg = parse_args(["--pretrained_model_name_or_path", str(model), "--resolution", "64", *extra])
     comps = load_components(cfg, torch.device("cpu"), torch.float32, needs_reference=True)
@@ -227,8 +227,8 @@ def _comps_and_batch(model, extra=()):
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_param_mode_in_preference_forward_matches_brute_force(tiny_model, checkpointing):
     """The split forward + hooks give the lambda of full flattened UNet gradients on the stacked batch."""
-    from sdpo.forward import preference_forward
     from sdpo.losses import get_objective
+    from sdpo.training.step import preference_forward
 
     ckpt = ["--gradient_checkpointing"] if checkpointing else []
     flags = ["--use_winner_preserving", "--winner_preserving_mode", "param", "--winner_preserving_mu", "0.2", *ckpt]
@@ -254,9 +254,9 @@ def test_param_mode_in_preference_forward_matches_brute_force(tiny_model, checkp
 
 def test_log_param_lambda_logs_eq14_beside_the_output_lambda(tiny_model):
     """Figure 2's two curves from one run: lambda in use (output space) and the Eq. 14 lambda, logged."""
-    from sdpo.forward import preference_forward
     from sdpo.losses import get_objective
-    from sdpo.metrics import micro_step_scalars
+    from sdpo.training.metrics import micro_step_scalars
+    from sdpo.training.step import preference_forward
 
     mu = ["--use_winner_preserving", "--winner_preserving_mu", "0.2"]
     cfg, comps, batch = _comps_and_batch(tiny_model, [*mu, "--log_param_lambda"])

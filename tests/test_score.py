@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import eval.score as score
-from eval.rewards import METRICS, RewardConfig, load_scorer
-from eval.rewards.tiny import build_tiny_reward_root, write_tiny_manifest
+from sdpo.rewards import METRICS, RewardConfig, load_scorer
+from sdpo.tiny.rewards import build_tiny_reward_root, write_tiny_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cube", "a blue ball on grass", "a red cube", "sunset, 4k"]

@@ -31,6 +31,11 @@ def files(tmp_path_factory):
     }
 
 
+def encode_prompt(comps, captions, device):
+    cond = comps.encode_prompt(captions)
+    return cond["encoder_hidden_states"], cond["text_embeds"]
+
+
 def _args(files, *extra: str) -> list[str]:
     return [
         "--pretrained_model_name_or_path", str(files["sdxl"]), "--sdxl", "--dataset_name", str(files["pairs"]),
@@ -46,7 +51,7 @@ def _reset_accelerate() -> None:
 
 
 def _components(files, *extra: str, dtype=torch.float32, reference=True):
-    from sdpo.models import load_components
+    from sdpo.families import load_family as load_components
 
     return load_components(parse_args(_args(files, *extra)), torch.device("cpu"), dtype, needs_reference=reference)
 
@@ -61,7 +66,7 @@ def test_sdxl_defaults_follow_the_reference_runs(files):
 
     from transformers.optimization import Adafactor
 
-    from sdpo.training import make_optimizer
+    from sdpo.training.loop import make_optimizer
 
     opt = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(3, 3))], num_processes=1)
     assert isinstance(opt, Adafactor)
@@ -74,7 +79,7 @@ def test_prompt_encoding_matches_the_diffusers_sdxl_pipeline(files):
     compared with StableDiffusionXLPipeline.encode_prompt / _get_add_time_ids on the same folder."""
     from diffusers import StableDiffusionXLPipeline
 
-    from sdpo.models import encode_prompt, sdxl_time_ids
+    from sdpo.families.sdxl import sdxl_time_ids
 
     comps = _components(files, reference=False)
     captions = ["a red circle", ""]
@@ -90,8 +95,7 @@ def test_prompt_encoding_matches_the_diffusers_sdxl_pipeline(files):
 
 def test_empty_prompt_dropout_reaches_both_encoders(files):
     """The caption is blanked in the data transform, before tokenisation, so both encoders see ''."""
-    from sdpo.data import PairTransform, load_pairs
-    from sdpo.models import encode_prompt
+    from sdpo.data.pairs import PairTransform, load_pairs
 
     cfg = parse_args(_args(files, "--proportion_empty_prompts", "0.5"))
     transform, rows = PairTransform(cfg), load_pairs(cfg)
@@ -143,8 +147,8 @@ def test_a_folder_that_is_no_vae_fails_in_one_line(files, tmp_path):
 def test_bf16_unet_without_autocast_runs(files):
     """DeepSpeed casts the trained UNet to bf16 itself and accelerate's autocast is then off:
     the forward pass must feed the UNet inputs in its own dtype."""
-    from sdpo.data import PairTransform, collate, load_pairs
-    from sdpo.forward import preference_forward
+    from sdpo.data.pairs import PairTransform, collate, load_pairs
+    from sdpo.training.step import preference_forward
 
     cfg = parse_args(_args(files, "--use_winner_preserving", "--winner_preserving_mu", "0.6"))
     comps = _components(files, dtype=torch.bfloat16)
@@ -162,8 +166,8 @@ def test_bf16_unet_without_autocast_runs(files):
 def test_tiny_sdxl_run_with_safeguard(files, tmp_path, method, extra):
     from diffusers import UNet2DConditionModel
 
-    from sdpo.training import train
-    from sdpo.weights import load_unet_weights
+    from sdpo.checkpoint.weights import load_unet_weights
+    from sdpo.training.loop import train
 
     out = tmp_path / "out"
     args = _args(files, "--train_method", method, *extra, "--use_winner_preserving", "--winner_preserving_mu", "0.6")

@@ -20,7 +20,7 @@ from conftest import reset_accelerate
 from dist_helpers import COMMON, ROOT, env, load, max_diff, read_trace, step_indices, torchrun
 
 from sdpo.errors import UserError
-from sdpo.metrics import read_jsonl
+from sdpo.training.metrics import read_jsonl
 
 
 def _rel(a: dict, b: dict) -> float:
@@ -36,7 +36,7 @@ def _initial(model: Path) -> dict:
 
 def _train_in_process(args: list, trace: Path) -> None:
     from sdpo.config import parse_args
-    from sdpo.training import train
+    from sdpo.training.loop import train
 
     reset_accelerate()
     with pytest.MonkeyPatch.context() as mp:
@@ -87,8 +87,8 @@ def test_fsdp_two_processes_match_one_process(runs, tiny_flux):
 def test_export_loads_strictly_into_the_family_class(runs):
     from diffusers import FluxTransformer2DModel
 
-    from sdpo.sharded_checkpoint import checkpoint_weights, write_export
-    from sdpo.weights import load_denoiser_weights, load_unet_state_dict
+    from sdpo.checkpoint.sharded import checkpoint_weights, write_export
+    from sdpo.checkpoint.weights import load_denoiser_weights, load_unet_state_dict
 
     root, _, _ = runs
     out = root / "fsdp"
@@ -183,8 +183,8 @@ def test_tampered_sharded_checkpoint_is_refused_and_never_runs(runs, tiny_flux, 
     from diffusers import FluxTransformer2DModel
     from diffusers.optimization import get_scheduler
 
-    from sdpo.sharded_checkpoint import ShardedState, checkpoint_weights
-    from sdpo.sharding import shard_module
+    from sdpo.checkpoint.sharded import ShardedState, checkpoint_weights
+    from sdpo.distributed.sharding import shard_module
 
     root, _, _ = runs
     ckpt = tmp_path / "checkpoint-1"

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_flags
 from diffusers import UNet2DConditionModel
 
-from sdpo.metrics import read_jsonl
+from sdpo.training.metrics import read_jsonl
 
 METHODS = ["diffusion-dpo", "dspo", "dmpo", "sft"]
 
@@ -53,11 +53,13 @@ def test_tiny_run_writes_loadable_unet_logs_lambda_and_resumes(method, tiny_sd15
     # Second invocation: lose the last checkpoint and the final weights, resume from checkpoint-2.
     shutil.rmtree(out / "checkpoint-4")
     (out / "unet.pth").unlink()
-    import sdpo.training
+    import sdpo.training.loop
 
     calls = []
-    real_forward = sdpo.training.preference_forward
-    monkeypatch.setattr(sdpo.training, "preference_forward", lambda *a, **k: calls.append(1) or real_forward(*a, **k))
+    real_forward = sdpo.training.loop.preference_forward
+    monkeypatch.setattr(
+        sdpo.training.loop, "preference_forward", lambda *a, **k: calls.append(1) or real_forward(*a, **k)
+    )
     with caplog.at_level("INFO", logger="sdpo"):
         run_train(*flags)
     assert "resumed from" in caplog.text and "checkpoint-2 at step 2" in caplog.text

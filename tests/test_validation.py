@@ -20,8 +20,8 @@ from conftest import flow_flags, reset_accelerate, tiny_flags
 from PIL import Image
 
 from sdpo.errors import UserError
-from sdpo.metrics import read_jsonl
-from sdpo.validation import grid_tile, padded_shard, read_prompts, untouched_rng
+from sdpo.training.metrics import read_jsonl
+from sdpo.training.validation import grid_tile, padded_shard, read_prompts, untouched_rng
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a blue square", "a green circle"]
@@ -34,7 +34,7 @@ COMMON = ["--max_train_steps", 5, "--report_to", "tensorboard", "--train_method"
 def _train(argv) -> Path:
     """train.py in-process, from fixed global random states (accelerate saves them in every checkpoint)."""
     from sdpo.config import parse_args
-    from sdpo.training import train
+    from sdpo.training.loop import train
 
     reset_accelerate()
     torch.manual_seed(123)
@@ -62,7 +62,7 @@ def _tiles(out: Path, step: int) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reward_root(tmp_path_factory):
-    from eval.rewards.tiny import build_tiny_reward_root
+    from sdpo.tiny.rewards import build_tiny_reward_root
 
     return build_tiny_reward_root(tmp_path_factory.mktemp("rewards"))
 
@@ -132,8 +132,8 @@ def test_training_is_bit_identical_with_validation(runs):
 def test_images_and_scores_are_what_eval_makes_from_the_saved_weights(runs, tiny_sd15, reward_root, step, weights):
     """Independent computation: eval/sampling.py's own loader and sampler on the saved weights, and each
     reward model loaded on its own."""
-    from eval.rewards import RewardConfig, load_scorer
-    from eval.sampling import generate_images, load_components
+    from sdpo.rewards import RewardConfig, load_scorer
+    from sdpo.sampling.images import generate_images, load_components
 
     out = runs / "val"
     comp = load_components(str(tiny_sd15), str(out / weights) if weights else None, False, "cpu", torch.float32)
@@ -148,7 +148,7 @@ def test_images_and_scores_are_what_eval_makes_from_the_saved_weights(runs, tiny
 def test_resume_redoes_an_unfinished_validation_once(runs, val_flags, tmp_path, monkeypatch):
     """Killed after checkpoint-4 was written, before its validation finished (its val row already logged):
     the resumed run validates step 4 again, replacing that row, then trains and validates step 5."""
-    import sdpo.validation
+    import sdpo.training.validation
 
     out = tmp_path / "val"
     shutil.copytree(runs / "val", out)
@@ -156,9 +156,9 @@ def test_resume_redoes_an_unfinished_validation_once(runs, val_flags, tmp_path, 
     (out / "unet.pth").unlink()
     for p in (out / "validation").glob("step-00000[45].*"):
         p.unlink()
-    calls, real = [], sdpo.validation.Validator.validate
+    calls, real = [], sdpo.training.validation.Validator.validate
     spy = lambda self, run: calls.append(run.step) or real(self, run)  # noqa: E731
-    monkeypatch.setattr(sdpo.validation.Validator, "validate", spy)
+    monkeypatch.setattr(sdpo.training.validation.Validator, "validate", spy)
     _train(val_flags(out))
     assert calls == [4, 5]
     assert _val_rows(out) == _val_rows(runs / "val")  # steps 0, 2, 4, 5 once each, same values
@@ -200,7 +200,7 @@ def test_two_processes_validate_like_one(tiny_sd15, tiny_pairs, reward_root, pro
 
 def test_flow_family_validates_through_its_pipeline(tiny_flux, tiny_pairs, tmp_path):
     """FLUX: the run's last images are FluxPipeline's from the saved transformer.pth, guidance 3.5."""
-    from eval.sampling import generate_images, load_components
+    from sdpo.sampling.images import generate_images, load_components
 
     out = tmp_path / "flux"
     _train(flow_flags(tiny_flux, tiny_pairs, out, "--validation_prompts", "papv2:2", "--validation_steps", 1,
@@ -221,9 +221,9 @@ def test_validator_loads_vae_and_text_encoders_when_training_has_none(runs, val_
 
     from sdpo.config import parse_args
     from sdpo.families import get_family
-    from sdpo.metrics import JsonlLog
-    from sdpo.training import Run
-    from sdpo.validation import Validator
+    from sdpo.training.loop import Run
+    from sdpo.training.metrics import JsonlLog
+    from sdpo.training.validation import Validator
 
     cfg = parse_args([str(a) for a in val_flags(tmp_path / "out", "--validation_metrics", "none")])
     reset_accelerate()
@@ -308,7 +308,7 @@ def test_untouched_rng_restores_every_global_stream():
 
 
 def test_plot_draws_val_panels_and_a_strip_of_one_prompt_across_steps(runs, tmp_path, capsys):
-    from sdpo.plot import default_metrics, load_run, main, plot_runs, validation_images
+    from sdpo.plot.curves import default_metrics, load_run, main, plot_runs, validation_images
 
     val, plain = runs / "val", runs / "plain"
     assert default_metrics([load_run(val)])[-2:] == ("val/aesthetics", "val/clip")  # the paper's column order
@@ -329,7 +329,7 @@ def test_plot_draws_val_panels_and_a_strip_of_one_prompt_across_steps(runs, tmp_
 
 
 def test_eval_mode_restores_each_submodules_own_flag():
-    from sdpo.validation import eval_mode
+    from sdpo.training.validation import eval_mode
 
     net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Sequential(torch.nn.Dropout(0.5)))
     net.train()

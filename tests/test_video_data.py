@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdpo import data
-from sdpo.tiny_video import moving_shape, tiny_video_rows, write_video_pairs
-from sdpo.video_io import read_frames, write_mp4
+from sdpo.data import pairs as data
+from sdpo.data.video_io import read_frames, write_mp4
+from sdpo.tiny.video import moving_shape, tiny_video_rows, write_video_pairs
 
 
 def vcfg(source, **over):
@@ -55,7 +55,7 @@ def test_the_three_formats_load_the_same_pairs(clips):
     for fmt, ds in loaded.items():
         assert len(ds) == 5 and _pairs(ds) == expected, fmt
     # auto-detection: pair.json wins in a folder holding all three; a .csv file is VideoAlign
-    from sdpo.video_pairs import detect_format
+    from sdpo.data.video_pairs import detect_format
 
     assert detect_format(root) == "videodpo" and detect_format(root / "train.csv") == "videoalign"
     assert detect_format(root / "data") == "parquet"
@@ -118,7 +118,7 @@ def _centroid_x(frames: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("label", [0.0, 1.0])
 def test_winner_first_moves_as_the_caption_says_and_frames_follow_the_stride(tmp_path, label):
-    from sdpo.video_pairs import VideoPairTransform
+    from sdpo.data.video_pairs import VideoPairTransform
 
     right = moving_shape("square", (40, 70, 220), "right", 9, 48)
     left = moving_shape("square", (40, 70, 220), "left", 9, 48)

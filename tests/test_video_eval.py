@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdpo.video_io import mp4_comment, probe
+from sdpo.data.video_io import mp4_comment, probe
 
 PROMPTS = ["a red circle moving right", "a blue square moving up", "a red circle moving right"]
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 import eval.score as score
 import eval.winrate as winrate
-from eval.rewards import METRICS, RewardConfig
-from eval.rewards.tiny import build_tiny_reward_root, write_tiny_manifest
+from sdpo.rewards import METRICS, RewardConfig
+from sdpo.tiny.rewards import build_tiny_reward_root, write_tiny_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 A_PROMPTS = ["p", "q", "p", "r", "only in a", "p"]  # "p" three times in A, twice in B

@@ -98,8 +98,8 @@ def load_clip(root: Path | None, device: torch.device, amp: str = "auto") -> Col
     """ViT-L-14 (QuickGELU) with the OpenAI weights from :func:`eval.geneval.sources.clip_location`."""
     import open_clip
 
-    from eval.rewards.base import load_state_dict, load_strict
-    from eval.rewards.openclip import model_name, quiet
+    from sdpo.rewards.base import load_state_dict, load_strict
+    from sdpo.rewards.openclip import model_name, quiet
 
     arch, weights = clip_location(root)
     name = model_name(arch)

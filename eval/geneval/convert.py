@@ -35,6 +35,7 @@ import torch
 if __package__ in (None, ""):  # python eval/geneval/convert.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from eval.geneval.detector import Mask2FormerInstance, load_weights  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
 
 UNFOLD_TO_CONCAT = [0, 2, 1, 3]  # kernel position (2row + col) of concatenated block p; its own inverse
@@ -316,6 +317,22 @@ def save_converted(config, sd: dict[str, torch.Tensor], out: str | Path) -> Path
     return out
 
 
+def load_model(path: str | Path) -> tuple[Mask2FormerInstance, str]:
+    """The detector from an mmdetection ``.pth`` (converted on the fly) or a converted folder; (model, kind)."""
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+        from transformers import Mask2FormerConfig
+
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise UserError(f"{path}: a converted detector folder needs config.json and model.safetensors")
+        config = Mask2FormerConfig.from_pretrained(path)
+        model = load_weights(Mask2FormerInstance(config), load_file(str(path / "model.safetensors")), path)
+        return model.eval(), "folder"
+    config, sd = convert_checkpoint(path)
+    return load_weights(Mask2FormerInstance(config), sd, path).eval(), "mmdetection"
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m eval.geneval.convert", description=__doc__.split("\n\n")[0])
@@ -323,8 +340,6 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("out", help="folder to write (config.json + model.safetensors)")
     args = ap.parse_args(argv)
     config, sd = convert_checkpoint(args.checkpoint)
-    from eval.geneval.detector import Mask2FormerInstance, load_weights
-
     load_weights(Mask2FormerInstance(config), sd, args.checkpoint)  # fails here, not at evaluation time
     out = save_converted(config, sd, args.out)
     print(f"{args.checkpoint} -> {out} ({sum(v.numel() for v in sd.values()) / 1e6:.1f}M parameters)")

@@ -262,21 +262,3 @@ class Detector:
             for j, i in enumerate(members):
                 results[i] = postprocess(cls[j], masks[j], prepared[i][1], min_score)
         return results  # type: ignore[return-value]
-
-
-def load_model(path: str | Path) -> tuple[Mask2FormerInstance, str]:
-    """The detector from an mmdetection ``.pth`` (converted on the fly) or a converted folder; (model, kind)."""
-    path = Path(path)
-    if path.is_dir():
-        from safetensors.torch import load_file
-        from transformers import Mask2FormerConfig
-
-        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-            raise UserError(f"{path}: a converted detector folder needs config.json and model.safetensors")
-        config = Mask2FormerConfig.from_pretrained(path)
-        model = load_weights(Mask2FormerInstance(config), load_file(str(path / "model.safetensors")), path)
-        return model.eval(), "folder"
-    from eval.geneval.convert import convert_checkpoint
-
-    config, sd = convert_checkpoint(path)
-    return load_weights(Mask2FormerInstance(config), sd, path).eval(), "mmdetection"

@@ -117,7 +117,8 @@ class Scorer:
     """Both models, loaded once (CLIP only if some prompt asks for a colour)."""
 
     def __init__(self, root: Path | None, device, resize: str, clip_amp: str, need_colour: bool) -> None:
-        from eval.geneval.detector import Detector, load_model
+        from eval.geneval.convert import load_model
+        from eval.geneval.detector import Detector
         from eval.geneval.sources import detector_path
 
         model, _ = load_model(detector_path(root))
@@ -210,8 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from eval.geneval.detector import resize_backend
     from eval.geneval.sources import describe_sources
-    from eval.rewards.base import default_device
-    from eval.rewards.sources import model_root_path
+    from sdpo.rewards.base import default_device
+    from sdpo.rewards.sources import model_root_path
 
     root = model_root_path(args.model_root)
     device = default_device(args.device)

@@ -1,6 +1,6 @@
 """Where GenEval's two models come from: an environment variable, a local model root, or their publishers.
 
-Like the reward models (:mod:`eval.rewards.sources`): ``--model_root DIR`` / ``$SDPO_REWARD_ROOT`` mirrors
+Like the reward models (:mod:`sdpo.rewards.sources`): ``--model_root DIR`` / ``$SDPO_REWARD_ROOT`` mirrors
 
     DIR/geneval/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth    (or a folder written by eval.geneval.convert)
     DIR/timm/vit_large_patch14_clip_224.openai/                       open_clip_model.safetensors or
@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eval.rewards.sources import Source, describe, resolve_file
 from sdpo.errors import UserError
+from sdpo.rewards.sources import Source, describe, resolve_file
 
 CHECKPOINT = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco"
 DETECTOR = Source(

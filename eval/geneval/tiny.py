@@ -99,7 +99,7 @@ def write_tiny_clip(out: str | Path, seed: int = 0) -> Path:
     """A tiny open_clip model folder (config + safetensors) laid out like the hub repo of ViT-L/14 openai."""
     from safetensors.torch import save_file
 
-    from eval.rewards.tiny import OPEN_CLIP_CFG, open_clip_state_dict
+    from sdpo.tiny.rewards import OPEN_CLIP_CFG, open_clip_state_dict
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,11 @@ def get_family(name: str) -> type[ModelFamily]:
         raise UserError(f"unknown model family {name!r}; choose one of: {', '.join(FAMILIES)}") from None
 
 
+def load_family(cfg, device, weight_dtype, needs_reference: bool, shard_later: bool = False) -> ModelFamily:
+    """The family named by the resolved config, loaded for training (``ModelFamily.load``)."""
+    return get_family(cfg.model_family).load(cfg, device, weight_dtype, needs_reference, shard_later=shard_later)
+
+
 def read_model_index(path: str, revision: str | None = None) -> dict | None:
     """The pipeline's ``model_index.json``: from a local folder, else from the hub (or its cache).
     ``None`` when a hub id cannot be resolved (offline and not cached)."""

@@ -61,10 +61,10 @@ class ModelFamily:
     heavy: ClassVar[bool] = False  # reference SDXL-style defaults: gradient checkpointing + Adafactor on
     joint_augment: ClassVar[bool] = False  # one crop/flip for winner and loser (the SDXL reference script)
     dspo_form: ClassVar[str | None] = "sd15"  # which branch of the reference DSPO loss applies
-    shard_blocks: ClassVar[tuple[str, ...]] = ()  # denoiser module classes that are FSDP units (sdpo.sharding)
+    shard_blocks: ClassVar[tuple[str, ...]] = ()  # denoiser classes that are FSDP units (sdpo.distributed)
     video: ClassVar[bool] = False  # samples are frame stacks (F, 3, H, W) rather than images (3, H, W)
     channel_axis: ClassVar[int] = 0  # the axis of one sample's latent that holds the channels (noise offset)
-    # LoRA (``sdpo.lora``): peft ``target_modules`` names per preset of ``--lora_target_modules``;
+    # LoRA (``sdpo.lora.adapters``): peft ``target_modules`` names per preset of ``--lora_target_modules``;
     # ``attn`` (the attention projections) is the default, ``ff`` adds the feed-forward layers.
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}
     lora_default: ClassVar[tuple[str, ...]] = ("attn",)
@@ -116,10 +116,9 @@ class ModelFamily:
         return getattr(diffusers, cls.pipeline_classes[0])
 
     @classmethod
-    def check_folder(cls, root: Path) -> None:
-        """Raise a one-line UserError if a local pipeline folder lacks what this family needs."""
-        if not (root / cls.denoiser_folder).is_dir():
-            raise UserError(f"{root}: not a {cls.name} pipeline folder (no {cls.denoiser_folder}/ subfolder)")
+    def check_folder(cls, root: Path, flag: str) -> None:
+        """Raise a one-line UserError when the local pipeline folder ``root``, named by ``flag``, is plainly
+        not this family's (checked before any weights are read)."""
 
     # ------------------------------------------------------------------ loading
 
@@ -131,15 +130,15 @@ class ModelFamily:
         (weight dtype) if the objective needs one, the text encoders, the VAE and the scheduler.
 
         ``shard_later``: the denoisers stay on the CPU (the reference already in the weight dtype), so that
-        ``sdpo.sharding`` moves only each process's shards to the device, never a whole 12B model.
+        ``sdpo.distributed.sharding`` moves only each process's shards to the device, never a whole 12B model.
 
         With ``--lora_rank`` the denoiser itself stays frozen in the weight dtype with trainable fp32
-        adapters, and the reference is that same module with its adapters off (``sdpo.lora``)."""
-        from sdpo import lora
+        adapters, and the reference is that same module with its adapters off (``sdpo.lora.adapters``)."""
+        from sdpo.lora import adapters as lora
 
         fam = cls(cfg, device, weight_dtype)
         fam.scheduler = fam.load_scheduler()
-        if not getattr(cfg, "precomputed", None):  # with a latent/text cache (sdpo.cache) neither is loaded
+        if not getattr(cfg, "precomputed", None):  # with a latent/text cache (sdpo.cache.store) neither is loaded
             fam.load_encoders()
         fam.denoiser = fam.load_denoiser()
         if lora.enabled(cfg):  # never sharded (config refuses --sharding with --lora_rank)
@@ -158,7 +157,7 @@ class ModelFamily:
 
     @classmethod
     def load_for_encoding(cls, cfg, device: torch.device, weight_dtype: torch.dtype) -> ModelFamily:
-        """Only the parts that turn pixels and prompts into the denoiser's inputs (``sdpo.precompute``)."""
+        """Only the parts that turn pixels and prompts into the denoiser's inputs (``sdpo.cache.precompute``)."""
         fam = cls(cfg, device, weight_dtype)
         fam.scheduler = fam.load_scheduler()
         fam.load_encoders()
@@ -219,7 +218,7 @@ class ModelFamily:
         return self._vae_config
 
     def load_denoiser(self) -> torch.nn.Module:
-        from sdpo.weights import load_denoiser_weights
+        from sdpo.checkpoint.weights import load_denoiser_weights
 
         cfg = self.cfg
         model = from_pretrained(
@@ -253,7 +252,7 @@ class ModelFamily:
 
     @torch.no_grad()
     def encode_posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior's mean and std (float32): what ``sdpo.precompute`` stores per image."""
+        """The VAE posterior's mean and std (float32): what ``sdpo.cache.precompute`` stores per image."""
         dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 
@@ -264,7 +263,7 @@ class ModelFamily:
         return self.latents_from_posterior(*self.encode_posterior(pixels), posterior_noise)
 
     def latents_from_posterior(self, mean: torch.Tensor, std: torch.Tensor, posterior_noise: torch.Tensor):
-        """The same sample as ``encode_latents`` from a posterior computed earlier (``sdpo.cache``):
+        """The same sample as ``encode_latents`` from a posterior computed earlier (``sdpo.cache.store``):
         identical arithmetic, so an fp32 cache gives identical latents."""
         return self.normalise_latents(mean.float() + std.float() * posterior_noise)
 
@@ -299,7 +298,7 @@ class ModelFamily:
         raise NotImplementedError
 
     def sampling_components(self, denoiser: torch.nn.Module, scheduler):
-        """The evaluation sampler's parts (``eval.sampling.Components`` / ``eval.flow_sampling.FlowComponents``)
+        """The evaluation sampler's parts (``sdpo.sampling.images.Components`` / ``sdpo.sampling.flow.FlowComponents``)
         made of this family's loaded modules and ``denoiser``: nothing is loaded or copied."""
         raise NotImplementedError
 

@@ -118,7 +118,7 @@ class FlowFamily(ModelFamily):
         return self.load_scheduler()  # a new instance, unshifted: the pipeline sets its own timesteps
 
     def sampling_components(self, denoiser, scheduler):
-        from eval.flow_sampling import FlowComponents
+        from sdpo.sampling.flow import FlowComponents
 
         return FlowComponents(self.name, denoiser, self.vae, scheduler, self.tokenizers, self.text_encoders,
                               self.sequence_length())  # fmt: skip

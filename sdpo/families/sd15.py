@@ -56,7 +56,7 @@ class SD15(DDPMFamily):
                                revision=cfg.revision)  # fmt: skip
 
     def sampling_components(self, denoiser, scheduler):
-        from eval.sampling import Components
+        from sdpo.sampling.images import Components
 
         return Components(denoiser, self.vae, scheduler, self.tokenizers, self.text_encoders, self.sdxl)
 

@@ -30,10 +30,9 @@ class SDXL(SD15):
     dspo_form: ClassVar[str | None] = "sdxl"
 
     @classmethod
-    def check_folder(cls, root: Path) -> None:
-        super().check_folder(root)
-        if not (root / "text_encoder_2").is_dir():
-            raise UserError(f"{root}: not an SDXL folder (no text_encoder_2/)")
+    def check_folder(cls, root: Path, flag: str) -> None:
+        if (root / "unet").is_dir() and not (root / "text_encoder_2").is_dir():
+            raise UserError(f"{root} is an SD1.5-style folder (no text_encoder_2/) but {flag} was given; drop {flag}")
 
     def load_text_encoders(self) -> None:
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection

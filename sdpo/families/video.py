@@ -75,7 +75,7 @@ class VideoFamily:
         cls.check_size(cfg.height, cfg.width)
         cfg.resolution = cfg.resolution or cfg.height
 
-    # ------------------------------------------------------------------ evaluation sampling (eval.video_sampling)
+    # ------------------------------------------------------------------ evaluation sampling (sdpo.sampling.video)
 
     @classmethod
     def sampling_sequence_length(cls, pipe, given: int | None) -> int:

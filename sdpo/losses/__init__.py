@@ -3,7 +3,7 @@
 Every objective is a function ``loss(terms, cfg) -> LossOutput`` and a module that declares
 whether it needs the frozen reference UNet and whether it uses the loser image at all.  The
 SDPO safeguard has already been applied when an objective runs: ``terms.model_l`` is the
-loser loss with its gradient scaled by lambda (see ``sdpo.safeguard.scale_loser``).
+loser loss with its gradient scaled by lambda (see ``sdpo.safeguard.hook.scale_loser``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ LOSSES: dict[str, ModuleType] = {
     "dpop": dpop,
     "dpo-cm": dpo_cm,
     "sipo": sipo,
-    # Diffusion-KTO (issue 16): single images with binary labels, not pairs (sdpo.kto_data).
+    # Diffusion-KTO (issue 16): single images with binary labels, not pairs (sdpo.data.kto).
     "kto": kto,
 }
 

@@ -43,7 +43,7 @@ Not implemented: the code's alternative reference points (``--bce_offset sigmoid
 the desirable and undesirable means, unclamped; ``--bce_offset original``: policy and reference
 re-run with the prompts rolled by one inside the batch, mean of ``L_ref - L_theta`` on those
 mismatched pairs, unclamped), its ``kto_gp`` loss, LoRA, EMA and the 8-bit optimiser.  How Pick-a-Pic
-pairs become labelled images (``--positive_ratio``) is in ``sdpo.kto_data``.  The SDPO safeguard needs
+pairs become labelled images (``--positive_ratio``) is in ``sdpo.data.kto``.  The SDPO safeguard needs
 a winner/loser pair and is refused for ``kto`` in ``sdpo.config``.
 """
 
@@ -57,7 +57,7 @@ from sdpo.losses.terms import LossOutput, PreferenceTerms, at_least_fp32
 
 NEEDS_REFERENCE = True
 USES_LOSER = False  # one image per sample, in the winner slot (like sft)
-NEEDS_LABELS = True  # the data are single images with a desirable / undesirable label (sdpo.kto_data)
+NEEDS_LABELS = True  # the data are single images with a desirable / undesirable label (sdpo.data.kto)
 
 # h(x, s, v) with x = s * v: the code's --halo choices.
 HALOS = {

@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sdpo.data.seeding import torch_generator
 from sdpo.losses.terms import PreferenceTerms
-from sdpo.seeding import torch_generator
 
 _SUBSTREAM = 0x51_90  # separates this draw from the sample's other model-side draws
 

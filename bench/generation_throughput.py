@@ -7,7 +7,7 @@
 Batching is free for the images (they do not depend on the batch size), so this only measures what it
 buys in speed. Batch 1 and batch B runs are interleaved over the same prompts and repeated; the
 medians and their ratio are printed. Text encoding and VAE decoding are per image in both cases
-(see eval/sampling.py), so the ratio is what batching the UNet gives.
+(see sdpo/sampling/images.py), so the ratio is what batching the UNet gives.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from bench.model_configs import SD15_UNET  # noqa: E402
-from sdpo.sampling.images import Components, generate_images, load_components, resolve_dtype  # noqa: E402
+from sdpo.families import get_family  # noqa: E402
+from sdpo.sampling.images import Components, generate_images, resolve_dtype  # noqa: E402
 from sdpo.tiny import build_tiny_model  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def _real_sd15(device: torch.device, dtype: torch.dtype, tmp: Path) -> Component
     unet.to(device, dtype).eval()
     text.to(device, dtype).eval()
     vae.to(device).eval()  # fp32 decode, as in the paper's setting
-    return Components(unet, vae, sched, [tok], [text], sdxl=False)
+    return Components(get_family("sd15"), unet, vae, sched, [tok], [text])
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             comp, what = _real_sd15(device, dtype, Path(tmp)), "SD1.5 architecture (random weights)"
         else:
             folder = build_tiny_model(a.kind, Path(tmp) / a.kind)
-            comp = load_components(str(folder), None, a.kind == "sdxl", device, dtype, vae_path=str(folder))
+            comp = get_family(a.kind).load_sampling_components(str(folder), None, device, dtype, vae_path=str(folder))
             what = f"tiny {a.kind}"
         prompts = [f"prompt number {i}, a photo of a {['cat', 'dog', 'house', 'tree'][i % 4]}" for i in range(a.images)]
 

@@ -8,7 +8,7 @@
 folder or a diffusers folder.  ``--lora_path`` adds a LoRA in diffusers' format (a LoRA run's folder or
 checkpoint, or its ``pytorch_lora_weights.safetensors``) on top of the base model (or of
 ``--weights_path``), weighted by ``--lora_scale``.  SD3 and FLUX use their own pipelines' samplers and guidance
-(``eval/flow_sampling.py``): ``--cfg`` is then the model's own guidance scale (FLUX: the distilled
+(the family's ``sample_latents``): ``--cfg`` is then the model's own guidance scale (FLUX: the distilled
 guidance embedding, not classifier-free guidance; default 3.5 for both), and the manifest's
 ``metadata`` says which kind it was.
 
@@ -69,21 +69,20 @@ from eval.outputs import (  # noqa: E402
     shard,
     weight_settings,
 )
-from eval.video_generate import add_video_arguments, is_video, main_video, validate_video  # noqa: E402
+from eval.video_generate import add_video_arguments, main_video, validate_video  # noqa: E402
 from sdpo.atomic import atomic_path, write_json  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
+from sdpo.families import (  # noqa: E402
+    DEFAULT_FAMILY,
+    add_family_arguments,
+    family_of_index,
+    get_family,
+    read_model_index,
+    requested_family,
+    resolve_family,
+)
 from sdpo.sampling.prompts import read_entries, read_manifest  # noqa: E402
 
-SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
-DEFAULT_BASE = {
-    "sd15": SD15_ID,
-    "sdxl": SDXL_ID,
-    "sd3": "stabilityai/stable-diffusion-3.5-medium",
-    "flux": "black-forest-labs/FLUX.1-dev",
-    "cogvideox": "THUDM/CogVideoX-2b",
-    "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-}
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
 
 
@@ -268,18 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lora_scale", type=float, default=1.0, help="weight of the LoRA (1: as trained)")
     p.add_argument(
-        "--pretrain_path", default=None, help=f"base model hub id or folder (default {SD15_ID}; --sdxl: {SDXL_ID})"
+        "--pretrain_path",
+        default=None,
+        help="base model hub id or folder (default: the family's own, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5)",
     )
-    p.add_argument(
-        "--model_family",
-        default="auto",
-        choices=["auto", *DEFAULT_BASE],
-        help="auto: from --pretrain_path's model_index.json (sd15 when there is none to read)",
+    add_family_arguments(
+        p.add_argument, "auto: from --pretrain_path's model_index.json (SD1.5 when there is none to read)"
     )
-    p.add_argument("--sdxl", action="store_true", help="the base model and unet.pth are SDXL (--model_family sdxl)")
     p.add_argument("--max_sequence_length", type=int, default=None, help="SD3/FLUX: T5 tokens (pipeline default)")
     p.add_argument(
-        "--vae_path", default=None, help="VAE folder or hub id (default: the base model's; --sdxl: fp16-fix)"
+        "--vae_path",
+        default=None,
+        help="VAE folder or hub id (default: the family's evaluation VAE: SDXL fp16-fix, else the model's)",
     )
     p.add_argument("--test_json", default="prompts/papv2.json", help="prompt file: a JSON list of {'prompt': ...}")
     p.add_argument("--height", type=int, default=None, help="default 512 (SD1.5) or 1024 (SDXL); a multiple of 16")
@@ -299,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default="auto", help="UNet and text encoders: auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16"
     )
     p.add_argument("--vae_dtype", default="fp32", help="VAE decode dtype (the paper: fp32)")
-    p.add_argument("--sampler", default="reference", choices=["reference", "pipeline"], help="see eval/sampling.py")
+    p.add_argument(
+        "--sampler",
+        default="reference",
+        choices=["reference", "pipeline"],
+        help="SD1.5/SDXL: the reference loop or the diffusers pipeline (sdpo/families/sd15.py)",
+    )
     p.add_argument(
         "--images_per_prompt",
         type=int,
@@ -318,36 +322,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _family(a: argparse.Namespace) -> str:
-    """``--sdxl`` is the SD-era spelling of ``--model_family sdxl``; auto reads --pretrain_path's folder."""
-    if a.sdxl:
-        if a.model_family not in ("auto", "sdxl"):
-            raise UserError(f"--sdxl contradicts --model_family {a.model_family}; drop one")
-        return "sdxl"  # an SD1.5 base folder is caught by the UNet check, with the SD-era message
+    """The family: named by ``--model_family`` or an alias flag (``--sdxl``), else read from --pretrain_path's
+    folder or hub config; with no base model named, or a hub id that cannot be read offline, the default family."""
+    requested, flag = requested_family(a)
+    if requested != "auto" and flag != "--model_family":
+        return requested  # an alias: a base folder of another family is caught by the loader, with the SD-era message
     if a.pretrain_path is None:
-        return "sd15" if a.model_family == "auto" else a.model_family
-    from sdpo.families import family_of_index, read_model_index, resolve_family
-
-    if a.model_family == "auto" and not Path(a.pretrain_path).expanduser().exists():
-        # a hub id whose model_index.json cannot be read (offline, not cached): SD1.5, as before families
-        return family_of_index(read_model_index(a.pretrain_path)) or "sd15"
-    return resolve_family(a.pretrain_path, a.model_family)
+        return DEFAULT_FAMILY if requested == "auto" else requested
+    if requested == "auto" and not Path(a.pretrain_path).expanduser().exists():
+        return family_of_index(read_model_index(a.pretrain_path)) or DEFAULT_FAMILY
+    return resolve_family(a.pretrain_path, requested)
 
 
 def _validate(a: argparse.Namespace) -> None:
-    from sdpo.families import get_family
-
     if a.unet_path is None and a.lora_path is None:
         raise UserError("pass --weights_path (a unet.pth / transformer.pth) or --lora_path (a LoRA run), or both")
     a.model_family = _family(a)
-    a.sdxl = a.model_family == "sdxl"
-    a.pretrain_path = a.pretrain_path or DEFAULT_BASE[a.model_family]
+    fam = get_family(a.model_family)
+    a.pretrain_path = a.pretrain_path or fam.default_model
     if a.lora_path is not None:  # a LoRA of another family stops here, before any model loads
         from sdpo.lora.adapters import check_lora_file
 
-        check_lora_file(a.lora_path, get_family(a.model_family))
-    if is_video(a.model_family):
+        check_lora_file(a.lora_path, fam)
+    if fam.video:
         return validate_video(a)
-    fam = get_family(a.model_family)
     a.cfg = fam.sampling_guidance if a.cfg is None else a.cfg
     size = fam.default_resolution
     a.height = a.height or size
@@ -369,7 +367,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Generate the set and return the manifest path."""
     args = build_parser().parse_args(argv)
     _validate(args)
-    if is_video(args.model_family):
+    if get_family(args.model_family).video:
         return main_video(args)
     name = run_name(layout_set_name(args.test_json), args.seed, args.height, args.width, args.steps, args.cfg)
     name += images_suffix(args.images_per_prompt)
@@ -385,7 +383,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     state = PartialState(cpu=cpu_only())
 
-    from sdpo.sampling.images import load_components, resolve_dtype
+    from sdpo.sampling.images import resolve_dtype
 
     dtype = resolve_dtype(args.dtype, state.device)
     vae_dtype = resolve_dtype(args.vae_dtype, state.device)
@@ -393,7 +391,6 @@ def main(argv: list[str] | None = None) -> Path:
         **weight_settings(args),
         "pretrain_path": args.pretrain_path,
         "vae_path": args.vae_path,
-        "sdxl": args.sdxl,
         "model_family": args.model_family,
         "dtype": str(dtype).removeprefix("torch."),
         "vae_dtype": str(vae_dtype).removeprefix("torch."),
@@ -424,7 +421,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     start, written, sampling = time.perf_counter(), 0, 0.0
     if todo:
-        written, sampling = _generate(args, entries, todo, paths, dtype, vae_dtype, state, load_components)
+        written, sampling = _generate(args, entries, todo, paths, dtype, vae_dtype, state)
     state.wait_for_everyone()
     total_written = sum(gather_object([written]))
     sampling = max(gather_object([sampling]))
@@ -440,16 +437,16 @@ def main(argv: list[str] | None = None) -> Path:
     return manifest
 
 
-def _generate(args, entries, todo, paths, dtype, vae_dtype, state, load_components) -> tuple[int, float]:
+def _generate(args, entries, todo, paths, dtype, vae_dtype, state) -> tuple[int, float]:
     """Generate this process's ``todo`` (prompt, image) items into ``paths``; return (images written, seconds
     spent sampling)."""
     from tqdm import tqdm
 
     from sdpo.sampling.images import generate_images
 
-    comp = load_components(
-        args.pretrain_path, args.unet_path, args.sdxl, state.device, dtype, vae_path=args.vae_path,
-        vae_dtype=vae_dtype, family=args.model_family, max_sequence_length=args.max_sequence_length,
+    comp = get_family(args.model_family).load_sampling_components(
+        args.pretrain_path, args.unet_path, state.device, dtype, vae_path=args.vae_path, vae_dtype=vae_dtype,
+        max_sequence_length=args.max_sequence_length,
     )  # fmt: skip
     attach_lora(comp.unet, args)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
@@ -473,8 +470,6 @@ def _generate(args, entries, todo, paths, dtype, vae_dtype, state, load_componen
 def guidance_metadata(args) -> dict | None:
     """SD3/FLUX manifests say what their guidance number means (FLUX's is a distilled embedding); SD1.5/SDXL
     manifests stay byte-compatible with the reference scripts' (no ``guidance_kind``: None here)."""
-    from sdpo.families import get_family
-
     kind = get_family(args.model_family).guidance_kind
     return None if kind is None else {"model_family": args.model_family, "guidance": args.cfg, "guidance_kind": kind}
 

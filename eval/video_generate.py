@@ -27,12 +27,6 @@ from pathlib import Path
 
 from sdpo.errors import UserError
 
-VIDEO_FAMILIES = ("cogvideox", "wan")
-
-
-def is_video(family: str) -> bool:
-    return family in VIDEO_FAMILIES
-
 
 def add_video_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("video (cogvideox, wan)")
@@ -157,10 +151,13 @@ def _generate(args, entries, todo, video_dir: Path, dtype, vae_dtype, state) -> 
     from eval.outputs import KILL_AFTER_ENV, attach_lora
     from sdpo.atomic import atomic_path
     from sdpo.data.video_io import write_mp4
-    from sdpo.sampling.video import generate_videos, load_video_components
+    from sdpo.families import get_family
+    from sdpo.sampling.video import generate_videos
 
-    comp = load_video_components(args.model_family, args.pretrain_path, args.unet_path, state.device, dtype, vae_dtype,
-                                 args.max_sequence_length, args.vae_tiling)  # fmt: skip
+    comp = get_family(args.model_family).load_sampling_components(
+        args.pretrain_path, args.unet_path, state.device, dtype, vae_dtype=vae_dtype,
+        max_sequence_length=args.max_sequence_length, vae_tiling=args.vae_tiling,
+    )  # fmt: skip
     attach_lora(comp.pipe.transformer, args)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
     h, w, written = args.height, args.width, 0

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from sdpo.distributed.sharding import REDUCE_DTYPES, STRATEGIES
 from sdpo.errors import UserError
-from sdpo.families import CHOICES as FAMILY_CHOICES
-from sdpo.families import FAMILIES, get_family, resolve_family
+from sdpo.families import FAMILIES, add_family_arguments, get_family, requested_family, resolve_family
 from sdpo.families.flow import WEIGHTING_SCHEMES
 from sdpo.losses import LOSSES, processes
 from sdpo.losses.kto import HALOS
@@ -42,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pretrained_model_name_or_path", required=True, help="hub id or local diffusers pipeline folder")
     a("--pretrained_vae_model_name_or_path", default=None, help="separate VAE (SDXL: madebyollin/sdxl-vae-fp16-fix)")
     a("--revision", default=None)
-    a(
-        "--model_family",
-        default="auto",
-        choices=FAMILY_CHOICES,
-        help="model family; auto reads the pipeline's model_index.json (local folder or hub)",
-    )
-    a("--sdxl", action="store_true", help="alias for --model_family sdxl")
+    add_family_arguments(a, "model family; auto reads the pipeline's model_index.json (local folder or hub)")
     a(
         "--unet_init",
         default=None,
@@ -314,10 +307,7 @@ def validate(cfg: argparse.Namespace) -> argparse.Namespace:
         if path and _looks_local(path) and not Path(path).expanduser().exists():
             raise UserError(f"--{flag} {path}: no such folder; pass a local diffusers folder or a hub id")
     _validate_family(cfg)  # before the data is read
-    if cfg.resolution % 8:
-        raise UserError(f"--resolution must be a multiple of 8 (the VAE downsamples by 8), got {cfg.resolution}")
-    if cfg.model_family == "flux" and cfg.resolution % 16:
-        raise UserError(f"--resolution must be a multiple of 16 for FLUX (2x2 latent patches), got {cfg.resolution}")
+    get_family(cfg.model_family).check_resolution(cfg.resolution)
     validation.check_flags(cfg, get_family(cfg.model_family))  # prompts and metrics: before any model loads
     if cfg.unet_init and not Path(cfg.unet_init).expanduser().exists():
         raise UserError(f"--unet_init {cfg.unet_init}: no such file or folder")
@@ -341,7 +331,7 @@ def _validate_family(cfg: argparse.Namespace) -> None:
     if cfg.gradient_checkpointing is None:
         cfg.gradient_checkpointing = family.heavy
     if cfg.use_adafactor is None:  # AdamW when sharded (Adafactor cannot run on sharded parameters) or LoRA
-        cfg.use_adafactor = family.name == "sdxl" and cfg.sharding == "none" and not cfg.lora_rank
+        cfg.use_adafactor = family.adafactor_by_default(sharded=cfg.sharding != "none", lora=bool(cfg.lora_rank))
     objective = LOSSES[cfg.train_method]
     if getattr(cfg, "precomputed", None) and getattr(family, "video", False):
         raise UserError(f"--precomputed caches image pairs; the {family.name} family trains on video: drop it")
@@ -356,17 +346,13 @@ def _validate_family(cfg: argparse.Namespace) -> None:
 
 
 def _resolve_family(cfg: argparse.Namespace) -> None:
-    """``--model_family`` (``--sdxl`` is its alias) against the folder or hub config, before any weights load."""
+    """``--model_family`` (or a family's alias flag) against the folder or hub config, before any weights load."""
     path = cfg.pretrained_model_name_or_path
-    requested, flag = cfg.model_family, "--model_family"
-    if cfg.sdxl:
-        if requested not in ("auto", "sdxl"):
-            raise UserError(f"--sdxl contradicts --model_family {requested}; drop one")
-        requested, flag = "sdxl", "--sdxl"
-        if Path(path).expanduser().is_dir():
-            get_family("sdxl").check_folder(Path(path).expanduser(), "--sdxl")
+    requested, flag = requested_family(cfg)
+    root = Path(path).expanduser()
+    if requested != "auto" and root.is_dir():
+        get_family(requested).check_folder(root, flag)
     cfg.model_family = resolve_family(path, requested, cfg.revision, flag)
-    cfg.sdxl = cfg.model_family == "sdxl"
 
 
 def _validate_safeguard(cfg: argparse.Namespace) -> None:

@@ -38,9 +38,10 @@ def metadata(tmp_path_factory):
 
 
 def test_a_seed_per_prompt_draws_each_latent_alone(models):
-    from sdpo.sampling.images import generate_images, load_components
+    from sdpo.families import get_family
+    from sdpo.sampling.images import generate_images
 
-    comp = load_components(str(models["sd15"]), None, False, "cpu", torch.float32)
+    comp = get_family("sd15").load_sampling_components(str(models["sd15"]), None, "cpu", torch.float32)
     both = generate_images(comp, ["a red cube", "a blue ball"], SIZE, SIZE, STEPS, 7.5, [3, 5])
     alone = [
         generate_images(comp, [p], SIZE, SIZE, STEPS, 7.5, s)[0] for p, s in (("a red cube", 3), ("a blue ball", 5))

@@ -1,4 +1,4 @@
-"""The numerics of eval/sampling.py against independent computations: the shared initial latent,
+"""The numerics of evaluation sampling (sdpo.sampling.images, the SD families' sampler) against independent computations: the shared initial latent,
 the guidance formula, SDXL's empty-prompt conditioning and time ids, and the pipeline sampler."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import torch
 from diffusers import EulerDiscreteScheduler
 from generate_helpers import build_models
 
+from sdpo.families import get_family
 from sdpo.sampling.images import (
     encode_prompts,
     latent_shape,
-    load_components,
     reference_guidance,
     reference_initial_latent,
     sample_latents,
@@ -27,7 +27,9 @@ def models(tmp_path_factory):
 
 def _components(models, kind):
     vae = str(models[kind]) if kind == "sdxl" else None
-    return load_components(str(models[kind]), str(models[f"{kind}_unet"]), kind == "sdxl", "cpu", torch.float32, vae)
+    return get_family(kind).load_sampling_components(
+        str(models[kind]), str(models[f"{kind}_unet"]), "cpu", torch.float32, vae
+    )
 
 
 @pytest.fixture(scope="module")

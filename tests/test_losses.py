@@ -12,7 +12,7 @@ from sdpo.safeguard.hook import scale_loser
 MW, ML, RW, RL = [0.30, 0.52, 0.11], [0.41, 0.40, 0.09], [0.33, 0.50, 0.10], [0.39, 0.45, 0.12]
 
 
-def terms(sdxl=False, **over):
+def terms(dspo_form="residual", **over):
     t = dict(
         model_w=torch.tensor(MW, dtype=torch.float64),
         model_l=torch.tensor(ML, dtype=torch.float64),
@@ -21,7 +21,7 @@ def terms(sdxl=False, **over):
         model_pred=torch.zeros(6, 1, 2, 2, dtype=torch.float64),
         target=torch.zeros(6, 1, 2, 2, dtype=torch.float64),
         timesteps=torch.zeros(6, dtype=torch.long),
-        sdxl=sdxl,
+        dspo_form=dspo_form,
     )
     t.update(over)
     return PreferenceTerms(**t)
@@ -94,7 +94,7 @@ def test_dspo_sdxl_branches(scale):
     pred, target, _ = _preds()
     ref = pred - scale * torch.ones_like(pred)
     out = LOSSES["dspo"].loss(
-        terms(sdxl=True, model_pred=pred, target=target, ref_pred=ref), SimpleNamespace(beta_dpo=beta)
+        terms(dspo_form="thresholded", model_pred=pred, target=target, ref_pred=ref), SimpleNamespace(beta_dpo=beta)
     )
     weights = [1 - 1 / (1 + math.exp(-u)) for u in u_values(beta)]
     if scale**2 >= 0.1:

@@ -1,6 +1,6 @@
 """Parity of the rebuilt reward models with the released packages' own code, on the same random weights.
 
-ImageReward: the released package cannot run as it is on transformers 5 (see eval/rewards/imagereward.py), so
+ImageReward: the released package cannot run as it is on transformers 5 (see sdpo/rewards/imagereward.py), so
 this test loads its BLIP code with the smallest shims, builds a tiny ImageReward through the
 package's own ``ImageReward.__init__`` (only the ViT size, the crop size and the MLP width made
 tiny), saves its state dict in the released format, and scores the same images and prompts with

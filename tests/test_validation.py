@@ -130,13 +130,16 @@ def test_training_is_bit_identical_with_validation(runs):
 
 @pytest.mark.parametrize("step, weights", [(0, None), (4, "checkpoint-4/unet.pth"), (5, "unet.pth")])
 def test_images_and_scores_are_what_eval_makes_from_the_saved_weights(runs, tiny_sd15, reward_root, step, weights):
-    """Independent computation: eval/sampling.py's own loader and sampler on the saved weights, and each
+    """Independent computation: the evaluation loader and sampler on the saved weights, and each
     reward model loaded on its own."""
+    from sdpo.families import get_family
     from sdpo.rewards import RewardConfig, load_scorer
-    from sdpo.sampling.images import generate_images, load_components
+    from sdpo.sampling.images import generate_images
 
     out = runs / "val"
-    comp = load_components(str(tiny_sd15), str(out / weights) if weights else None, False, "cpu", torch.float32)
+    comp = get_family("sd15").load_sampling_components(
+        str(tiny_sd15), str(out / weights) if weights else None, "cpu", torch.float32
+    )
     images = generate_images(comp, PROMPTS, 64, 64, steps=3, cfg=7.5, seed=0)
     for got, expected in zip(_tiles(out, step), images, strict=True):
         np.testing.assert_array_equal(got, np.asarray(expected))
@@ -200,7 +203,8 @@ def test_two_processes_validate_like_one(tiny_sd15, tiny_pairs, reward_root, pro
 
 def test_flow_family_validates_through_its_pipeline(tiny_flux, tiny_pairs, tmp_path):
     """FLUX: the run's last images are FluxPipeline's from the saved transformer.pth, guidance 3.5."""
-    from sdpo.sampling.images import generate_images, load_components
+    from sdpo.families import get_family
+    from sdpo.sampling.images import generate_images
 
     out = tmp_path / "flux"
     _train(flow_flags(tiny_flux, tiny_pairs, out, "--validation_prompts", "papv2:2", "--validation_steps", 1,
@@ -208,7 +212,9 @@ def test_flow_family_validates_through_its_pipeline(tiny_flux, tiny_pairs, tmp_p
     assert [_meta(out, s)["guidance"] for s in (0, 1)] == [3.5, 3.5]
     prompts = _meta(out, 1)["prompts"]
     assert prompts == read_prompts("papv2:2")
-    comp = load_components(str(tiny_flux), str(out / "transformer.pth"), False, "cpu", torch.float32, family="flux")
+    comp = get_family("flux").load_sampling_components(
+        str(tiny_flux), str(out / "transformer.pth"), "cpu", torch.float32
+    )
     images = generate_images(comp, prompts, 32, 32, steps=2, cfg=3.5, seed=0)
     for got, expected in zip(_tiles(out, 1), images, strict=True):
         np.testing.assert_array_equal(got, np.asarray(expected))

@@ -61,44 +61,32 @@ count_local_gpus() {
     fi
 }
 
-# Print why train.py would reject these arguments (nothing when it would accept them).  Flags
-# must be spelled in full: argparse's prefix matching would let an abbreviated --train_batch
-# slip past the batch arithmetic below.
-_train_args_problem() {
-    (($# == 0)) && return 0
-    "${PYTHON:-python3}" - "$@" <<'EOF_PY'
-import sys
-
-from sdpo.config import build_parser
-from sdpo.errors import UserError
-
-parser, args = build_parser(), sys.argv[1:]
-known = {s for action in parser._actions for s in action.option_strings}
-for a in args:
-    if a.startswith("-") and a.split("=", 1)[0] not in known and not a.lstrip("-").replace(".", "").isdigit():
-        sys.exit(print(f"unknown option '{a.split('=', 1)[0]}'") or 0)
-try:
-    _, rest = parser.parse_known_args(["--pretrained_model_name_or_path", "x", *args])
-except UserError as e:
-    sys.exit(print(f"train.py would reject the extra arguments: {e}") or 0)
-if rest:
-    print(f"unknown option '{rest[0]}'")
-EOF_PY
-}
-
 _recipe_sets() {
     local f
     for f in "${RECIPE[@]}"; do [[ "$f" == "$1" ]] && return 0; done
     return 1
 }
 
+# The family's recipe numbers and train.py flags, from Python (sdpo/families/launch.py: one source of truth
+# with train.py's own defaults).  Sets MODEL_DEFAULT VAE_DEFAULT LR SCALE_LR GLOBAL_BATCH_DEFAULT
+# PER_GPU_BATCH_DEFAULT PRECISION_DEFAULT SHARDING_DEFAULT VIDEO TRAIN_FLAGS and, for some families, SCHEDULE.
+_family_defaults() {
+    local out
+    out="$(cd "$_SDPO_REPO" && "${PYTHON:-python3}" -m sdpo.families.launch "$@")" ||
+        _die "could not read the $FAMILY family's recipe with ${PYTHON:-python3} (is the project's Python environment active?)"
+    eval "$out"
+    # Anything that is neither a script option nor a train.py flag stops here, named.
+    if [[ "${ARGS_ERROR:-}" == "train.py would reject"* ]]; then
+        _die "$ARGS_ERROR"
+    elif [[ -n "${ARGS_ERROR:-}" ]]; then
+        _die "$ARGS_ERROR (script options: --dry-run --cpu --no-safeguard --help; anything else must be a train.py flag spelled in full, see: python train.py --help)"
+    fi
+    [[ -z "${ERROR:-}" ]] || _die "$ERROR"
+}
+
 launch() {
-    local flow=0 video=0
-    [[ "$FAMILY" == flux || "$FAMILY" == sd3 ]] && flow=1
-    [[ "$FAMILY" == cogvideox || "$FAMILY" == wan ]] && video=1
-    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch method="${METHOD:-}" lora=0
+    local name dry="${DRY_RUN:-0}" cpu="${ALLOW_CPU:-0}" safeguard=1 accum="" batch="" method="${METHOD:-}" lora=0
     local sharding="${SHARDING:-}" replicate="${DP_REPLICATE:-}"
-    batch="${PER_GPU_BATCH:-${RECIPE_PER_GPU_BATCH:-$( ((flow)) && echo 1 || { ((video)) && echo 4 || echo 8; })}}"
     local -a extra=()
     name="$(basename "$0" .sh)"
     while (($#)); do
@@ -114,7 +102,7 @@ launch() {
                 else
                     method="${1#*=}"
                 fi
-                ((video)) || _die "--method is for the video recipes; this recipe's method is fixed (use --train_method)"
+                [[ -n "${METHOD:-}" ]] || _die "--method is for the video recipes; this recipe's method is fixed (use --train_method)"
                 ;;
             -h | --help)
                 awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
@@ -146,23 +134,19 @@ launch() {
     done
     [[ "$dry" == 1 || "$dry" == 0 ]] || _die "DRY_RUN must be 0 or 1, got '$dry'"
 
-    # Anything that is neither a script option nor a train.py flag stops here, named.
-    local bad
-    bad="$(cd "$_SDPO_REPO" && _train_args_problem "${extra[@]}")" ||
-        _die "could not check the train.py flags with ${PYTHON:-python3} (is the project's Python environment active?)"
-    if [[ "$bad" == "train.py would reject"* ]]; then
-        _die "$bad"
-    elif [[ -n "$bad" ]]; then
-        _die "$bad (script options: --dry-run --cpu --no-safeguard --help; anything else must be a train.py flag spelled in full, see: python train.py --help)"
-    fi
-
-    # --- video: the method (SIPO paper Table A1 betas), and the data it cannot download --------
-    if ((video)); then
+    # --- the family's recipe (Python), then video's method (SIPO paper Table A1 betas) and data ----
+    local -a recipe_args=("$FAMILY")
+    [[ -n "$sharding" ]] && recipe_args+=(--sharding "$sharding")
+    ((lora)) && recipe_args+=(--lora)
+    [[ -n "$method" ]] && recipe_args+=(--method "$method")
+    if [[ -n "${METHOD:-}" ]]; then
         [[ -n "${METHOD_BETA[$method]+x}" ]] ||
             _die "unknown --method '$method'; choose one of: ${!METHOD_BETA[*]}"
-        if [[ "$FAMILY" == wan && ("$method" == dpo-cm || "$method" == sipo) ]]; then
-            _die "--method $method needs DDPM transition densities and Wan2.1 is rectified flow (no flow form of $method is implemented); use --method diffusion-dpo"
-        fi
+    fi
+    _family_defaults "${recipe_args[@]}" -- "${extra[@]}"
+    local video="$VIDEO"
+    batch="${batch:-${PER_GPU_BATCH:-${RECIPE_PER_GPU_BATCH:-$PER_GPU_BATCH_DEFAULT}}}"
+    if ((video)); then
         [[ -n "${DATASET:-}${TRAIN_DATA_DIR:-}" ]] ||
             _die "set DATASET (or TRAIN_DATA_DIR) to a local video-pair folder or file (parquet, VideoDPO pair.json or VideoAlign CSV; the SIPO paper's 10k pairs are not public)"
     fi
@@ -187,7 +171,7 @@ launch() {
     world=$((procs_per_node * nodes))
 
     # --- batch: per-GPU batch x processes x accumulation = global batch -----------------------
-    local global="${GLOBAL_BATCH:-${RECIPE_GLOBAL_BATCH:-$( ((flow || video)) && echo 512 || echo 2048)}}"
+    local global="${GLOBAL_BATCH:-${RECIPE_GLOBAL_BATCH:-$GLOBAL_BATCH_DEFAULT}}"
     _is_uint "$batch" && ((batch >= 1)) || _die "per-GPU batch must be a whole number >= 1, got '$batch'"
     if [[ -z "$accum" ]]; then
         _is_uint "$global" && ((global >= 1)) || _die "GLOBAL_BATCH must be a whole number >= 1, got '$global'"
@@ -201,11 +185,8 @@ launch() {
     fi
 
     # --- sharding: none (DDP) | fsdp | hsdp (replicate x shard = processes) -----------------------
-    # FLUX full fine-tunes shard by default (HSDP, as the paper); LoRA keeps one base copy and runs DDP.
-    if [[ -z "$sharding" ]]; then
-        sharding=none
-        [[ "$FAMILY" == flux ]] && ((!lora)) && sharding=hsdp
-    fi
+    # The family's default when not given (FLUX full fine-tunes: HSDP, as the paper); LoRA runs DDP.
+    [[ -n "$sharding" ]] || sharding="$SHARDING_DEFAULT"
     if ((lora)) && [[ "$sharding" != none ]]; then
         _die "--lora_rank runs without sharding (one frozen base copy per GPU, DDP on the adapters); drop --sharding / SHARDING=$sharding"
     fi
@@ -225,46 +206,22 @@ launch() {
     esac
 
     # --- train.py flags: family defaults, the recipe, then the user's extras ------------------
-    local model vae lr scale_lr=(--scale_lr)
-    if [[ "$FAMILY" == sdxl ]]; then
-        model="${MODEL:-stabilityai/stable-diffusion-xl-base-1.0}"
-        vae="${VAE:-madebyollin/sdxl-vae-fp16-fix}"
-        lr=1e-9
-    elif ((flow)); then
-        # Appendix B (FLUX.1-dev): lr 1e-5 as is (not scaled by the batch), 1024 px, bf16.
-        if [[ "$FAMILY" == flux ]]; then model="${MODEL:-black-forest-labs/FLUX.1-dev}"; else
-            model="${MODEL:-stabilityai/stable-diffusion-3.5-medium}"; fi
-        vae="${VAE:-none}"
-        lr=1e-5
-        scale_lr=()
-    elif ((video)); then
-        # SIPO paper, Table A1: lr 2e-5 constant (not scaled), Adam, 4 per GPU x 8 x 16 GPUs, fp16.
-        model="${MODEL:-$DEFAULT_MODEL}"
-        vae="${VAE:-none}"
-        lr=2e-5
-        scale_lr=()
-    else
-        model="${MODEL:-stable-diffusion-v1-5/stable-diffusion-v1-5}"
-        vae="${VAE:-none}"
-        lr=1e-8
-    fi
+    local model vae lr="$LR" scale_lr=(--scale_lr)
+    model="${MODEL:-${DEFAULT_MODEL:-$MODEL_DEFAULT}}"
+    vae="${VAE:-$VAE_DEFAULT}"
+    ((SCALE_LR)) || scale_lr=()
     lr="${RECIPE_LR:-$lr}"
     [[ "${RECIPE_SCALE_LR:-1}" == 1 ]] || scale_lr=()
     if ((lora)); then  # LoRA: the adapters' lr, as is (diffusers' LoRA Diffusion-DPO example uses 1e-5 to 5e-5)
         lr=1e-5
         scale_lr=()
     fi
-    local precision="${MIXED_PRECISION:-${RECIPE_PRECISION:-$( ((video)) && echo fp16 || echo bf16)}}"
+    local precision="${MIXED_PRECISION:-${RECIPE_PRECISION:-$PRECISION_DEFAULT}}"
     [[ "$device" == cpu && -z "${MIXED_PRECISION:-}" ]] && precision=no
     local -a train=(--pretrained_model_name_or_path "$model")
     [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
-    if [[ "$FAMILY" == sdxl ]]; then  # Adafactor as the reference; not on sharded parameters or adapters (AdamW then)
-        train+=(--sdxl --gradient_checkpointing)
-        [[ "$sharding" == none ]] && ((!lora)) && train+=(--use_adafactor)
-    fi
-    ((flow)) && train+=(--model_family "$FAMILY" --gradient_checkpointing --resolution 1024)
-    ((video)) && train+=(--model_family "$FAMILY" --gradient_checkpointing --train_method "$method"
-        --beta_dpo "${METHOD_BETA[$method]}")
+    train+=("${TRAIN_FLAGS[@]}")
+    ((video)) && train+=(--train_method "$method" --beta_dpo "${METHOD_BETA[$method]}")
     if [[ -n "${TRAIN_DATA_DIR:-}" ]]; then
         train+=(--train_data_dir "$TRAIN_DATA_DIR")
     else
@@ -283,14 +240,8 @@ launch() {
     local -a schedule=(--lr_scheduler constant_with_warmup --lr_warmup_steps 500 --max_train_steps 2000
         --checkpointing_steps 500)
     local out="${OUTPUT_DIR:-outputs/$name}"
-    if ((video)); then
-        # Table A1 is silent on these (see the recipe headers): constant lr without warmup, plain Adam (AdamW
-        # without decay), 1000 steps with a checkpoint every 250 (the paper reports 500 and 1000).
-        schedule=(--lr_scheduler constant --lr_warmup_steps 0 --max_train_steps 1000 --checkpointing_steps 250
-            --adam_weight_decay 0)
-        train+=(--no-use_adafactor)
-        out="${OUTPUT_DIR:-outputs/$name-$method}"
-    fi
+    [[ -n "${SCHEDULE+x}" ]] && schedule=("${SCHEDULE[@]}")  # the family's own (video: SIPO Table A1)
+    ((video)) && out="${OUTPUT_DIR:-outputs/$name-$method}"
     local -a tf32=(--allow_tf32)
     [[ "${RECIPE_TF32:-1}" == 1 ]] || tf32=()
     local j

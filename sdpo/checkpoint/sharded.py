@@ -244,17 +244,27 @@ def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def _denoiser_folder(weights: dict) -> str:
+    """``unet`` or ``transformer``: the folder name of the family whose denoiser these keys are."""
+    from sdpo.families import FAMILIES
+
+    found = {fam.denoiser_folder for fam in FAMILIES.values() if fam.owns_weights(weights)}
+    if len(found) != 1:
+        raise UserError("cannot tell from its keys whether this checkpoint holds a unet or a transformer; pass --name")
+    return found.pop()
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m sdpo.sharded_checkpoint CHECKPOINT [--out FILE]``: a sharded checkpoint -> ``<name>.pth``."""
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("checkpoint", type=Path, help="a checkpoint-<step> folder of a --sharding fsdp|hsdp run")
     p.add_argument("--out", type=Path, default=None, help="default: CHECKPOINT/<unet|transformer>.pth")
-    p.add_argument("--name", default=None, help="unet or transformer (default: guessed from the keys)")
+    p.add_argument("--name", default=None, help="unet or transformer (default: the family the keys belong to)")
     args = p.parse_args(argv)
     from sdpo.atomic import torch_save
 
     weights = checkpoint_weights(args.checkpoint)
-    name = args.name or ("unet" if any(k.startswith(("down_blocks.", "conv_in.")) for k in weights) else "transformer")
+    name = args.name or _denoiser_folder(weights)
     out = args.out or args.checkpoint / f"{name}.pth"
     torch_save(weights, out)
     print(f"wrote {out} ({len(weights)} tensors, {sum(v.numel() for v in weights.values()):,} parameters)")

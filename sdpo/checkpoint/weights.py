@@ -111,39 +111,22 @@ def load_unet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _strip_prefixes(_load_file(resolve_unet_file(path)))
 
 
-def guess_family(keys) -> str:
-    """A human name for the denoiser a set of state-dict keys belongs to."""
-    keys = set(keys)
-    if any(k.startswith("single_transformer_blocks.") for k in keys):
-        return "a FLUX transformer (use --model_family flux)"
-    if any(k.startswith("patch_embed.text_proj.") for k in keys):
-        return "a CogVideoX transformer (use --model_family cogvideox)"
-    if any(k.startswith("condition_embedder.") for k in keys):
-        return "a Wan transformer (use --model_family wan)"
-    if any(k.startswith("transformer_blocks.") for k in keys) and any(k.startswith("pos_embed.") for k in keys):
-        return "an SD3 transformer (use --model_family sd3)"
-    if not any(k.startswith(("down_blocks.", "conv_in.", "time_embedding.")) for k in keys):
-        return "not a diffusers UNet state_dict"
-    if any(k.startswith("add_embedding.") for k in keys):
-        return "an SDXL UNet (has add_embedding: use --sdxl)"
-    return "an SD1.5/SD2-style UNet (no add_embedding: drop --sdxl)"
-
-
-def load_unet_weights(unet: torch.nn.Module, path: str | Path) -> None:
-    """Load weights into ``unet`` (any denoiser) strictly; a mismatch raises one line naming counts and the
-    likely family."""
+def load_denoiser_weights(model: torch.nn.Module, path: str | Path, describe=None, model_label: str = "") -> None:
+    """Load weights into ``model`` (any denoiser) strictly; a mismatch raises one line naming the counts, what the
+    file looks like (``describe(keys)``: the families' recogniser) and what the model is."""
     sd = load_unet_state_dict(path)
-    own = unet.state_dict()
+    own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     bad_shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or bad_shape:
+        looks = f"; the file looks like {describe(sd)}" if describe else ""
+        model_is = f", the model is {model_label}" if model_label else ""
         raise UserError(
-            f"{path}: weights do not fit this {'UNet' if 'UNet' in type(unet).__name__ else 'model'} ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(bad_shape)} wrong-shape keys); the file looks like {guess_family(sd)}, "
-            f"the model is {guess_family(own).split(' (')[0]}"
+            f"{path}: weights do not fit this {'UNet' if 'UNet' in type(model).__name__ else 'model'} ({len(missing)} "
+            f"missing, {len(unexpected)} unexpected, {len(bad_shape)} wrong-shape keys){looks}{model_is}"
         )
-    unet.load_state_dict(sd, strict=True)
+    model.load_state_dict(sd, strict=True)
 
 
-load_denoiser_weights = load_unet_weights  # the family-neutral name
+load_unet_weights = load_denoiser_weights  # the SD-era name

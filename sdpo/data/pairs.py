@@ -187,7 +187,7 @@ class PairTransform:
         self.random_crop = cfg.random_crop
         self.hflip = not cfg.no_hflip
         family = getattr(cfg, "model_family", None)
-        self.joint = get_family(family).joint_augment if family not in (None, "auto") else bool(cfg.sdxl)
+        self.joint = family not in (None, "auto") and get_family(family).joint_augment
         self.p_empty = cfg.proportion_empty_prompts
         self.seed = cfg.seed
 

@@ -47,6 +47,7 @@ import torch
 from sdpo import tiny
 from sdpo.atomic import atomic_path
 from sdpo.errors import UserError, cli_main
+from sdpo.families import DEFAULT_FAMILY, FAMILIES, get_family
 from sdpo.training.metrics import read_jsonl
 
 MARKER = ".sdpo-demo"  # identifies a folder this demo made, so a rerun may reuse it
@@ -55,7 +56,7 @@ _OWN = ("model", "data", "sft", "runs", "dynamics.csv", "dynamics.png")
 
 @dataclass(frozen=True)
 class DemoSize:
-    family: str = "sd15"
+    family: str = DEFAULT_FAMILY
     resolution: int = 64
     channels: tuple[int, int] = (32, 64)
     sft_images: int = 256
@@ -86,18 +87,11 @@ QUICK = DemoSize(
     batch=4,
 )
 
-# The paper's SD1.5 settings (REFERENCE.md section 4): beta_dpo, mu, extra flags.
-METHODS: dict[str, tuple[float, float, list[str]]] = {
-    "diffusion-dpo": (5000.0, 0.9, []),
-    "dmpo": (2000.0, 0.9, ["--dmpo_alpha", "0.01"]),
-    "dspo": (0.001, 0.2, []),
-}
-# The paper's FLUX.1-dev setting (Appendix B) for every flow method shown.
-FLOW_METHODS: dict[str, tuple[float, float, list[str]]] = {
-    "diffusion-dpo": (1000.0, 0.99, []),
-    "dmpo": (1000.0, 0.99, ["--dmpo_alpha", "0.01"]),
-}
-FAMILY_METHODS = {"sd15": METHODS, "flux": FLOW_METHODS}
+# The paper's settings per family (``ModelFamily.paper_methods``: beta_dpo, mu, extra flags): SD1.5's scripts
+# (REFERENCE.md section 4) for the default family, Appendix B's FLUX.1-dev setting for the flow families.
+METHODS = dict(get_family(DEFAULT_FAMILY).paper_methods)
+FLOW_METHODS = dict(next(f.paper_methods for f in FAMILIES.values() if f.process == "flow" and f.paper_methods))
+DEMO_FAMILIES = tuple(n for n, f in FAMILIES.items() if f.paper_methods and not f.video)
 CSV_COLUMNS = (
     "method",
     "safeguard",
@@ -211,7 +205,7 @@ def common_flags(model: Path, dataset: Path, out: Path, size: DemoSize) -> list[
 
 def preference_flags(method: str, safeguard: bool, paths: dict, out: Path, size: DemoSize) -> list[str]:
     """The one place a pair's flags are made: they differ only in ``--use_winner_preserving``."""
-    beta, mu, extra = FAMILY_METHODS[size.family][method]
+    beta, mu, extra = get_family(size.family).paper_methods[method]
     flags = common_flags(paths["model"], paths["train_data"], out, size) + [
         "--unet_init", str(paths["sft_unet"]),
         "--train_method", method,
@@ -267,7 +261,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def plot_dynamics(rows: list[dict], path: Path, flow: bool = False) -> None:
+def plot_dynamics(rows: list[dict], path: Path, family: str = DEFAULT_FAMILY) -> None:
     """Figure 1 layout, one column per method: held-out winner (solid) and loser (dashed) losses
     relative to the reference; the margin (winner - loser; below 0: the winner gained on the loser);
     the safeguard's lambda as logged in training.  Red: no safeguard, blue: with it (drawn on top,
@@ -292,7 +286,7 @@ def plot_dynamics(rows: list[dict], path: Path, flow: bool = False) -> None:
             axes[1, j].plot(steps, [r["margin"] for r in run], "-", color=colour, lw=lw, label=label)
             if sg:
                 axes[2, j].plot(steps[1:], [r["lambda"] for r in run[1:]], "-", color=colour, lw=1.5)
-        beta, mu, _ = (FLOW_METHODS if flow else METHODS).get(method, (math.nan, math.nan, []))
+        beta, mu, _ = get_family(family).paper_methods.get(method, (math.nan, math.nan, []))
         pair = [
             [(r["step"], r["win_diff"], r["lose_diff"]) for r in rows if r["method"] == method and r["safeguard"] == sg]
             for sg in (0, 1)
@@ -354,7 +348,7 @@ def run_demo(
 ) -> list[dict]:
     """The whole demo; returns the CSV rows.  ``threads``: torch intra-op threads while it runs (restored after)."""
     prepare_out(out, overwrite)
-    methods = methods or tuple(FAMILY_METHODS[size.family])
+    methods = methods or tuple(get_family(size.family).paper_methods)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -407,7 +401,7 @@ def _run(out: Path, size: DemoSize, methods: tuple[str, ...]) -> list[dict]:
             rows += score_run(run_dir, evaluator, method, safeguard)
             k += 1
     write_csv(rows, out / "dynamics.csv")
-    plot_dynamics(rows, out / "dynamics.png", flow=size.family != "sd15")
+    plot_dynamics(rows, out / "dynamics.png", size.family)
     print(final_table(rows))
     print(sft_line)
     print(f"wrote {out / 'dynamics.png'} and {out / 'dynamics.csv'} in {time.time() - t0:.0f} s")
@@ -421,7 +415,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder not made by this demo")
     p.add_argument("--quick", action="store_true", help="a seconds-long run of every stage (for tests)")
     p.add_argument(
-        "--family", default="sd15", choices=sorted(FAMILY_METHODS), help="tiny model: SD1.5 UNet or FLUX.1 transformer"
+        "--family",
+        default=DEFAULT_FAMILY,
+        choices=DEMO_FAMILIES,
+        help="the tiny model's family (the README shows sd15 and flux)",
     )
     p.add_argument(
         "--threads",

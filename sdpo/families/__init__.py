@@ -21,6 +21,33 @@ from sdpo.families.wan import Wan
 
 FAMILIES: dict[str, type[ModelFamily]] = {f.name: f for f in (SD15, SDXL, SD3, Flux, CogVideoX, Wan)}
 CHOICES = ("auto", *FAMILIES)
+DEFAULT_FAMILY = "sd15"  # the paper's main model: evaluation's default when no base model is named
+
+
+def add_family_arguments(add, help: str) -> None:
+    """``--model_family`` (``auto`` or a family) and every family's alias flag (the SD-era ``--sdxl``), for any
+    parser: ``add`` is its ``add_argument``."""
+    add("--model_family", default="auto", choices=CHOICES, help=help)
+    for fam in FAMILIES.values():
+        if fam.alias_flag:
+            add(fam.alias_flag, action="store_true", help=f"alias for --model_family {fam.name}")
+
+
+def requested_family(ns) -> tuple[str, str]:
+    """``(family or "auto", the flag that asked for it)`` from ``--model_family`` and the alias flags of a parsed
+    namespace; an alias that contradicts ``--model_family`` is refused in one line."""
+    requested, flag = ns.model_family, "--model_family"
+    for fam in FAMILIES.values():
+        if fam.alias_flag and getattr(ns, fam.alias_flag.lstrip("-")):
+            if requested not in ("auto", fam.name):
+                raise UserError(f"{fam.alias_flag} contradicts --model_family {requested}; drop one")
+            requested, flag = fam.name, fam.alias_flag
+    return requested, flag
+
+
+def alias_flags() -> dict[str, str]:
+    """Each alias flag's namespace attribute -> the family it names."""
+    return {fam.alias_flag.lstrip("-"): fam.name for fam in FAMILIES.values() if fam.alias_flag}
 
 
 def get_family(name: str) -> type[ModelFamily]:

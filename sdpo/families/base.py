@@ -20,18 +20,23 @@ from typing import ClassVar
 import torch
 
 from sdpo.errors import UserError
+from sdpo.families.recipe import LaunchDefaults
 
 log = logging.getLogger(__name__)
 Conditioning = dict[str, torch.Tensor]
 
 
-def from_pretrained(cls, path: str, **kw):
-    """``cls.from_pretrained`` with a one-line error that says what is missing and what to do."""
+def from_pretrained(cls, path: str, what: str | None = None, **kw):
+    """``cls.from_pretrained`` with a one-line error that says what is missing and what to do (``what``: the
+    part's name for the evaluation loaders' wording)."""
     try:
         return cls.from_pretrained(path, **kw)
     except (OSError, ValueError) as e:
         where = kw.get("subfolder") or ""
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if what:
+            raise UserError(f"cannot load the {what} from {path}{'/' + where if where else ''} ({first}); pass a "
+                            "local folder or a reachable hub id") from None  # fmt: skip
         raise UserError(
             f"could not load {cls.__name__} from {path!r}{'/' + where if where else ''}: {first} "
             "(offline? pass a local folder)"
@@ -54,13 +59,28 @@ class ModelFamily:
     """
 
     name: ClassVar[str]
+    display_name: ClassVar[str] = ""  # the model's own name in messages (SD1.5, FLUX.1, Wan2.1, ...)
     pipeline_classes: ClassVar[tuple[str, ...]]  # model_index.json ``_class_name`` values
+    launch: ClassVar[LaunchDefaults | None] = None  # the paper recipe of scripts/train (sdpo.families.launch)
+    # The paper's objective settings for this family: method -> (beta_dpo, mu, extra flags); the demo runs them.
+    paper_methods: ClassVar[dict[str, tuple[float, float, tuple[str, ...]]]] = {}
+    alias_flag: ClassVar[str | None] = None  # a flag that means --model_family <name> (the SD-era --sdxl)
+    default_model: ClassVar[str | None] = None  # the hub id evaluation and the launch recipes use by default
+    default_sampling_vae: ClassVar[str | None] = None  # the VAE evaluation decodes with (None: the model's own)
     denoiser_folder: ClassVar[str] = "unet"  # subfolder of the pipeline, and the export folder name
     process: ClassVar[str] = "ddpm"  # "ddpm" or "flow": objectives that need DDPM quantities check it
     default_resolution: ClassVar[int] = 512
-    heavy: ClassVar[bool] = False  # reference SDXL-style defaults: gradient checkpointing + Adafactor on
+    resolution_multiple: ClassVar[int] = 8  # training sizes: the VAE's factor (times the latent patch size)
+    heavy: ClassVar[bool] = False  # gradient checkpointing on by default (the reference SDXL script's)
+    prefers_adafactor: ClassVar[bool] = False  # the reference script's optimizer when a whole model trains, unsharded
     joint_augment: ClassVar[bool] = False  # one crop/flip for winner and loser (the SDXL reference script)
-    dspo_form: ClassVar[str | None] = "sd15"  # which branch of the reference DSPO loss applies
+    dspo_form: ClassVar[str | None] = "residual"  # which form of the reference DSPO loss applies (sdpo.losses.dspo)
+    # Recognising a state dict (``owns_weights``): every marker is a prefix some key starts with, no key starts
+    # with an exclude; ``weights_label`` names the model in messages.
+    weights_label: ClassVar[str] = "a diffusers model"
+    lora_label: ClassVar[str | None] = None  # what a LoRA of this family is called (None: weights_label)
+    weights_markers: ClassVar[tuple[str, ...]] = ()
+    weights_excludes: ClassVar[tuple[str, ...]] = ()
     shard_blocks: ClassVar[tuple[str, ...]] = ()  # denoiser classes that are FSDP units (sdpo.distributed)
     video: ClassVar[bool] = False  # samples are frame stacks (F, 3, H, W) rather than images (3, H, W)
     channel_axis: ClassVar[int] = 0  # the axis of one sample's latent that holds the channels (noise offset)
@@ -75,6 +95,15 @@ class ModelFamily:
     # Evaluation sampling: the protocol's default guidance and what the number means (manifests say it).
     sampling_guidance: ClassVar[float] = 7.5  # the reference scripts' cfg: cond + cfg (cond - uncond)
     guidance_kind: ClassVar[str | None] = None  # None: manifests keep the reference scripts' layout (SD1.5/SDXL)
+
+    _registry: ClassVar[dict[str, type[ModelFamily]]] = {}
+
+    def __init_subclass__(cls, **kw):
+        """Every concrete family (one with a ``name``) is known to the base class, so that recognising weights
+        can ask all of them without the base importing any."""
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__:
+            ModelFamily._registry[cls.name] = cls
 
     def __init__(self, cfg, device: torch.device, weight_dtype: torch.dtype):
         self.cfg, self.device, self.weight_dtype = cfg, device, weight_dtype
@@ -95,6 +124,63 @@ class ModelFamily:
     @classmethod
     def denoiser_class(cls):
         raise NotImplementedError
+
+    @classmethod
+    def adafactor_by_default(cls, sharded: bool, lora: bool) -> bool:
+        """The optimizer default: the family's reference optimizer (SDXL's Adafactor) for a whole, unsharded model;
+        AdamW when sharded (Adafactor cannot run on sharded parameters) or for LoRA adapters."""
+        return cls.prefers_adafactor and not sharded and not lora
+
+    @classmethod
+    def flag_hint(cls) -> str:
+        """The flag that selects this family."""
+        return cls.alias_flag or f"--model_family {cls.name}"
+
+    @classmethod
+    def owns_weights(cls, keys) -> bool:
+        """Whether a state dict with these keys is this family's denoiser (see ``weights_markers``)."""
+        keys = list(keys)
+        return (bool(cls.weights_markers) and all(any(k.startswith(m) for k in keys) for m in cls.weights_markers)
+                and not any(k.startswith(e) for k in keys for e in cls.weights_excludes))  # fmt: skip
+
+    @classmethod
+    def describe_weights(cls, keys) -> str:
+        """A human name for the denoiser a set of state-dict keys belongs to, with the flag that selects it."""
+        keys = list(keys)
+        for fam in ModelFamily._registry.values():
+            if fam.owns_weights(keys):
+                return f"{fam.weights_label} (use {fam.flag_hint()})"
+        return "no denoiser of a supported family"
+
+    @classmethod
+    def describe_lora(cls, keys) -> str:
+        """What a LoRA file's keys (``<denoiser folder>.<layer>.lora_...``) were trained on; a LoRA covers only its
+        target layers, so families whose markers it lacks are named by the denoiser kind alone."""
+        keys = list(keys)
+        for fam in ModelFamily._registry.values():
+            prefix = fam.denoiser_folder + "."
+            mine = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
+            if mine and fam.owns_weights(mine):
+                return fam.lora_label or fam.weights_label
+        kinds = sorted({k.split(".", 1)[0] for k in keys})
+        return f"a {'/'.join(kinds)} of a family not recognised from its LoRA keys" if kinds else "no denoiser"
+
+    @classmethod
+    def load_weights_file(cls, model: torch.nn.Module, path) -> None:
+        """Load a weights file (``unet.pth``, ``transformer.pth``, safetensors, a diffusers folder) into ``model``
+        strictly; a mismatch names the family the file looks like."""
+        from sdpo.checkpoint.weights import load_denoiser_weights
+
+        load_denoiser_weights(model, path, describe=cls.describe_weights, model_label=cls.weights_label)
+
+    @classmethod
+    def check_resolution(cls, resolution: int, flag: str = "--resolution") -> None:
+        """Training sizes the VAE and the latent patching can take (one line otherwise)."""
+        if resolution <= 0 or resolution % cls.resolution_multiple:
+            why = "the VAE downsamples by 8" if cls.resolution_multiple == 8 else (
+                f"VAE factor 8 x {cls.resolution_multiple // 8}x{cls.resolution_multiple // 8} latent patches")  # fmt: skip
+            raise UserError(f"{flag} must be a multiple of {cls.resolution_multiple} for {cls.name} ({why}), "
+                            f"got {resolution}")  # fmt: skip
 
     @classmethod
     def configure(cls, cfg) -> None:
@@ -218,8 +304,6 @@ class ModelFamily:
         return self._vae_config
 
     def load_denoiser(self) -> torch.nn.Module:
-        from sdpo.checkpoint.weights import load_denoiser_weights
-
         cfg = self.cfg
         model = from_pretrained(
             self.denoiser_class(), cfg.pretrained_model_name_or_path, subfolder=self.denoiser_folder,
@@ -227,7 +311,7 @@ class ModelFamily:
         )  # fmt: skip
         self.check_denoiser(model)
         if cfg.unet_init:
-            load_denoiser_weights(model, cfg.unet_init)
+            self.load_weights_file(model, cfg.unet_init)
         return model
 
     def check_denoiser(self, model: torch.nn.Module) -> None:
@@ -297,9 +381,49 @@ class ModelFamily:
         ``set_timesteps``, so it must never be the training scheduler."""
         raise NotImplementedError
 
+    def sampling_sequence_length(self) -> int | None:
+        """Text tokens the sampler encodes prompts to (families with a T5-style encoder)."""
+        return None
+
     def sampling_components(self, denoiser: torch.nn.Module, scheduler):
-        """The evaluation sampler's parts (``sdpo.sampling.images.Components`` / ``sdpo.sampling.flow.FlowComponents``)
-        made of this family's loaded modules and ``denoiser``: nothing is loaded or copied."""
+        """The evaluation sampler's parts (``sdpo.sampling.images.Components``) made of this family's loaded
+        modules and ``denoiser``: nothing is loaded or copied."""
+        from sdpo.sampling.images import Components
+
+        return Components(type(self), denoiser, self.vae, scheduler, self.tokenizers, self.text_encoders,
+                          self.sampling_sequence_length())  # fmt: skip
+
+    @classmethod
+    def load_sampling_components(cls, pretrain_path: str, weights_path: str | None, device, dtype: torch.dtype,
+                                 vae_path: str | None = None, vae_dtype: torch.dtype = torch.float32,
+                                 max_sequence_length: int | None = None):  # fmt: skip
+        """Everything evaluation sampling needs, loaded from the base model with ``weights_path``'s denoiser."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_sampling_vae(cls, pretrain_path: str, vae_path: str | None, dtype: torch.dtype):
+        """The VAE evaluation decodes with: ``vae_path`` (a VAE folder or hub id, or a pipeline folder holding
+        ``vae/``), else the family's ``default_sampling_vae``, else the base model's own."""
+        path = vae_path or cls.default_sampling_vae
+        if path is None:
+            return from_pretrained(cls.vae_class(), pretrain_path, "VAE", subfolder="vae", torch_dtype=dtype)
+        p = Path(path)
+        sub = (
+            "vae"
+            if p.is_dir() and not (p / "config.json").is_file() and (p / "vae" / "config.json").is_file()
+            else None
+        )
+        return from_pretrained(cls.vae_class(), path, "VAE", subfolder=sub, torch_dtype=dtype)
+
+    @classmethod
+    def encode_sampling_prompt(cls, comp, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(embeddings, pooled or None)`` of one prompt, as the family's evaluation sampler encodes it."""
+        raise NotImplementedError
+
+    @classmethod
+    def sample_latents(cls, comp, prompts: list[str], height: int, width: int, steps: int, guidance: float,
+                       seed, sampler: str = "reference") -> torch.Tensor:  # fmt: skip
+        """Denoised latents of ``prompts`` from the protocol's initial latents (``sdpo.sampling.images``)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ SD-era names (kept as aliases)
@@ -323,7 +447,3 @@ class ModelFamily:
     @property
     def noise_scheduler(self):
         return self.scheduler
-
-    @property
-    def sdxl(self) -> bool:
-        return self.name == "sdxl"

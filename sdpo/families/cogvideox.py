@@ -33,7 +33,11 @@ from sdpo.families.video import VideoFamily, keep_fp32_modules
 
 class CogVideoX(VideoFamily, DDPMFamily):
     name: ClassVar[str] = "cogvideox"
+    display_name: ClassVar[str] = "CogVideoX"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("CogVideoXPipeline",)
+    default_model: ClassVar[str] = "THUDM/CogVideoX-2b"
+    weights_label: ClassVar[str] = "a CogVideoX transformer"
+    weights_markers: ClassVar[tuple[str, ...]] = ("patch_embed.text_proj.",)
     channel_axis: ClassVar[int] = 1  # latents are (F', C, h, w)
     frame_step: ClassVar[int] = 8
     frame_rule: ClassVar[str] = (
@@ -140,7 +144,7 @@ class CogVideoX(VideoFamily, DDPMFamily):
     # ------------------------------------------------------------------ evaluation sampling
 
     @classmethod
-    def sampling_sequence_length(cls, pipe, given: int | None) -> int:
+    def video_sequence_length(cls, pipe, given: int | None) -> int:
         return pipe.transformer.config.max_text_seq_length  # the length the transformer was trained with
 
     @classmethod

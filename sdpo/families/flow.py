@@ -20,6 +20,8 @@ from typing import ClassVar
 import torch
 
 from sdpo.families.base import Conditioning, ModelFamily, from_pretrained
+from sdpo.families.recipe import LaunchDefaults
+from sdpo.sampling.images import Components, initial_latents
 
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode")
 
@@ -54,6 +56,14 @@ class FlowFamily(ModelFamily):
     denoiser_folder: ClassVar[str] = "transformer"
     dspo_form: ClassVar[str | None] = None
     default_resolution: ClassVar[int] = 1024
+    resolution_multiple: ClassVar[int] = 16  # VAE factor 8 x the transformer's 2x2 latent patches
+    # The paper's Appendix B (FLUX.1-dev): lr 1e-5 as is (not scaled by the batch), global batch 512, 1024 px, bf16.
+    launch: ClassVar[LaunchDefaults | None] = LaunchDefaults(lr=1e-5, scale_lr=False, global_batch=512,
+                                                             per_gpu_batch=1, flags=("--resolution", "1024"))  # fmt: skip
+    paper_methods: ClassVar[dict[str, tuple[float, float, tuple[str, ...]]]] = {
+        "diffusion-dpo": (1000.0, 0.99, ()),  # Appendix B
+        "dmpo": (1000.0, 0.99, ("--dmpo_alpha", "0.01")),  # our choice: Appendix B's beta and mu
+    }
     heavy: ClassVar[bool] = True  # gradient checkpointing on by default
     joint_augment: ClassVar[bool] = True  # one crop/flip per pair, as the SDXL reference script
     # MM-DiT joint attention: image-stream and text-stream (add_*) projections, as diffusers' SD3/FLUX
@@ -114,14 +124,59 @@ class FlowFamily(ModelFamily):
     def process_terms(self) -> dict:
         return {"num_train_timesteps": self.scheduler.config.num_train_timesteps}
 
+    # ------------------------------------------------------------------ evaluation sampling
+
     def sampling_scheduler(self):
         return self.load_scheduler()  # a new instance, unshifted: the pipeline sets its own timesteps
 
-    def sampling_components(self, denoiser, scheduler):
-        from sdpo.sampling.flow import FlowComponents
+    def sampling_sequence_length(self) -> int:
+        return self.sequence_length()
 
-        return FlowComponents(self.name, denoiser, self.vae, scheduler, self.tokenizers, self.text_encoders,
-                              self.sequence_length())  # fmt: skip
+    @classmethod
+    def load_sampling_components(cls, pretrain_path: str, weights_path: str | None, device, dtype: torch.dtype,
+                                 vae_path: str | None = None, vae_dtype: torch.dtype = torch.float32,
+                                 max_sequence_length: int | None = None) -> Components:  # fmt: skip
+        """The base model's parts from ``pretrain_path``, the transformer's weights from ``weights_path``; the
+        sampler is the model's own ``FlowMatchEulerDiscreteScheduler`` with its shift, unchanged."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        transformer = from_pretrained(cls.denoiser_class(), pretrain_path, subfolder=cls.denoiser_folder,
+                                      torch_dtype=dtype)  # fmt: skip
+        if weights_path is not None:
+            cls.load_weights_file(transformer, weights_path)
+        scheduler = from_pretrained(FlowMatchEulerDiscreteScheduler, pretrain_path, subfolder="scheduler")
+        tokenizers, encoders = cls.load_text_parts(pretrain_path, torch_dtype=dtype)
+        vae = cls.load_sampling_vae(pretrain_path, vae_path, vae_dtype)
+        for m in (transformer, vae, *encoders):
+            m.to(device).eval().requires_grad_(False)
+        msl = cls.max_sequence_length(max_sequence_length, tokenizers[-1])
+        return Components(cls, transformer, vae, scheduler, tokenizers, encoders, msl)
+
+    @classmethod
+    def sampling_pipeline(cls, comp: Components):
+        pipe = cls.build_pipeline(comp.scheduler, comp.tokenizers, comp.text_encoders, comp.denoiser, comp.vae)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def encode_sampling_prompt(cls, comp: Components, prompt: str, pipe=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's own ``encode_prompt`` for one prompt (one at a time: batch-independent)."""
+        return cls.prompt_embeds(pipe or cls.sampling_pipeline(comp), [prompt], comp.device, comp.max_sequence_length)
+
+    @classmethod
+    @torch.no_grad()
+    def sample_latents(cls, comp: Components, prompts: list[str], height: int, width: int, steps: int,
+                       guidance: float, seed, sampler: str = "reference") -> torch.Tensor:  # fmt: skip
+        """Denoised ``(N, C, h, w)`` latents through the family's pipeline; ``guidance`` is the pipeline's own
+        scale (``sample`` says what it means for the family); ``sampler`` has no other choice here."""
+        pipe = cls.sampling_pipeline(comp)
+        enc = [cls.encode_sampling_prompt(comp, p, pipe) for p in prompts]
+        embeds, pooled = torch.cat([e for e, _ in enc]), torch.cat([p for _, p in enc])
+        lat = initial_latents(comp, len(prompts), height, width, seed, comp.vae.config.latent_channels)
+        return cls.sample(pipe, lat, lambda: cls.encode_sampling_prompt(comp, "", pipe), prompt_embeds=embeds,
+                          pooled_prompt_embeds=pooled, num_inference_steps=steps, guidance_scale=guidance,
+                          height=height, width=width, output_type="latent",
+                          max_sequence_length=comp.max_sequence_length)  # fmt: skip
 
     @classmethod
     def build_pipeline(cls, scheduler, tokenizers: list, text_encoders: list, transformer=None, vae=None):

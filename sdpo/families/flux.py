@@ -22,11 +22,19 @@ import torch
 from sdpo.errors import UserError
 from sdpo.families.base import Conditioning
 from sdpo.families.flow import FlowFamily
+from sdpo.families.recipe import LaunchDefaults
 
 
 class Flux(FlowFamily):
     name: ClassVar[str] = "flux"
+    display_name: ClassVar[str] = "FLUX.1"
+    # Appendix B, sharded as the paper's run: HSDP, FSDP inside each node, data parallel across nodes.
+    launch: ClassVar[LaunchDefaults | None] = LaunchDefaults(
+        lr=1e-5, scale_lr=False, global_batch=512, per_gpu_batch=1, sharding="hsdp", flags=("--resolution", "1024"))  # fmt: skip
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
+    default_model: ClassVar[str] = "black-forest-labs/FLUX.1-dev"
+    weights_label: ClassVar[str] = "a FLUX transformer"
+    weights_markers: ClassVar[tuple[str, ...]] = ("single_transformer_blocks.",)
     shard_blocks: ClassVar[tuple[str, ...]] = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
     text_encoder_classes: ClassVar[tuple[str, ...]] = ("CLIPTextModel", "T5EncoderModel")
     default_max_sequence_length: ClassVar[int] = 512

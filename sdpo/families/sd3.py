@@ -17,7 +17,11 @@ from sdpo.families.flow import FlowFamily
 
 class SD3(FlowFamily):
     name: ClassVar[str] = "sd3"
+    display_name: ClassVar[str] = "SD3"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
+    default_model: ClassVar[str] = "stabilityai/stable-diffusion-3.5-medium"  # the SD3 recipe's and test_sd3.sh's
+    weights_label: ClassVar[str] = "an SD3 transformer"
+    weights_markers: ClassVar[tuple[str, ...]] = ("transformer_blocks.", "pos_embed.")
     shard_blocks: ClassVar[tuple[str, ...]] = ("JointTransformerBlock",)
     text_encoder_classes: ClassVar[tuple[str, ...]] = (
         "CLIPTextModelWithProjection", "CLIPTextModelWithProjection", "T5EncoderModel")  # fmt: skip

@@ -20,6 +20,8 @@ from typing import ClassVar
 import torch
 
 from sdpo.errors import UserError
+from sdpo.families.base import from_pretrained
+from sdpo.families.recipe import LaunchDefaults
 
 SIZE_MULTIPLE = 16
 
@@ -37,6 +39,13 @@ class VideoFamily:
     default_size: ClassVar[tuple[int, int]] = (480, 832)  # (height, width) the model was trained at
     default_fps: ClassVar[int] = 16
     guidance_kind: ClassVar[str | None] = "classifier-free guidance, diffusers scale"
+    # SIPO paper, Table A1: lr 2e-5 constant (not scaled), Adam, 4 per GPU x 8 x 16 GPUs = 512, fp16.  Where it is
+    # silent (our choices): no warmup, no weight decay (Adam), 1000 steps with a checkpoint every 250.
+    launch: ClassVar[LaunchDefaults | None] = LaunchDefaults(
+        lr=2e-5, scale_lr=False, global_batch=512, per_gpu_batch=4, precision="fp16", flags=("--no-use_adafactor",),
+        schedule=("--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--max_train_steps", "1000",
+                  "--checkpointing_steps", "250", "--adam_weight_decay", "0"), video=True)  # fmt: skip
+    paper_methods: ClassVar[dict[str, tuple[float, float, tuple[str, ...]]]] = {}
 
     @classmethod
     def valid_frame_counts(cls) -> list[int]:
@@ -78,7 +87,29 @@ class VideoFamily:
     # ------------------------------------------------------------------ evaluation sampling (sdpo.sampling.video)
 
     @classmethod
-    def sampling_sequence_length(cls, pipe, given: int | None) -> int:
+    def load_sampling_components(cls, pretrain_path: str, weights_path: str | None, device, dtype: torch.dtype,
+                                 vae_path: str | None = None, vae_dtype: torch.dtype = torch.float32,
+                                 max_sequence_length: int | None = None, vae_tiling: bool = False):  # fmt: skip
+        """The base pipeline from ``pretrain_path`` with the transformer's weights from ``weights_path``
+        (``sdpo.sampling.video.VideoComponents``); ``vae_tiling`` decodes in tiles (less memory)."""
+        from sdpo.sampling.video import VideoComponents
+
+        vae = from_pretrained(cls.vae_class(), vae_path or pretrain_path, subfolder=None if vae_path else "vae",
+                              torch_dtype=vae_dtype)  # fmt: skip
+        pipe = from_pretrained(cls.pipeline_class(), pretrain_path, vae=vae, torch_dtype=dtype)
+        if weights_path is not None:
+            cls.load_weights_file(pipe.transformer, weights_path)
+        for m in (pipe.transformer, pipe.text_encoder, pipe.vae):
+            m.to(device).eval().requires_grad_(False)
+        if pipe.vae.dtype != vae_dtype:
+            pipe.vae.to(dtype=vae_dtype)
+        if vae_tiling:
+            pipe.vae.enable_tiling()
+        pipe.set_progress_bar_config(disable=True)
+        return VideoComponents(cls, pipe, cls.video_sequence_length(pipe, max_sequence_length))
+
+    @classmethod
+    def video_sequence_length(cls, pipe, given: int | None) -> int:
         """Text tokens the sampler encodes prompts to."""
         raise NotImplementedError
 

@@ -31,7 +31,11 @@ from sdpo.families.video import VideoFamily, keep_fp32_modules
 
 class Wan(VideoFamily, FlowFamily):
     name: ClassVar[str] = "wan"
+    display_name: ClassVar[str] = "Wan2.1"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("WanPipeline",)
+    default_model: ClassVar[str] = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    weights_label: ClassVar[str] = "a Wan transformer"
+    weights_markers: ClassVar[tuple[str, ...]] = ("condition_embedder.",)
     channel_axis: ClassVar[int] = 0  # latents are (C, F', h, w)
     frame_step: ClassVar[int] = 4
     frame_rule: ClassVar[str] = "its VAE keeps (F - 1) // 4 + 1 latent frames, so F must be 4k + 1"
@@ -130,7 +134,7 @@ class Wan(VideoFamily, FlowFamily):
     # ------------------------------------------------------------------ evaluation sampling
 
     @classmethod
-    def sampling_sequence_length(cls, pipe, given: int | None) -> int:
+    def video_sequence_length(cls, pipe, given: int | None) -> int:
         return cls.max_sequence_length(given, pipe.tokenizer)
 
     @classmethod

@@ -262,14 +262,6 @@ def lora_file(path: str | Path) -> Path:
     return f
 
 
-def _describe(keys: list[str]) -> str:
-    if any(k.startswith("transformer.") for k in keys):
-        return "a FLUX transformer" if any(".single_transformer_blocks." in k for k in keys) else "an SD3 transformer"
-    if any(k.startswith("unet.") for k in keys):
-        return "a UNet (SD1.5/SDXL)"
-    return "no diffusers denoiser"
-
-
 def check_lora_file(path: str | Path, family, model: torch.nn.Module | None = None) -> Path:
     """Refuse, in one line, a file that is not a diffusers-format LoRA of this family's denoiser;
     with ``model``, also one whose adapted layers are missing from it or have other shapes."""
@@ -284,7 +276,7 @@ def check_lora_file(path: str | Path, family, model: torch.nn.Module | None = No
     prefix = family.denoiser_folder + "."
     mine = [k for k in keys if k.startswith(prefix)]
     if not mine:
-        raise UserError(f"--lora_path {f}: a LoRA for {_describe(keys)}, but the base model is {family.name}; "
+        raise UserError(f"--lora_path {f}: a LoRA for {family.describe_lora(keys)}, but the base model is {family.name}; "
                         "pass the base model it was trained on")  # fmt: skip
     if model is None:
         return f

@@ -1,10 +1,11 @@
 """DSPO (Zhu et al., 2025), in the score-preference form of the SDPO reference code.
 
-SD1.5: match the winner's residual to a preference-weighted pull towards the reference,
+Two forms, as the family says (``ModelFamily.dspo_form``).  ``residual`` (the reference code's SD1.5
+branch): match the winner's residual to a preference-weighted pull towards the reference,
 ``mean_pairs mean_CHW (res_w - beta * (1 - sigmoid(u)) * (pred_w - ref_pred_w))^2`` with
 ``res_w = pred_w - eps_w``.
 
-SDXL (the reference code's branch, kept verbatim): if ``mean((pred_w - ref_pred_w)^2) >= 0.1``
+``thresholded`` (the reference code's SDXL branch, kept verbatim): if ``mean((pred_w - ref_pred_w)^2) >= 0.1``
 the loss is ``mean(((1 - sigmoid(u)) * d_w)^2)``, otherwise ``mean((1 - sigmoid(u))^2)``.  The
 threshold is evaluated per micro-batch.  ``u`` keeps its gradient, so the loser term (and with
 it the SDPO safeguard) acts through the weight ``1 - sigmoid(u)``.
@@ -31,7 +32,7 @@ def loss(terms: PreferenceTerms, cfg) -> LossOutput:
     eps_w, _ = terms.halves(at_least_fp32(terms.target))
     ref_w, _ = terms.halves(at_least_fp32(terms.ref_pred))
     d_w = pred_w - ref_w
-    if terms.sdxl:
+    if terms.dspo_form == "thresholded":
         if (d_w.detach() ** 2).mean() >= SDXL_DIFF_THRESHOLD:
             value = ((weight * d_w) ** 2).mean()
         else:

@@ -28,7 +28,7 @@ class PreferenceTerms:
     lam: torch.Tensor | None = None
     noisy_latents: torch.Tensor | None = None
     latents: torch.Tensor | None = None
-    sdxl: bool = False
+    dspo_form: str | None = "residual"  # the family's form of the DSPO loss (sdpo.losses.dspo)
     # For objectives that need the diffusion process itself (mapo: T; dpo-cm / sipo: transition
     # densities and a per-pair draw of x_{t-1}): the scheduler's schedule and each pair's seed.
     # DDPM families fill alphas_cumprod/prediction_type; every family fills num_train_timesteps.

@@ -1,4 +1,4 @@
-"""Text-to-image sampling exactly as the paper's evaluation did it, built on diffusers parts.
+"""Text-to-image sampling exactly as the paper's evaluation did it: the protocol, whatever the family.
 
 Three details decide whether our images (and so the reward numbers) match the paper's
 (REFERENCE.md section 5), and each has one function here so tests can pin it down:
@@ -7,16 +7,14 @@ Three details decide whether our images (and so the reward numbers) match the pa
   by every prompt (or, given one seed per prompt, drawn per prompt the same way), so batching never
   changes an image;
 - the guidance formula (:func:`reference_guidance`): ``cond + cfg * (cond - uncond)``, which is
-  diffusers' classifier-free guidance with ``guidance_scale = cfg + 1``;
-- the prompt encodings (:func:`encode_prompts`): max-length padding without an attention mask, the
-  empty string as negative prompt, SDXL's penultimate hidden states and pooled embedding.
+  diffusers' classifier-free guidance with ``guidance_scale = cfg + 1`` (the SD1.5/SDXL protocol);
+- one prompt encoded at a time and one image decoded at a time, so an image never depends on its
+  batch neighbours (a batched matmul may round differently from a single one).
 
-Two samplers share them. ``"reference"`` is a short loop over the diffusers scheduler
-(``set_timesteps`` / ``scale_model_input`` / ``step``) that applies the formula in the reference
-scripts' order of operations, so bf16 runs round the same way the paper's did. ``"pipeline"``
-hands the same embeddings and latents to diffusers' ``StableDiffusion(XL)Pipeline`` with
-``guidance_scale = cfg + 1``; it computes ``uncond + (cfg + 1) * (cond - uncond)``, equal in exact
-arithmetic and within float rounding in practice (the tests measure it).
+What is model-specific (how prompts are encoded, the sampler loop or pipeline, what the guidance
+number means) is the family's (``sdpo.families``): :class:`Components` carries its family class,
+and :func:`sample_latents` hands over to ``family.sample_latents``.  Nothing here knows which
+family it runs.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -32,24 +29,29 @@ from PIL import Image
 from sdpo.errors import UserError
 
 SAMPLERS = ("reference", "pipeline")
-SDXL_DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class Components:
-    """Everything generation needs, loaded once: text encoders in ``dtype``, the VAE in its own dtype."""
+    """Everything generation needs, loaded once: the denoiser and text encoders in the sampling dtype, the VAE in
+    its own dtype, and the family class whose methods drive them (``ModelFamily.sample_latents``)."""
 
-    unet: torch.nn.Module
+    family: type
+    denoiser: torch.nn.Module
     vae: torch.nn.Module
     scheduler: object
     tokenizers: list
     text_encoders: list
-    sdxl: bool
+    max_sequence_length: int | None = None  # text tokens, for families with a T5-style encoder
+
+    @property
+    def unet(self) -> torch.nn.Module:  # the SD-era name of the denoiser
+        return self.denoiser
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.denoiser.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -87,118 +89,10 @@ def reference_guidance(cond: torch.Tensor, uncond: torch.Tensor, cfg: float) -> 
     return cond + cfg * (cond - uncond)
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-def _from_pretrained(cls, path: str, subfolder: str | None, what: str, **kwargs):
-    try:
-        return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
-    except (OSError, ValueError) as e:
-        where = f"{path}/{subfolder}" if subfolder else path
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"cannot load the {what} from {where} ({first}); pass a local folder or a reachable hub id"
-        ) from None
-
-
-def _vae_source(vae_path: str) -> tuple[str, str | None]:
-    """A VAE folder itself, or a pipeline folder holding ``vae/`` (handy for local mirrors)."""
-    p = Path(vae_path)
-    if p.is_dir() and not (p / "config.json").is_file() and (p / "vae" / "config.json").is_file():
-        return vae_path, "vae"
-    return vae_path, None
-
-
-def load_components(
-    pretrain_path: str,
-    unet_path: str | None,
-    sdxl: bool,
-    device: torch.device | str,
-    dtype: torch.dtype,
-    vae_path: str | None = None,
-    vae_dtype: torch.dtype = torch.float32,
-    family: str | None = None,
-    max_sequence_length: int | None = None,
-):
-    """Load the base model's parts from ``pretrain_path`` (hub id or folder) and put ``unet_path``'s
-    weights into its UNet (``None`` keeps the base UNet). The VAE comes from ``vae_path`` when given
-    (SDXL: the fp16-fix VAE by default, as in the paper), else from the base model.  ``family`` sd3 or
-    flux loads a rectified-flow model instead (``eval/flow_sampling.py``)."""
-    from sdpo.families import get_family
-
-    if family is not None and get_family(family).process == "flow":  # sd3, flux (video has its own loader)
-        from sdpo.sampling.flow import load_flow_components
-
-        return load_flow_components(family, pretrain_path, unet_path, device, dtype, vae_path, vae_dtype,
-                                    max_sequence_length)  # fmt: skip
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from sdpo.checkpoint.weights import load_unet_weights
-
-    unet = _from_pretrained(UNet2DConditionModel, pretrain_path, "unet", "base UNet", torch_dtype=dtype)
-    has_add = getattr(unet.config, "addition_embed_type", None) == "text_time"
-    if has_add != sdxl:
-        kind = "an SDXL" if has_add else "an SD1.5-style"
-        fix = "add --sdxl" if has_add else "drop --sdxl"
-        raise UserError(f"{pretrain_path} is {kind} base model but --sdxl is {'off' if has_add else 'on'}: {fix}")
-    if unet_path is not None:
-        load_unet_weights(unet, unet_path)  # copies into the ``dtype`` parameters, as the reference does
-    # The reference scripts load Euler from the base model's scheduler config (not from the pipeline's
-    # PNDM config), which decides e.g. the timestep spacing; do the same.
-    scheduler = _from_pretrained(EulerDiscreteScheduler, pretrain_path, "scheduler", "scheduler")
-    names = ["text_encoder", "text_encoder_2"] if sdxl else ["text_encoder"]
-    classes = [CLIPTextModel, CLIPTextModelWithProjection] if sdxl else [CLIPTextModel]
-    tok_names = ["tokenizer", "tokenizer_2"] if sdxl else ["tokenizer"]
-    encoders = [_from_pretrained(c, pretrain_path, n, n, torch_dtype=dtype) for c, n in zip(classes, names)]
-    tokenizers = [_from_pretrained(CLIPTokenizer, pretrain_path, n, n) for n in tok_names]
-    if vae_path is None and sdxl:
-        vae_path = SDXL_DEFAULT_VAE
-    src, sub = _vae_source(vae_path) if vae_path is not None else (pretrain_path, "vae")
-    vae = _from_pretrained(AutoencoderKL, src, sub, "VAE", torch_dtype=vae_dtype)
-    for m in (unet, vae, *encoders):
-        m.to(device).eval().requires_grad_(False)
-    return Components(unet, vae, scheduler, tokenizers, encoders, sdxl)
-
-
-# ----------------------------------------------------------------------------- encoding
-
-
-@torch.no_grad()
-def encode_prompts(comp: Components, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Prompt embeddings (and SDXL's pooled embedding) as the reference scripts compute them:
-    padding to the tokenizer's max length, no attention mask; SDXL concatenates both encoders'
-    penultimate hidden states and pools from the second encoder.
-
-    Prompts are encoded one at a time: it costs little next to the UNet, and a batched matmul
-    may round differently from a single one, which would make images depend on the batch size."""
-    outs = [_encode_one(comp, p) for p in prompts]
-    embeds = torch.cat([e for e, _ in outs])
-    return embeds, (torch.cat([p for _, p in outs]) if comp.sdxl else None)
-
-
-def _encode_one(comp: Components, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    device = comp.device
-    if not comp.sdxl:
-        tok = comp.tokenizers[0]
-        ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return comp.text_encoders[0](ids.input_ids.to(device))[0].to(comp.dtype), None
-    states, pooled = [], None
-    for tok, enc in zip(comp.tokenizers, comp.text_encoders):
-        ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        out = enc(ids.input_ids.to(device), output_hidden_states=True)
-        pooled = out[0]
-        states.append(out.hidden_states[-2])
-    return torch.cat(states, dim=-1).to(comp.text_encoders[-1].dtype), pooled
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-def _initial_latents(comp: Components, n: int, height: int, width: int, seed: int | Sequence[int]) -> torch.Tensor:
-    """The unscaled initial latents of ``n`` prompts (the caller or pipeline scales by init_noise_sigma): ``n``
-    copies of the reference latent for one int seed, else prompt ``i``'s own reference latent for ``seed[i]``."""
-    channels = comp.unet.config.in_channels
+def initial_latents(comp: Components, n: int, height: int, width: int, seed: int | Sequence[int],
+                    channels: int) -> torch.Tensor:  # fmt: skip
+    """The unscaled initial latents of ``n`` prompts: ``n`` copies of the reference latent for one int seed,
+    else prompt ``i``'s own reference latent for ``seed[i]``."""
     if isinstance(seed, int):
         lat = reference_initial_latent(height, width, seed, comp.device, comp.dtype, channels)
         return lat.expand(n, -1, -1, -1).contiguous()
@@ -207,98 +101,27 @@ def _initial_latents(comp: Components, n: int, height: int, width: int, seed: in
     return torch.cat([reference_initial_latent(height, width, s, comp.device, comp.dtype, channels) for s in seed])
 
 
-def _time_ids(comp: Components, n: int, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """SDXL micro-conditioning of the reference: original size, no crop, target size."""
-    return torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=comp.device).repeat(n, 1)
-
-
-@torch.no_grad()
-def _sample_reference(comp, cond, pooled, neg, neg_pooled, lat, height, width, steps, cfg) -> torch.Tensor:
-    sched = comp.scheduler
-    sched.set_timesteps(steps, device=comp.device)
-    latents = lat * sched.init_noise_sigma
-    n = latents.shape[0]
-    hidden = torch.cat([cond, neg.expand(n, -1, -1)])  # cond half first, as in the reference scripts
-    added = None
-    if comp.sdxl:
-        time_ids = _time_ids(comp, n, height, width, latents.dtype).repeat(2, 1)
-        added = {"text_embeds": torch.cat([pooled, neg_pooled.expand(n, -1)]), "time_ids": time_ids}
-    for t in sched.timesteps:
-        model_in = sched.scale_model_input(latents, t).repeat(2, 1, 1, 1)
-        pred = comp.unet(model_in, t, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
-        pred_cond, pred_uncond = pred.chunk(2)
-        latents = sched.step(reference_guidance(pred_cond, pred_uncond, cfg), t, latents, return_dict=False)[0]
-    return latents
-
-
-def _pipeline(comp: Components):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if comp.sdxl:
-        pipe = StableDiffusionXLPipeline(
-            vae=comp.vae,
-            text_encoder=comp.text_encoders[0],
-            text_encoder_2=comp.text_encoders[1],
-            tokenizer=comp.tokenizers[0],
-            tokenizer_2=comp.tokenizers[1],
-            unet=comp.unet,
-            scheduler=comp.scheduler,
-            add_watermarker=False,
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=comp.vae,
-            text_encoder=comp.text_encoders[0],
-            tokenizer=comp.tokenizers[0],
-            unet=comp.unet,
-            scheduler=comp.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@torch.no_grad()
-def _sample_pipeline(comp, cond, pooled, neg, neg_pooled, lat, height, width, steps, cfg) -> torch.Tensor:
-    n = lat.shape[0]
-    kwargs = dict(
-        prompt_embeds=cond,
-        negative_prompt_embeds=neg.expand(n, -1, -1),
-        latents=lat,  # the pipeline multiplies by init_noise_sigma itself
-        num_inference_steps=steps,
-        guidance_scale=cfg + 1.0,  # diffusers: uncond + g (cond - uncond) == cond + cfg (cond - uncond)
-        height=height,
-        width=width,
-        output_type="latent",  # decoded by decode_latents in fp32, like the reference
-    )
-    if comp.sdxl:
-        kwargs.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=neg_pooled.expand(n, -1))
-    return _pipeline(comp)(**kwargs).images
-
-
-def sample_latents(
-    comp: Components,
-    prompts: list[str],
-    height: int,
-    width: int,
-    steps: int,
-    cfg: float,
-    seed: int | Sequence[int],
-    sampler: str = "reference",
-) -> torch.Tensor:
-    """Denoised latents for ``prompts``, every prompt starting from the same reference latent (one int seed)
-    or each from its own (a list of seeds, one per prompt)."""
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+def check_size(height: int, width: int) -> None:
     if height % 16 or width % 16:
         raise UserError(f"height and width must be multiples of 16, got {height}x{width}")
-    cond, pooled = encode_prompts(comp, prompts)
-    neg, neg_pooled = encode_prompts(comp, [""])  # empty-string negative prompt (SDXL: not zeros)
-    lat = _initial_latents(comp, len(prompts), height, width, seed)
-    fn = _sample_reference if sampler == "reference" else _sample_pipeline
-    return fn(comp, cond, pooled, neg, neg_pooled, lat, height, width, steps, cfg)
+
+
+@torch.no_grad()
+def encode_prompts(comp: Components, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(embeddings, pooled or None)`` of ``prompts``, encoded one at a time as the family's sampler does."""
+    outs = [comp.family.encode_sampling_prompt(comp, p) for p in prompts]
+    pooled = [p for _, p in outs]
+    return torch.cat([e for e, _ in outs]), (torch.cat(pooled) if pooled[0] is not None else None)
+
+
+def sample_latents(comp: Components, prompts: list[str], height: int, width: int, steps: int, cfg: float,
+                   seed: int | Sequence[int], sampler: str = "reference") -> torch.Tensor:  # fmt: skip
+    """Denoised latents for ``prompts``, every prompt starting from the same reference latent (one int seed)
+    or each from its own (a list of seeds, one per prompt); ``cfg`` means what the family's guidance means."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    check_size(height, width)
+    return comp.family.sample_latents(comp, prompts, height, width, steps, cfg, seed, sampler)
 
 
 @torch.no_grad()
@@ -306,7 +129,7 @@ def decode_latents(comp: Components, latents: torch.Tensor) -> list[Image.Image]
     """Latents to 8-bit RGB images, decoded in the VAE's dtype (fp32 in the paper's setting).
 
     One image at a time: the decoder dominates memory at 1024 px, and decoding singly keeps each
-    image independent of its batch neighbours (see :func:`encode_prompts`)."""
+    image independent of its batch neighbours."""
     return [_decode_one(comp, latents[i : i + 1]) for i in range(latents.shape[0])]
 
 
@@ -320,22 +143,8 @@ def _decode_one(comp: Components, latent: torch.Tensor) -> Image.Image:
     return Image.fromarray((x[0] * 255).round().astype("uint8"))
 
 
-def generate_images(
-    comp: Components,
-    prompts: list[str],
-    height: int,
-    width: int,
-    steps: int = 50,
-    cfg: float = 7.5,
-    seed: int | Sequence[int] = 0,
-    sampler: str = "reference",
-) -> list[Image.Image]:
+def generate_images(comp: Components, prompts: list[str], height: int, width: int, steps: int = 50,
+                    cfg: float = 7.5, seed: int | Sequence[int] = 0, sampler: str = "reference") -> list[Image.Image]:  # fmt: skip
     """One image per prompt; the result for a prompt does not depend on the other prompts in the batch.
-    ``seed``: one int (every prompt starts from that seed's latent) or one seed per prompt.
-    For SD3/FLUX components ``cfg`` is the model's own guidance (see ``eval/flow_sampling.py``)."""
-    from sdpo.sampling.flow import FlowComponents, sample_flow_latents
-
-    if isinstance(comp, FlowComponents):
-        seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
-        return decode_latents(comp, sample_flow_latents(comp, prompts, height, width, steps, cfg, seeds))
+    ``seed``: one int (every prompt starts from that seed's latent) or one seed per prompt."""
     return decode_latents(comp, sample_latents(comp, prompts, height, width, steps, cfg, seed, sampler))

@@ -1,6 +1,7 @@
-"""Sampling CogVideoX and Wan2.1 for evaluation, through their own diffusers pipelines.
+"""Sampling video families for evaluation, through their own diffusers pipelines (loaded by the family:
+``VideoFamily.load_sampling_components``).
 
-The image protocol carries over (``eval/sampling.py``): every prompt starts from the same initial
+The image protocol carries over (``sdpo.sampling.images``): every prompt starts from the same initial
 latent, one draw for a batch of one from a generator seeded with ``--seed`` on the device, in the
 text encoder's dtype; latents are decoded one video at a time in the VAE's dtype (fp32 by default).
 Each prompt is also *sampled* on its own (one pipeline call per prompt, whatever ``--batch_size``):
@@ -22,12 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sdpo.families import get_family
-
 
 @dataclass
 class VideoComponents:
-    family: str
+    family: type  # the ModelFamily class (sdpo.families.video.VideoFamily)
     pipe: object  # CogVideoXPipeline or WanPipeline, progress bar off
     max_sequence_length: int
 
@@ -44,36 +43,13 @@ class VideoComponents:
         return self.pipe.transformer
 
 
-def load_video_components(family: str, pretrain_path: str, weights_path: str | None, device, dtype,
-                          vae_dtype=torch.float32, max_sequence_length: int | None = None,
-                          vae_tiling: bool = False) -> VideoComponents:  # fmt: skip
-    """The base pipeline from ``pretrain_path`` with the transformer's weights from ``weights_path``."""
-    from sdpo.checkpoint.weights import load_denoiser_weights
-    from sdpo.families import get_family
-    from sdpo.families.base import from_pretrained
-
-    fam = get_family(family)
-    vae = from_pretrained(fam.vae_class(), pretrain_path, subfolder="vae", torch_dtype=vae_dtype)
-    pipe = from_pretrained(fam.pipeline_class(), pretrain_path, vae=vae, torch_dtype=dtype)
-    if weights_path is not None:
-        load_denoiser_weights(pipe.transformer, weights_path)
-    for m in (pipe.transformer, pipe.text_encoder, pipe.vae):
-        m.to(device).eval().requires_grad_(False)
-    if pipe.vae.dtype != vae_dtype:
-        pipe.vae.to(dtype=vae_dtype)
-    if vae_tiling:
-        pipe.vae.enable_tiling()
-    pipe.set_progress_bar_config(disable=True)
-    return VideoComponents(family, pipe, fam.sampling_sequence_length(pipe, max_sequence_length))
-
-
 def initial_latent(comp: VideoComponents, frames: int, height: int, width: int, seed: int) -> torch.Tensor:
     """The seeded initial noise of one video in the pipeline's layout (CogVideoX ``(1, F', C, h, w)``,
     Wan ``(1, C, F', h, w)``); both schedulers start at ``init_noise_sigma`` 1."""
     pipe = comp.pipe
     c, s = pipe.transformer.config.in_channels, pipe.vae_scale_factor_spatial
     f, h, w = (frames - 1) // pipe.vae_scale_factor_temporal + 1, height // s, width // s
-    shape = get_family(comp.family).sampling_latent_shape(c, f, h, w)
+    shape = comp.family.sampling_latent_shape(c, f, h, w)
     gen = torch.Generator(device=comp.device).manual_seed(seed)
     return torch.randn(shape, generator=gen, device=comp.device, dtype=comp.dtype)
 
@@ -102,7 +78,7 @@ def sample_video_latents(comp: VideoComponents, prompts: list[str], height: int,
 def decode_video(comp: VideoComponents, latent: torch.Tensor) -> np.ndarray:
     """One video's latents (with its batch axis of one) -> ``uint8 (F, H, W, 3)``."""
     pipe = comp.pipe
-    video = get_family(comp.family).decode_sampled(pipe, latent.to(pipe.vae.dtype))
+    video = comp.family.decode_sampled(pipe, latent.to(pipe.vae.dtype))
     frames = pipe.video_processor.postprocess_video(video.float(), output_type="np")[0]
     return (frames * 255).round().clip(0, 255).astype(np.uint8)
 

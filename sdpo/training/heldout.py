@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from sdpo.checkpoint.weights import load_unet_weights
 from sdpo.data import pairs as data
 from sdpo.families import load_family as load_components
 from sdpo.losses import PreferenceTerms, get_objective, inside_term
@@ -66,8 +65,8 @@ class HeldOutEvaluator:
 
     @torch.no_grad()
     def evaluate(self, weights: str | Path) -> dict[str, float]:
-        """Means over the held-out draws; ``weights`` is anything ``load_unet_weights`` reads."""
-        load_unet_weights(self.comps.unet, weights)
+        """Means over the held-out draws; ``weights`` is any weights file ``ModelFamily.load_weights_file`` reads."""
+        self.comps.load_weights_file(self.comps.unet, weights)
         sums = dict.fromkeys(("model_w", "model_l", "ref_w", "ref_l", "correct"), 0.0)
         n = 0
         for batch, (ref_w, ref_l) in zip(self.batches, self.ref):

@@ -146,7 +146,7 @@ def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device:
         lam=lam,
         noisy_latents=noisy,
         latents=latents,
-        sdxl=family.dspo_form == "sdxl",
+        dspo_form=family.dspo_form,
         sample_seeds=batch["sample_seeds"],
         logs=logs,
         **process,

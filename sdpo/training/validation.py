@@ -4,9 +4,9 @@ Researchers stop a bad run early by watching its samples: the paper's Figure 9 s
 drifting to over-saturated images over training while SDPO stays coherent, and its FLUX run at lr 1e-5
 collapses.  With ``--validation_prompts`` the loop generates one image per prompt with the current
 policy at step 0, every ``--validation_steps`` and at the end, through the evaluation sampler
-(``eval/sampling.py``, ``eval/flow_sampling.py``: same guidance formula, same seeded initial latent for
+(``sdpo.sampling.images`` and the family's sampler: same guidance formula, same seeded initial latent for
 every prompt), and scores the images with ``--validation_metrics`` (the five reward models of
-``eval/rewards``).  With the default sampler settings and fp32, the last validation's images are the
+``sdpo.rewards``).  With the default sampler settings and fp32, the last validation's images are the
 images ``eval/generate.py`` makes from the final weights.
 
 Outputs (main process), in ``output_dir/validation/``:

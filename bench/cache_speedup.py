@@ -62,7 +62,7 @@ def text_encoder(kind: str, config: dict):
     if kind == "t5":
         return T5EncoderModel(T5Config(**config))
     cls = CLIPTextModel if kind == "clip" else CLIPTextModelWithProjection
-    return cls(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **config))
+    return cls(CLIPTextConfig(**config))
 
 
 # ----------------------------------------------------------------------------- 1. FLOPs

@@ -44,7 +44,7 @@ SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, laten
 def _text_encoder(cls, spec: dict):
     from transformers import CLIPTextConfig
 
-    return cls(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **spec))
+    return cls(CLIPTextConfig(**spec))
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
     python bench/generation_throughput.py                       # tiny SD1.5 model, CPU or GPU
     python bench/generation_throughput.py --real-arch sd15      # GPU: the real SD1.5 architecture,
                                                                 # random weights, nothing downloaded
+    python bench/generation_throughput.py --quick [--real-arch sd15]   # seconds, CPU too (stand-in configs)
 
 Batching is free for the images (they do not depend on the batch size), so this only measures what it
 buys in speed. Batch 1 and batch B runs are interleaved over the same prompts and repeated; the
@@ -26,31 +27,24 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from bench.model_configs import SD15_UNET  # noqa: E402
+from bench import model_configs as mc  # noqa: E402
+from bench.quick import parse  # noqa: E402
 from sdpo.families import get_family  # noqa: E402
 from sdpo.sampling.images import Components, generate_images, resolve_dtype  # noqa: E402
 from sdpo.tiny import build_tiny_model  # noqa: E402
 
 
-def _real_sd15(device: torch.device, dtype: torch.dtype, tmp: Path) -> Components:
-    """SD1.5's UNet, text encoder and VAE architectures with random weights (no download); the
-    tokenizer is the tiny byte-level one, which only changes which token ids are looked up."""
+def _real_sd15(device: torch.device, dtype: torch.dtype, tmp: Path, quick: bool = False) -> Components:
+    """SD1.5's UNet, text encoder and VAE architectures with random weights (no download), or their
+    ``--quick`` stand-ins; the tokenizer is the tiny byte-level one, which only changes which token ids
+    are looked up."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET)
-    text = CLIPTextModel(
-        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
+    unet = UNet2DConditionModel(**(mc.SD15_UNET_QUICK if quick else mc.SD15_UNET))
+    text = CLIPTextModel(CLIPTextConfig(**(mc.CLIP_L_QUICK if quick else mc.CLIP_L)))
+    vae = AutoencoderKL(**(mc.SD_VAE_QUICK if quick else mc.SD_VAE), latent_channels=4, sample_size=512)
     sched = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )
@@ -74,7 +68,7 @@ def _timed(fn, device: torch.device) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kind", choices=["sd15", "sdxl"], default="sd15", help="tiny model kind")
-    ap.add_argument("--real-arch", choices=["sd15"], default=None, help="real SD1.5 architecture (GPU only)")
+    ap.add_argument("--real-arch", choices=["sd15"], default=None, help="real SD1.5 architecture (GPU, or --quick)")
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--images", type=int, default=16, help="images per timed run (a multiple of --batch_size)")
     ap.add_argument("--steps", type=int, default=10)
@@ -82,18 +76,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default=None, help="default: the accelerator if there is one, else cpu")
     ap.add_argument("--dtype", default="auto")
-    a = ap.parse_args(argv)
+    a = parse(ap, argv, batch_size=2, images=2, steps=2, size=32, repeats=1)
 
     accel = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
     device = torch.device(a.device or accel or "cpu")
     dtype = resolve_dtype(a.dtype, device)
-    real = a.real_arch is not None and device.type != "cpu"
+    real = a.real_arch is not None and (device.type != "cpu" or a.quick)  # --quick: stand-ins fit a CPU
     if a.real_arch and not real:
         print("--real-arch needs an accelerator; measuring the tiny model on the CPU instead")
     size = a.size or (512 if real else 64)
     with tempfile.TemporaryDirectory() as tmp:
         if real:
-            comp, what = _real_sd15(device, dtype, Path(tmp)), "SD1.5 architecture (random weights)"
+            comp = _real_sd15(device, dtype, Path(tmp), a.quick)
+            what = "SD1.5 layout, --quick stand-in" if a.quick else "SD1.5 architecture (random weights)"
         else:
             folder = build_tiny_model(a.kind, Path(tmp) / a.kind)
             comp = get_family(a.kind).load_sampling_components(str(folder), None, device, dtype, vae_path=str(folder))

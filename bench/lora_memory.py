@@ -2,6 +2,7 @@
 
     python bench/lora_memory.py                                  # SDXL, rank 8 on attn, 1024 px, 1 pair per step
     python bench/lora_memory.py --measure 128 192 256            # ... with the step's peak measured and extrapolated
+    python bench/lora_memory.py --quick                          # both on the --quick stand-ins, measured at 32, 48 px
 
 Three parts, each printed:
 
@@ -34,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.lora_vs_full import SD_VAE, _text_encoder, build  # noqa: E402
-from bench.model_configs import CLIP_G, CLIP_L, SDXL_UNET  # noqa: E402
+from bench.lora_vs_full import ARCHS, QUICK_ARCHS, _text_encoder, build  # noqa: E402
+from bench.quick import parse  # noqa: E402
 
 GB = 1e9
 
@@ -44,25 +45,23 @@ def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def parameter_counts(rank: int, targets: list[str] | None) -> dict[str, int]:
-    """The real SDXL parts on the meta device, and the adapters peft adds for ``rank`` / ``targets``."""
+def parameter_counts(rank: int, targets: list[str] | None, quick: bool = False) -> dict[str, int]:
+    """The real SDXL parts (or their ``--quick`` stand-ins) on the meta device, and the adapters peft adds for
+    ``rank`` / ``targets``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from sdpo.families import get_family
     from sdpo.lora import adapters as lora
 
+    unet_cfg, (clip_l, clip_g), vae_cfg = (QUICK_ARCHS if quick else ARCHS)["sdxl"]
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SDXL_UNET)
+        unet = UNet2DConditionModel(**unet_cfg)
         out = {
             "UNet": count(unet),
-            "text encoder (CLIP ViT-L)": count(_text_encoder(CLIPTextModel, CLIP_L)),
-            "text encoder 2 (OpenCLIP bigG)": count(_text_encoder(CLIPTextModelWithProjection, CLIP_G)),
-            "VAE": count(
-                AutoencoderKL(
-                    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, **SD_VAE
-                )
-            ),  # fmt: skip
+            "text encoder (CLIP ViT-L)": count(_text_encoder(CLIPTextModel, clip_l)),
+            "text encoder 2 (OpenCLIP bigG)": count(_text_encoder(CLIPTextModelWithProjection, clip_g)),
+            "VAE": count(AutoencoderKL(**vae_cfg)),
         }
         cfg = SimpleNamespace(lora_rank=rank, lora_alpha=None, lora_dropout=0.0, lora_target_modules=targets)
         unet.requires_grad_(False)
@@ -78,7 +77,7 @@ def measure_step_peak(resolution: int, args) -> float:
     from sdpo.training.step import preference_forward
 
     ns = SimpleNamespace(arch="sdxl", resolution=resolution, rank=args.rank, targets=args.targets,
-                         gradient_checkpointing=True, only="lora")  # fmt: skip
+                         gradient_checkpointing=True, only="lora", quick=args.quick)  # fmt: skip
     cfg, runs, _ = build(ns, torch.device("cpu"), torch.bfloat16)
     fam = runs["lora"]
     dpo = get_objective("diffusion-dpo")
@@ -111,13 +110,14 @@ def main(argv=None) -> None:
     p.add_argument("--resolution", type=int, default=1024)
     p.add_argument("--measure", type=int, nargs="*", default=[], help="resolutions to measure the step peak at (CPU)")
     p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
+    args = parse(p, argv, measure=[32, 48])
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    counts = parameter_counts(args.rank, args.targets)
+    counts = parameter_counts(args.rank, args.targets, args.quick)
     n_lora = counts.pop("LoRA adapters")
-    print(f"SDXL parameter counts (real configs, meta device); LoRA rank {args.rank} on {args.targets or 'attn'}:")
+    configs = "--quick stand-ins" if args.quick else "real configs"
+    print(f"SDXL parameter counts ({configs}, meta device); LoRA rank {args.rank} on {args.targets or 'attn'}:")
     for name, n in counts.items():
         print(f"  {name:<32} {n / 1e6:9.1f} M   bf16 {2 * n / GB:6.2f} GB")
     frozen = 2 * sum(counts.values())

@@ -10,6 +10,7 @@ each run's memory and the median step time, and the LoRA / full ratios.
     python bench/lora_vs_full.py                                   # CPU: a mid-size SD1.5-layout UNet, 128 px
     python bench/lora_vs_full.py --arch sd15 --resolution 512      # SD1.5's real configs (random weights), GPU
     python bench/lora_vs_full.py --arch sdxl --resolution 1024 --gradient_checkpointing --only lora   # 24 GB recipe
+    python bench/lora_vs_full.py --quick [--arch sdxl]             # seconds: the arch's --quick stand-ins, 32 px
 
 Memory of a run = the bytes of everything it keeps (its denoiser, its reference copy if any, its optimizer
 state, and the shared text encoders and VAE, counted in both) + the peak its step allocates above what was
@@ -33,18 +34,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.model_configs import CLIP_G, CLIP_L, SD15_UNET, SDXL_UNET  # noqa: E402
+from bench import model_configs as mc  # noqa: E402
+from bench.quick import parse  # noqa: E402
 from bench.safeguard_overhead import CpuPeak, _rss_kb  # noqa: E402
 
 GiB = 2**30
-MID_UNET = dict(SD15_UNET, block_out_channels=(128, 256, 512, 512))  # SD1.5's layout at 0.4x width: 142 M
-SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=1024)
+MID_UNET = dict(mc.SD15_UNET, block_out_channels=(128, 256, 512, 512))  # SD1.5's layout at 0.4x width: 142 M
+SD_VAE = dict(mc.SD_VAE, latent_channels=4, sample_size=1024)
+# --arch: (denoiser, text encoders (the second one with projection), VAE); and their --quick stand-ins
+ARCHS = {
+    "mid": (MID_UNET, [mc.CLIP_L], SD_VAE),
+    "sd15": (mc.SD15_UNET, [mc.CLIP_L], SD_VAE),
+    "sdxl": (mc.SDXL_UNET, [mc.CLIP_L, mc.CLIP_G], SD_VAE),
+}
+QUICK_ARCHS = {
+    "mid": (mc.SD15_UNET_QUICK, [mc.CLIP_L_QUICK], dict(mc.SD_VAE_QUICK, latent_channels=4)),
+    "sd15": (mc.SD15_UNET_QUICK, [mc.CLIP_L_QUICK], dict(mc.SD_VAE_QUICK, latent_channels=4)),
+    "sdxl": (mc.SDXL_UNET_QUICK, [mc.CLIP_L_QUICK, mc.CLIP_G_QUICK], dict(mc.SD_VAE_QUICK, latent_channels=4)),
+}
 
 
 def _text_encoder(cls, spec: dict):
     from transformers import CLIPTextConfig
 
-    return cls(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **spec))
+    return cls(CLIPTextConfig(**spec))
 
 
 @contextlib.contextmanager
@@ -59,7 +72,8 @@ def default_dtype(dtype: torch.dtype):
 
 
 def build(args, device: torch.device, weight_dtype: torch.dtype):
-    """(cfg, the two runs as families, the initial denoiser's parameter count), on ``device``."""
+    """(cfg, the two runs as families, the initial denoiser's parameter count), on ``device``; ``args.quick``
+    builds the arch's stand-ins."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -72,27 +86,24 @@ def build(args, device: torch.device, weight_dtype: torch.dtype):
     kind = "sdxl" if args.arch == "sdxl" else "sd15"
     folder = build_tiny_model(kind, Path(tempfile.mkdtemp(prefix="sdpo-bench-")) / kind)
     flags = ["--pretrained_model_name_or_path", str(folder), "--resolution", str(args.resolution),
-             "--use_winner_preserving", "--winner_preserving_mu", "0.6", "--lora_rank", str(args.rank)]  # fmt: skip
+             "--use_winner_preserving", "--winner_preserving_mu", "0.6", "--lora_rank", str(args.rank),
+             "--gradient_checkpointing" if args.gradient_checkpointing else "--no-gradient_checkpointing"]  # fmt: skip
     cfg = parse_args(flags + (["--lora_target_modules", *args.targets] if args.targets else []))
-    cfg.gradient_checkpointing = args.gradient_checkpointing
+    unet_cfg, text_cfgs, vae_cfg = (QUICK_ARCHS if args.quick else ARCHS)[args.arch]
     family = get_family(kind)
     shared = family(cfg, device, weight_dtype)
     shared.scheduler = shared.load_scheduler()
     shared.load_text_encoders()
     torch.manual_seed(0)
     with default_dtype(weight_dtype):
-        if args.arch == "sdxl":
-            te = [_text_encoder(CLIPTextModel, CLIP_L), _text_encoder(CLIPTextModelWithProjection, CLIP_G)]
-        else:
-            te = [_text_encoder(CLIPTextModel, CLIP_L)]
-        vae_cfg = dict(SD_VAE, scaling_factor=0.13025 if args.arch == "sdxl" else 0.18215)
-        shared.vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4,
-                                   up_block_types=("UpDecoderBlock2D",) * 4, **vae_cfg)  # fmt: skip
+        classes = (CLIPTextModel, CLIPTextModelWithProjection)
+        te = [_text_encoder(cls, spec) for cls, spec in zip(classes, text_cfgs)]
+        scaling = 0.13025 if args.arch == "sdxl" else 0.18215
+        shared.vae = AutoencoderKL(**vae_cfg, scaling_factor=scaling)
     shared.text_encoders = te
     for m in (shared.vae, *shared.text_encoders):
         freeze(m, device, weight_dtype)
 
-    unet_cfg = {"mid": MID_UNET, "sd15": SD15_UNET, "sdxl": SDXL_UNET}[args.arch]
     # A LoRA-only run never needs the fp32 copy: build the UNet in the weight dtype at once.
     with torch.device(device), default_dtype(weight_dtype if args.only == "lora" else torch.float32):
         init = UNet2DConditionModel(**unet_cfg)  # random init where it runs (fast on a GPU)
@@ -152,7 +163,7 @@ def main(argv=None) -> None:
     p.add_argument("--only", choices=["full", "lora"], default=None, help="measure one run (e.g. when both do not fit)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    args = parse(p, argv, resolution=32, steps=1, warmup=1)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -214,7 +225,7 @@ def main(argv=None) -> None:
         transient = {k: [step(k)[1] for _ in range(2)] for k in names}
 
     where = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{args.arch} UNet config, {args.batch} pair(s) at {args.resolution} px, weight dtype "
+    print(f"{args.arch} UNet config{' (--quick stand-in)' if args.quick else ''}, {args.batch} pair(s) at {args.resolution} px, weight dtype "
           f"{str(weight_dtype).removeprefix('torch.')}{', gradient checkpointing' if args.gradient_checkpointing else ''}"
           f", LoRA rank {args.rank} on {cfg.lora_target_modules or 'attn'}, Diffusion-DPO + SDPO, AdamW, {where}; "
           f"{args.steps} interleaved steps each after {args.warmup} warm-up")  # fmt: skip

@@ -30,6 +30,7 @@ beyond the gathered units, and the reference's no-grad forward (one block's tran
 of rank 0 with the arithmetic used below.
 
     python bench/memory_plan.py [--gpu_gb 80] [--pairs 1 2 4] [--cross-check]
+    python bench/memory_plan.py --quick        # the same tables for the --quick stand-in configs: seconds
 """
 
 from __future__ import annotations
@@ -44,20 +45,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.model_configs import CLIP_G, CLIP_L, FLUX_DEV, SD35_LARGE, SDXL_UNET, T5_XXL  # noqa: E402
+from bench import model_configs as mc  # noqa: E402
+from bench.model_configs import FLUX_DEV  # noqa: E402
+from bench.quick import parse  # noqa: E402
 
 GB = 1e9
 
-VAE_BLOCKS = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-)
-VAE_16 = dict(**VAE_BLOCKS, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)  # FLUX, SD3
-VAE_4 = dict(**VAE_BLOCKS, latent_channels=4)  # SDXL
+VAE_16 = dict(mc.SD_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)  # FLUX, SD3
+VAE_4 = dict(mc.SD_VAE, latent_channels=4)  # SDXL
 
 
 @dataclass
@@ -80,18 +75,25 @@ class Model:
         return sum(s.numel() for s in self.shapes)
 
 
-MODELS = [
-    Model(
-        "FLUX.1-dev", "flux", FLUX_DEV, [("T5-XXL", "t5", T5_XXL), ("CLIP-L", "clip", CLIP_L), ("VAE", "vae", VAE_16)]
-    ),
-    Model(
-        "SD3.5-large",
-        "sd3",
-        SD35_LARGE,
-        [("T5-XXL", "t5", T5_XXL), ("CLIP-L", "clipp", CLIP_L), ("CLIP-G", "clipp", CLIP_G), ("VAE", "vae", VAE_16)],
-    ),  # fmt: skip
-    Model("SDXL", "sdxl", SDXL_UNET, [("CLIP-L", "clip", CLIP_L), ("CLIP-G", "clipp", CLIP_G), ("VAE", "vae", VAE_4)]),
-]
+def models(quick: bool = False) -> list[Model]:
+    """FLUX.1-dev, SD3.5-large and SDXL from their published configs, or from ``--quick``'s stand-ins."""
+    if quick:
+        flux, sd3, sdxl = mc.FLUX_DEV_QUICK, mc.SD35_LARGE_QUICK, mc.SDXL_UNET_QUICK
+        t5, clip_l, clip_g = mc.T5_XXL_QUICK, mc.CLIP_L_QUICK, mc.CLIP_G_QUICK
+        vae_16, vae_4 = (dict(v, **mc.SD_VAE_QUICK) for v in (VAE_16, VAE_4))
+        tag = " (--quick stand-in)"
+    else:
+        flux, sd3, sdxl = mc.FLUX_DEV, mc.SD35_LARGE, mc.SDXL_UNET
+        t5, clip_l, clip_g, vae_16, vae_4, tag = mc.T5_XXL, mc.CLIP_L, mc.CLIP_G, VAE_16, VAE_4, ""
+    return [
+        Model("FLUX.1-dev" + tag, "flux", flux, [("T5-XXL", "t5", t5), ("CLIP-L", "clip", clip_l), ("VAE", "vae", vae_16)]),
+        Model("SD3.5-large" + tag, "sd3", sd3, [("T5-XXL", "t5", t5), ("CLIP-L", "clipp", clip_l),
+                                                ("CLIP-G", "clipp", clip_g), ("VAE", "vae", vae_16)]),
+        Model("SDXL" + tag, "sdxl", sdxl, [("CLIP-L", "clip", clip_l), ("CLIP-G", "clipp", clip_g), ("VAE", "vae", vae_4)]),
+    ]  # fmt: skip
+
+
+MODELS = models()
 
 
 # ----------------------------------------------------------------------------- building on meta
@@ -153,27 +155,30 @@ def _sdpa(query, key, value, *args, **kwargs):
 
 
 def _inputs(model: Model, rows: int, dtype=torch.bfloat16) -> dict:
-    """One 1024 px step's denoiser inputs for ``rows`` rows (a pair = winner + loser)."""
+    """One 1024 px step's denoiser inputs for ``rows`` rows (a pair = winner + loser); widths from the config."""
     e = lambda *s, dt=dtype: torch.empty(*s, device="meta", dtype=dt)  # noqa: E731
+    c = model.config
     if model.family == "flux":  # 128 x 128 latents packed 2 x 2 -> 4096 tokens; 512 T5 tokens
         return dict(
-            hidden_states=e(rows, 4096, 64),
+            hidden_states=e(rows, 4096, c["in_channels"]),
             timestep=e(rows),
             guidance=e(rows),
-            pooled_projections=e(rows, 768),
-            encoder_hidden_states=e(rows, 512, 4096),
+            pooled_projections=e(rows, c["pooled_projection_dim"]),
+            encoder_hidden_states=e(rows, 512, c["joint_attention_dim"]),
             txt_ids=e(512, 3),
             img_ids=e(4096, 3),
             return_dict=False,
         )
     if model.family == "sd3":  # 2 x 2 patches -> 4096 tokens; 77 CLIP + 256 T5 tokens
-        return dict(hidden_states=e(rows, 16, 128, 128), timestep=e(rows), encoder_hidden_states=e(rows, 333, 4096),
-                    pooled_projections=e(rows, 2048), return_dict=False)  # fmt: skip
+        return dict(hidden_states=e(rows, c["in_channels"], 128, 128), timestep=e(rows),
+                    encoder_hidden_states=e(rows, 333, c["joint_attention_dim"]),
+                    pooled_projections=e(rows, c["pooled_projection_dim"]), return_dict=False)  # fmt: skip
+    pooled = c["projection_class_embeddings_input_dim"] - 6 * c["addition_time_embed_dim"]
     return dict(
-        sample=e(rows, 4, 128, 128),
+        sample=e(rows, c["in_channels"], 128, 128),
         timestep=e(rows),
-        encoder_hidden_states=e(rows, 77, 2048),
-        added_cond_kwargs=dict(text_embeds=e(rows, 1280), time_ids=e(rows, 6)),
+        encoder_hidden_states=e(rows, 77, c["cross_attention_dim"]),
+        added_cond_kwargs=dict(text_embeds=e(rows, pooled), time_ids=e(rows, 6)),
         return_dict=False,
     )
 
@@ -351,15 +356,15 @@ def cross_check() -> bool:
     return ok
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu_gb", type=float, default=80.0)
     p.add_argument("--pairs", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--cross-check", action="store_true", help="also compare the arithmetic with real FSDP2 shards")
-    args = p.parse_args()
+    args = parse(p, argv)
     if args.cross_check and not cross_check():
         sys.exit(1)
-    for model in MODELS:
+    for model in models(args.quick):
         measure(model)
         print_plan(model, args.gpu_gb, args.pairs)
 

@@ -8,6 +8,7 @@ time and the peak memory of each, as ratios to plain Diffusion-DPO.
     python bench/safeguard_overhead.py                       # CPU-sized UNet, 128 px
     python bench/safeguard_overhead.py --real-arch sd15      # SD1.5's UNet config, random weights (GPU)
     python bench/safeguard_overhead.py --lora_rank 8         # LoRA: lambda's gradients over the adapters only
+    python bench/safeguard_overhead.py --quick               # seconds: 32 px, 1 pair, 1 step (any of the above)
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (weights, optimizer state and activations,
 as in the paper), from the timed steps.  On CPU, in separate rounds after the timed ones: the
@@ -34,11 +35,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bench.model_configs import SD15_UNET  # noqa: E402
+from bench.model_configs import SD15_UNET, SD15_UNET_QUICK, TEXT_QUICK  # noqa: E402
+from bench.quick import parse  # noqa: E402
 
 # Paper, Table 4 (one A100, bf16): Diffusion-DPO 183 s / 57.0 GB, +SDPO 184 s / 57.1 GB, param 314 s / 63.3 GB.
 PAPER = {"output": (184 / 183, 57.1 / 57.0), "param": (314 / 183, 63.3 / 57.0)}
 MODES = ("dpo", "fixed", "output", "param")
+SAFEGUARD_FLAGS = {
+    "dpo": [],
+    "fixed": ["--use_winner_preserving", "--winner_preserving_mode", "fixed", "--winner_preserving_lambda", "0.5"],
+    "output": ["--use_winner_preserving", "--winner_preserving_mode", "output"],
+    "param": ["--use_winner_preserving", "--winner_preserving_mode", "param"],
+}
 
 SMALL_UNET = dict(
     sample_size=16,
@@ -87,36 +95,45 @@ class CpuPeak:
 
 
 def build(args, device):
+    """(one training config per mode, the components): the tiny SD1.5 model with its UNet replaced."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     from sdpo.config import parse_args
-    from sdpo.families import load_family as load_components
+    from sdpo.families import load_family
     from sdpo.tiny import build_tiny_model, text_config
 
     tmp = tempfile.mkdtemp(prefix="sdpo-bench-")
     model = build_tiny_model("sd15", Path(tmp) / "m")
-    cfg = parse_args(["--pretrained_model_name_or_path", str(model), "--resolution", str(args.resolution)])
-    cfg.gradient_checkpointing = args.gradient_checkpointing
-    comps = load_components(cfg, device, torch.float32, needs_reference=True)
-    unet_cfg = dict(SD15_UNET if args.real_arch == "sd15" else SMALL_UNET)
-    if args.real_arch == "sd15":
-        text = CLIPTextModel(text_config(hidden_size=768, intermediate_size=3072, num_attention_heads=12))
+    common = ["--pretrained_model_name_or_path", str(model), "--resolution", str(args.resolution),
+              "--gradient_checkpointing" if args.gradient_checkpointing else "--no-gradient_checkpointing"]  # fmt: skip
+    if args.lora_rank:
+        common += ["--lora_rank", str(args.lora_rank)]
+    mu = ["--winner_preserving_mu", str(args.mu)]
+    cfgs = {m: parse_args(common + SAFEGUARD_FLAGS[m] + (mu if m != "dpo" else [])) for m in MODES}
+    cfg = cfgs["dpo"]
+    comps = load_family(cfg, device, torch.float32, needs_reference=True)
+    unet_cfg = dict(SD15_UNET_QUICK if args.quick else SD15_UNET) if args.real_arch == "sd15" else dict(SMALL_UNET)
+    if args.real_arch == "sd15":  # SD1.5's text width (the tiny encoder's 2 layers and vocabulary)
+        width = dict(hidden_size=TEXT_QUICK, intermediate_size=64, num_attention_heads=2) if args.quick else \
+            dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12)  # fmt: skip
+        text_cfg = text_config()  # its keyword arguments are fixed: widen the config it returns
+        text_cfg.update(width)
+        text = CLIPTextModel(text_cfg)
         comps.text_encoders = [text.requires_grad_(False).eval().to(device)]
     torch.manual_seed(0)
-    comps.unet = UNet2DConditionModel(**unet_cfg).to(device).train()
+    comps.denoiser = UNet2DConditionModel(**unet_cfg).to(device).train()
     if args.gradient_checkpointing:
-        comps.unet.enable_gradient_checkpointing()
+        comps.denoiser.enable_gradient_checkpointing()
     if args.lora_rank:  # adapters on a frozen base; the reference is that base with the adapters off
         from sdpo.lora import adapters as lora
 
-        cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules = args.lora_rank, None, 0.0, None
-        lora.add_adapters(comps.unet, lora.lora_config(cfg, type(comps), comps.unet), torch.float32, 0)
-        comps.unet.to(device).train()
-        comps.ref_unet = lora.AdaptersOff(comps)
+        lora.add_adapters(comps.denoiser, lora.lora_config(cfg, type(comps), comps.denoiser), torch.float32, 0)
+        comps.denoiser.to(device).train()
+        comps.reference = lora.AdaptersOff(comps)
     else:
-        comps.ref_unet = copy.deepcopy(comps.unet).requires_grad_(False).eval()
-    return cfg, comps
+        comps.reference = copy.deepcopy(comps.denoiser).requires_grad_(False).eval()
+    return cfgs, comps
 
 
 def main(argv=None) -> None:
@@ -131,7 +148,7 @@ def main(argv=None) -> None:
     p.add_argument("--lora_rank", type=int, default=None, help="train LoRA adapters of this rank (attn preset)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 is steadiest on a shared machine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    args = parse(p, argv, resolution=32, batch=1, steps=1, warmup=1)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.resolution = args.resolution or (512 if args.real_arch else 128)
@@ -142,18 +159,10 @@ def main(argv=None) -> None:
     from sdpo.losses import get_objective
     from sdpo.training.step import preference_forward
 
-    cfg, comps = build(args, device)
+    cfgs, comps = build(args, device)
     dpo = get_objective("diffusion-dpo")
-    params = [q for q in comps.unet.parameters() if q.requires_grad]
+    params = [q for q in comps.denoiser.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-8)
-    cfgs = {}
-    for m in MODES:
-        c = copy.copy(cfg)
-        c.use_winner_preserving = m != "dpo"
-        c.winner_preserving_mode = "output" if m == "dpo" else m
-        c.winner_preserving_lambda = 0.5 if m == "fixed" else None
-        c.winner_preserving_mu = args.mu
-        cfgs[m] = c
     g = torch.Generator().manual_seed(0)
     batch = {
         "pixel_values": torch.rand(2 * args.batch, 3, args.resolution, args.resolution, generator=g) * 2 - 1,
@@ -193,11 +202,12 @@ def main(argv=None) -> None:
                 mems[m].append(mem)
     if not cuda:
         cpu_peak.track_live_memory()
-        mems = {m: [step(m)[1] for _ in range(2)] for m in MODES}
+        mems = {m: [step(m)[1] for _ in range(1 if args.quick else 2)] for m in MODES}
 
     n_params = sum(q.numel() for q in params)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     arch = "SD1.5 UNet config" if args.real_arch else "small UNet"
+    arch += " (--quick stand-in)" if args.quick and args.real_arch else ""
     print(
         f"{arch} ({n_params / 1e6:.1f} M params), {args.batch} pairs at {args.resolution} px, mu {args.mu}, "
         f"{args.steps} interleaved steps each after {args.warmup} warm-up, {where}"

@@ -6,6 +6,7 @@ and runs every model on the same batch. Both variants here load the same five ti
 (weights loading is timed in both) and score the same manifest, one after the other in this run:
 
     python bench/scoring_throughput.py [--n 64] [--size 512] [--batch_size 16] [--device cpu]
+    python bench/scoring_throughput.py --quick      # 4 images of 64 px, batch 2: seconds
 
 Tiny backbones make the models cheap, so the ratio mostly measures the shared image decoding and
 per-pass overhead; with the real ViT-H/ViT-L models on a GPU the forward passes dominate and the
@@ -23,6 +24,7 @@ import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from bench.quick import parse  # noqa: E402
 from eval.score import open_manifest, score_images  # noqa: E402
 from sdpo.rewards import METRICS, RewardConfig, load_scorer  # noqa: E402
 from sdpo.tiny.rewards import build_tiny_reward_root, write_tiny_manifest  # noqa: E402
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=512, help="image side (SD1.5 generates 512x512)")
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--device", default=None)
-    args = ap.parse_args(argv)
+    args = parse(ap, argv, n=4, size=64, batch_size=2)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RewardConfig.make(build_tiny_reward_root(Path(tmp) / "rewards"))
         m = open_manifest(write_tiny_manifest(tmp, "bench", [f"prompt {i % 7}" for i in range(args.n)], args.size))

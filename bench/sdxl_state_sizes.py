@@ -7,6 +7,7 @@ no first moment), and the same Adafactor state when ZeRO hands it flat 1-D parti
 longer factor, so the second moment becomes full-size, divided over the processes).
 
     python bench/sdxl_state_sizes.py [--processes 8]
+    python bench/sdxl_state_sizes.py --quick        # the same rows for the --quick stand-in config
 """
 
 from __future__ import annotations
@@ -17,21 +18,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.model_configs import SDXL_UNET  # noqa: E402
+from bench.model_configs import SDXL_UNET, SDXL_UNET_QUICK  # noqa: E402
+from bench.quick import parse  # noqa: E402
 
 GB = 1e9
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--processes", type=int, default=8)
-    n = p.parse_args().processes
+    args = parse(p, argv)
+    n = args.processes
 
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
     with init_empty_weights():
-        unet = UNet2DConditionModel(**SDXL_UNET)
+        unet = UNet2DConditionModel(**(SDXL_UNET_QUICK if args.quick else SDXL_UNET))
     params = [q for q in unet.parameters()]
     count = sum(q.numel() for q in params)
     # transformers' Adafactor: a tensor with >= 2 dims keeps row (shape[:-1]) and column
@@ -40,7 +43,7 @@ def main() -> None:
         (q.shape[:-1].numel() + q.shape[:-2].numel() * q.shape[-1]) if q.dim() >= 2 else q.numel() for q in params
     )
     rows = [
-        ("SDXL UNet parameters (billions)", count / 1e9),
+        (f"SDXL UNet{' (--quick stand-in)' if args.quick else ''} parameters (billions)", count / 1e9),
         ("fp32 weights", 4 * count / GB),
         ("fp32 gradients", 4 * count / GB),
         ("AdamW moments (2 x fp32)", 8 * count / GB),

@@ -15,6 +15,7 @@ at the end, outside the measured steps.
 
     python bench/validation_memory.py                     # CPU: 128 px, channels 32/64, 14 steps
     python bench/validation_memory.py --resolution 256 --every 3
+    python bench/validation_memory.py --quick             # 32 px, 3 steps, 1 prompt x 2 sampler steps: seconds
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.quick import parse  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MIB = 1024.0 * 1024.0
 
@@ -107,7 +110,8 @@ def build_inputs(work: Path, args) -> list[str]:
 
     model = build_tiny_model("sd15", work / "model", block_out_channels=tuple(args.channels))
     pairs = build_tiny_pairs(work / "pairs", n=4 * args.batch * args.steps, size=args.resolution)
-    (work / "prompts.txt").write_text("\n".join(f"a {c} {s}" for c in ("red", "blue") for s in ("circle", "square")))
+    prompts = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square")][: args.prompts]
+    (work / "prompts.txt").write_text("\n".join(prompts))
     return [str(build_tiny_reward_root(work / "rewards")), str(model), str(pairs)]
 
 
@@ -118,10 +122,12 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=2, help="pairs per step")
     p.add_argument("--steps", type=int, default=14, help="optimizer steps per run")
     p.add_argument("--every", type=int, default=4, help="--validation_steps")
+    p.add_argument("--prompts", type=int, default=4, help="validation prompts (at most 6)")
+    p.add_argument("--sampler_steps", type=int, default=20, help="--validation_num_inference_steps")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared machine)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--flags", nargs=argparse.REMAINDER, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse(p, argv, resolution=32, channels=[16, 32], batch=1, steps=3, every=2, prompts=1, sampler_steps=2)
     if args.child:
         return child(args)
 
@@ -134,7 +140,7 @@ def main(argv=None) -> None:
                   "--report_to", "none", "--mixed_precision", "no", "--no-gradient_checkpointing"]  # fmt: skip
         validation = ["--validation_prompts", str(work / "prompts.txt"), "--validation_steps", str(args.every),
                       "--validation_metrics", "all", "--validation_model_root", rewards,
-                      "--validation_num_inference_steps", "20"]  # fmt: skip
+                      "--validation_num_inference_steps", str(args.sampler_steps)]  # fmt: skip
         results = {}
         for name, extra in (("off", []), ("on", validation)):
             out = work / f"{name}.json"
@@ -153,7 +159,8 @@ def report(results: dict, args) -> None:
 
     unit = "device (max_memory_allocated)" if torch.cuda.is_available() else "host (resident set)"
     print(f"{args.steps} steps at {args.resolution} px, batch {args.batch}, UNet channels {args.channels}; "
-          f"validation every {args.every} steps (4 prompts x 20 sampler steps, 5 reward models); memory: {unit}")  # fmt: skip
+          f"validation every {args.every} steps ({args.prompts} prompt(s) x {args.sampler_steps} sampler steps, "
+          f"5 reward models); memory: {unit}")  # fmt: skip
     print(f"{'':28}{'validation off':>16}{'validation on':>16}{'on / off':>10}")
     rows = {}
     for name, steps in results.items():

@@ -1,0 +1,75 @@
+"""Every bench runs: each script's ``--quick`` mode once, as a subprocess, checked for the lines it reports.
+
+A bench is only run by hand, so a change in the core or in ``bench/model_configs.py`` can break it unseen
+(``cache_speedup.py`` failed on a duplicate ``vocab_size`` for a while).  ``--quick`` runs the bench's own code
+on tiny stand-in configs in seconds; this checks it exits 0 and prints each of its ratio / result lines in the
+shape the full run prints them.  The numbers are not checked: quick sizes on a shared CPU mean nothing.
+Covered elsewhere: ``live_memory.py`` against MemTracker (test_bench_memory.py), ``memory_plan.py``'s
+cross-check and real config sizes (test_memory_plan.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_BENCHES = {"live_memory", "model_configs", "quick"}  # a probe, the configs, the --quick flag
+
+R = r"\d+\.\d+"  # a printed number
+X = rf"{R}x"  # a printed ratio
+CACHE_FLOPS = rf"^(sd15|sdxl|flux) +\d+( +{R} \( *{R}%\)){{4}} +{R} +{X}$"
+CACHE_STEP = rf"^(SD1\.5 layout, --quick stand-in\*|tiny sd15 \(sdpo\.tiny\)) +\d+ +\d+ +{R} +{R} +{X}$"
+MEMORY_ROW = (
+    rf"^\| (DDP|ZeRO-2|FSDP|HSDP 2x8|LoRA r16 \(DDP\)) \| \d+ \| (AdamW|Adafactor) \|( {R} \|){{8}} (yes|no) \|$"
+)
+SAFEGUARD_ROW = rf"^(dpo|fixed|output|param) +{R} +{R} +{R} +{R}"
+STATE_ROW = rf"^(SDXL UNet \(--quick stand-in\) parameters|fp32|AdamW|Adafactor|bf16) .* +{R}$"
+VALMEM_ROW = rf"^(peak of the step|added by the step|at the step's start) \((max|median)\) +{R} MiB +{R} MiB +{R}$"
+
+# (script, extra flags, [(line regex, how many lines match)])
+CASES = [
+    ("cache_speedup", [], [(CACHE_FLOPS, 3), (CACHE_STEP, 2), (rf"FLOP bound at 32 px: {X}$", 1),
+                           (rf"^(sd15|sdxl|sd3|flux) +{R} B parameters", 4), (r"^(sd15|sdxl|sd3|flux) +\d+ +\d+x", 4)]),
+    ("generation_throughput", [], [(r"^tiny sd15, 32x32", 1), (rf"batch 2 / batch 1 throughput ratio: {X}$", 1)]),
+    ("generation_throughput", ["--real-arch", "sd15"], [(r"^SD1\.5 layout, --quick stand-in, 32x32", 1),
+                                                        (rf"batch 2 / batch 1 throughput ratio: {X}$", 1)]),
+    ("lora_memory", [], [(rf"^kept between steps: {R} GB$", 1), (rf"step peak above that at (32|48) px: {R} GB", 2),
+                         (rf"^total at 1024 px, 1 pair per step: {R} \+ {R} = {R} GB", 1)]),
+    ("lora_vs_full", [], [(rf"^  (full|lora) +trained .* total {R} GiB; median {R} s/step$", 2),
+                          (rf"^LoRA / full: peak memory {X} \(target <= 0\.55\), step time {X}", 1)]),
+    ("memory_plan", [], [(MEMORY_ROW, 3 * 8), (rf"^  \d pair\(s\): {R} / {R}$", 3 * 3)]),
+    ("safeguard_overhead", [], [(r"^small UNet", 1), (SAFEGUARD_ROW, 4)]),
+    ("safeguard_overhead", ["--real-arch", "sd15", "--lora_rank", "4", "--gradient_checkpointing"],
+     [(r"^SD1\.5 UNet config \(--quick stand-in\).*LoRA rank 4", 1), (SAFEGUARD_ROW, 4)]),
+    ("scoring_throughput", [], [(rf"^ratio five/one: {X} +\(max score difference", 1)]),
+    ("sdxl_state_sizes", [], [(STATE_ROW, 10)]),
+    ("validation_memory", [], [(VALMEM_ROW, 4)]),
+]  # fmt: skip
+
+
+def run_bench(script: str, *flags: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--quick", *flags]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("script, flags, expected", CASES, ids=[" ".join([s, *f]) for s, f, _ in CASES])
+def test_bench_quick_mode_runs_and_reports(script, flags, expected):
+    proc = run_bench(script, *flags)
+    assert proc.returncode == 0, f"{script} --quick {' '.join(flags)} failed:\n{proc.stderr[-3000:]}"
+    lines = proc.stdout.splitlines()
+    for pattern, count in expected:
+        found = [ln for ln in lines if re.search(pattern, ln)]
+        assert len(found) == count, f"{pattern!r}: {len(found)} lines, not {count}, in:\n{proc.stdout}"
+
+
+def test_every_bench_script_has_a_quick_case():
+    scripts = {p.stem for p in (ROOT / "bench").glob("*.py")} - NOT_BENCHES
+    assert scripts == {script for script, _, _ in CASES}

@@ -325,3 +325,20 @@ def test_joint_test_writes_a_report_beside_its_manifests(tmp_path):
                           f"report: {tmp_path}/report_32/report.html"]  # fmt: skip
     page = _page(tmp_path / "report_32")
     assert [s["name"] for s in page.data["sets"]] == ["papv2", "hpsv2"] and page.data["mode"] == "single"
+
+
+def test_size_bench_quick_prints_sizes_and_times(capsys):
+    """bench/report_size.py --quick: sizes always; browser timings where a browser runs (else the reason)."""
+    from eval.report.browser import unavailable
+
+    sys.path.insert(0, str(REPO))
+    from bench.report_size import main as bench
+
+    bench(["--quick"])
+    out = capsys.readouterr().out
+    assert "60 prompts x 2 models" in out and "report.html: " in out and "thumbnails: 120 files" in out
+    if unavailable():
+        assert f"browser: skipped ({unavailable()})" in out
+    else:
+        assert "load event" in out and "sort by a metric difference (5 metrics" in out and "page problems" in out
+        assert "page problems (console errors, failed requests): 0" in out

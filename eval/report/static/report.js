@@ -43,7 +43,7 @@
   function sortOptions() {
     var opts = [["order", "manifest order"], ["prompt", "prompt (A\u2013Z)"]];
     D.metrics.forEach(function (mt) {
-      if (D.mode === "ab") opts.push(["diff:" + mt.key, "\u0394 " + mt.label + " (" + D.models[0] + " \u2212 " + D.models[1] + ")"]);
+      if (D.mode === "ab") opts.push(["diff:" + mt.key, "\u0394 " + mt.label + " (difference)"]);
       if (D.mode === "grid") opts.push(["spread:" + mt.key, mt.label + " spread (max \u2212 min)"]);
     });
     D.metrics.forEach(function (mt) {

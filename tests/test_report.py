@@ -284,6 +284,7 @@ def test_bad_input_is_one_line_and_writes_nothing(ab, tmp_path, capsys):
         (["--winrate", tmp_path], "summary.json: no such file"),
         ([a], "--out DIR is required"),
         ([a, "--out", a], "exists and is not a folder"),
+        (["--labels", "x", "y", a, b, "--out", out], "put --labels after the inputs"),
     ]
     for argv, message in cases:
         code, stdout, err = _run(argv, capsys)

@@ -22,6 +22,8 @@ REPORT = "report.html"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from eval.report.media import EMBED_LIMIT
+
     ap = argparse.ArgumentParser(
         prog="python -m eval.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0, as eval/winrate.py)")
     ap.add_argument("--thumb", type=int, default=256, help="thumbnail size in pixels (longer side)")
     ap.add_argument("--embed", default="auto", choices=["auto", "always", "never"],
-                    help=f"thumbnails as data URIs inside the page (auto: up to {100} of them)")  # fmt: skip
+                    help=f"thumbnails as data URIs inside the page (auto: up to {EMBED_LIMIT} of them)")  # fmt: skip
     ap.add_argument("--page_size", type=int, default=None, help="gallery rows per page (default 50)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     n_boot, seed, labels = args.n_boot, args.seed, args.labels
+    swallowed = [x for x in labels or [] if x.endswith(".json") or x.endswith(".jsonl")]
+    if swallowed:
+        raise UserError(f"--labels took {swallowed[0]!r}: put --labels after the inputs (it takes every word after it)")
     if args.winrate:
         if args.inputs:
             raise UserError("give either --winrate DIR or manifests, not both")

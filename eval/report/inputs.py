@@ -18,12 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.geneval.evaluate import RESULTS_SUFFIX as GENEVAL_RESULTS
+from eval.geneval.evaluate import SUMMARY_SUFFIX as GENEVAL_SUMMARY
 from eval.outputs import SCORES_SUFFIX, scores_path
+from eval.video_score import SUFFIX as VIDEO_SCORES
+from eval.video_score import video_of
 from sdpo.errors import UserError
 
-GENEVAL_RESULTS = ".geneval.jsonl"
-GENEVAL_SUMMARY = ".geneval.json"
-VIDEO_SCORES = ".video_scores.json"  # eval/video_score.py's SUFFIX (not imported: that module pulls in PyAV)
 _SET_RE = re.compile(r"^(?P<set>.+?)_seed\d+_\d+x\d+_")
 
 
@@ -170,7 +171,7 @@ def read_run(model: int, manifest: Path) -> Run:
     if not entries:
         raise UserError(f"{manifest}: the manifest lists no images")
     if is_video(entries):
-        files = [_video_of(e, manifest) for e in entries]
+        files = [video_of(e, manifest) for e in entries]
         missing = [str(f) for f in files if not f.exists()]
         if missing:
             raise UserError(f"{manifest}: {len(missing)} of {len(files)} videos are missing (first: {missing[0]})")
@@ -183,12 +184,6 @@ def read_run(model: int, manifest: Path) -> Run:
     run = Run(model, set_name_of(manifest), manifest, "image", m.prompts, m.images)
     _read_image_scores(run, entries)
     return run
-
-
-def _video_of(entry: dict, manifest: Path) -> Path:
-    """``eval/video_score.py``'s rule: ``gen_video_path`` else ``gen_image_path``, relative to the manifest."""
-    p = Path(entry.get("gen_video_path") or entry["gen_image_path"]).expanduser()
-    return p if p.is_absolute() else manifest.parent / p
 
 
 def _mismatch(path: Path, manifest: Path, n: int, how: str) -> UserError:

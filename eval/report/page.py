@@ -148,6 +148,7 @@ def build_page(inputs: Inputs, comparisons: list[tables.Comparison], out: Path, 
         "geneval": gen,
         "data": data,
         "has_gallery": bool(data["rows"]["prompt"]),
+        "has_images": any(r.media == "image" for r in inputs.runs),
         "command": command,
     }
     return Page(context, jobs + gen_jobs)

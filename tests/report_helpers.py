@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 import eval.score as score
 from sdpo.rewards import METRICS, RewardConfig
@@ -25,6 +26,53 @@ def scored_manifest(folder: Path, prompts: list[str], seed: int, stem: str = STE
     m.scores = {k: [float(x) for x in rng.normal(size=len(prompts))] for k in METRICS}
     score.write_scores(m, RewardConfig.make(folder.parent / "no-models-here"))
     return m.path
+
+
+def video_manifest(folder: Path, prompts: list[str], seed: int) -> Path:
+    """Two-model video tests: tiny MP4s (9 frames, 32 px) in eval/generate.py's video manifest format, scored by
+    eval/video_score.py."""
+    from eval.video_score import main as video_score
+    from sdpo.data.video_io import write_mp4
+
+    rng = np.random.default_rng(seed)
+    clips = folder / "vbench_seed0_32x32_9f_2s_6.0cfg"
+    clips.mkdir(parents=True)
+    entries = []
+    for i, p in enumerate(prompts):
+        frames = np.repeat(rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), 9, axis=0)
+        frames[:, :, : 4 * (i + seed)] = 255 - frames[:, :, : 4 * (i + seed)]  # some change, some flicker
+        frames[::2] //= 2
+        write_mp4(frames, clips / f"{i}_32x32.mp4", fps=8)
+        path = str(clips / f"{i}_32x32.mp4")
+        entries.append({"prompt": p, "gen_image_path": path, "gen_video_path": path, "raw_image_path": "",
+                        "metadata": {"media": "video", "num_frames": 9, "fps": 8}})  # fmt: skip
+    manifest = folder / f"{clips.name}.json"
+    manifest.write_text(json.dumps(entries))
+    video_score(["--json_path", str(manifest)])
+    return manifest
+
+
+def geneval_results(folder: Path) -> Path:
+    """A GenEval image folder and its results file, by hand: two prompts x two images, boxes in image pixels."""
+    from eval.geneval import layout, rules
+
+    images = folder / "geneval_seed0_64x64_2s_7.5cfg_2img"
+    metas = [{"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a <dog>"},
+             {"tag": "counting", "include": [{"class": "clock", "count": 2}], "prompt": "two clocks"}]  # fmt: skip
+    rows = []
+    for i, meta in enumerate(metas):
+        layout.write_prompt_metadata(images, i, meta)
+        for k in range(2):
+            Image.new("RGB", (64, 64), (40, 40, 40)).save(layout.sample_path(images, i, k))
+            correct = (i, k) == (0, 0)
+            rows.append({"filename": f"{i:05d}/samples/{k:04d}.png", "tag": meta["tag"], "prompt": meta["prompt"],
+                         "correct": correct, "reason": "" if correct else "dog: expected 1, found 0",
+                         "metadata": json.dumps(meta), "details": json.dumps({"dog": [[8, 8, 40, 40, 0.95]]}),
+                         "index": i, "sample": k})  # fmt: skip
+    results = folder / f"{images.name}.geneval.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / f"{images.name}.geneval.json").write_text(json.dumps(rules.summarise(rows)))
+    return results
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from report_helpers import STEM, parse, scored_manifest
+from report_helpers import STEM, geneval_results, parse, scored_manifest, video_manifest
 
 import eval.summary as summary
 import eval.winrate as winrate
@@ -165,31 +165,9 @@ def test_more_than_two_models_is_a_grid_against_the_first(tmp_path, capsys):
     assert not any(key.startswith("winrate/1/2") for key in page.values)
 
 
-def _video_manifest(folder: Path, prompts: list[str], seed: int) -> Path:
-    from eval.video_score import main as video_score
-    from sdpo.data.video_io import write_mp4
-
-    rng = np.random.default_rng(seed)
-    clips = folder / "vbench_seed0_32x32_9f_2s_6.0cfg"
-    clips.mkdir(parents=True)
-    entries = []
-    for i, p in enumerate(prompts):
-        frames = np.repeat(rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), 9, axis=0)
-        frames[:, :, : 4 * (i + seed)] = 255 - frames[:, :, : 4 * (i + seed)]  # some change, some flicker
-        frames[::2] //= 2
-        write_mp4(frames, clips / f"{i}_32x32.mp4", fps=8)
-        path = str(clips / f"{i}_32x32.mp4")
-        entries.append({"prompt": p, "gen_image_path": path, "gen_video_path": path, "raw_image_path": "",
-                        "metadata": {"media": "video", "num_frames": 9, "fps": 8}})  # fmt: skip
-    manifest = folder / f"{clips.name}.json"
-    manifest.write_text(json.dumps(entries))
-    video_score(["--json_path", str(manifest)])
-    return manifest
-
-
 def test_video_manifests_play_as_clips_with_the_same_tables(tmp_path, capsys):
-    a = _video_manifest(tmp_path / "wan_sipo", ["a cat", "a dog"], seed=1)
-    b = _video_manifest(tmp_path / "wan_dpo", ["a cat", "a dog"], seed=2)
+    a = video_manifest(tmp_path / "wan_sipo", ["a cat", "a dog"], seed=1)
+    b = video_manifest(tmp_path / "wan_dpo", ["a cat", "a dog"], seed=2)
     capsys.readouterr()
     code, _, err = _run([a, b, "--out", tmp_path / "rep", "--n_boot", 100, "--embed", "never"], capsys)
     assert code == 0, err
@@ -207,31 +185,8 @@ def test_video_manifests_play_as_clips_with_the_same_tables(tmp_path, capsys):
     assert page.num("winrate/0/1/vbench/temporal_flickering/win_rate") == o.mean()
 
 
-def _geneval_results(folder: Path) -> Path:
-    """A GenEval image folder and its results file, by hand: two prompts x two images, boxes in image pixels."""
-    from eval.geneval import layout, rules
-
-    images = folder / "geneval_seed0_64x64_2s_7.5cfg_2img"
-    metas = [{"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a <dog>"},
-             {"tag": "counting", "include": [{"class": "clock", "count": 2}], "prompt": "two clocks"}]  # fmt: skip
-    rows = []
-    for i, meta in enumerate(metas):
-        layout.write_prompt_metadata(images, i, meta)
-        for k in range(2):
-            Image.new("RGB", (64, 64), (40, 40, 40)).save(layout.sample_path(images, i, k))
-            correct = (i, k) == (0, 0)
-            rows.append({"filename": f"{i:05d}/samples/{k:04d}.png", "tag": meta["tag"], "prompt": meta["prompt"],
-                         "correct": correct, "reason": "" if correct else "dog: expected 1, found 0",
-                         "metadata": json.dumps(meta), "details": json.dumps({"dog": [[8, 8, 40, 40, 0.95]]}),
-                         "index": i, "sample": k})  # fmt: skip
-    results = folder / f"{images.name}.geneval.jsonl"
-    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / f"{images.name}.geneval.json").write_text(json.dumps(rules.summarise(rows)))
-    return results
-
-
 def test_geneval_task_scores_and_failing_cases_with_boxes(tmp_path, capsys):
-    results = _geneval_results(tmp_path / "sdpo")
+    results = geneval_results(tmp_path / "sdpo")
     manifest = scored_manifest(tmp_path / "sdpo", ["a cat"], seed=3)
     code, _, err = _run([manifest, results, "--out", tmp_path / "rep", "--embed", "never"], capsys)
     assert code == 0, err

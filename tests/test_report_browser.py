@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from report_helpers import scored_manifest
+from report_helpers import scored_manifest, video_manifest
 
 from eval.report import browser
 from eval.report.cli import main as report_main
@@ -92,10 +92,8 @@ def test_tables_read_without_javascript(ab_report):
 
 
 def test_video_clips_play_muted_and_looped(tmp_path):
-    from test_report import _video_manifest
-
-    a = _video_manifest(tmp_path / "wan_sipo", ["a cat", "a dog"], seed=1)
-    b = _video_manifest(tmp_path / "wan_dpo", ["a cat", "a dog"], seed=2)
+    a = video_manifest(tmp_path / "wan_sipo", ["a cat", "a dog"], seed=1)
+    b = video_manifest(tmp_path / "wan_dpo", ["a cat", "a dog"], seed=2)
     report_main([str(a), str(b), "--out", str(tmp_path / "rep"), "--n_boot", "50", "--quiet"])
     with browser.open_report(tmp_path / "rep" / "report.html") as (page, problems):
         assert len(page.query_selector_all("video")) == 4

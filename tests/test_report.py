@@ -298,3 +298,14 @@ def test_size_bench_quick_prints_sizes_and_times(capsys):
     else:
         assert "load event" in out and "sort by a metric difference (5 metrics" in out and "page problems" in out
         assert "page problems (console errors, failed requests): 0" in out
+
+
+def test_two_runs_of_one_set_in_one_folder_are_two_models(tmp_path, capsys):
+    """Two cfg values from one checkpoint folder cannot be one model: each file is its own, named by its file."""
+    a = scored_manifest(tmp_path / "ckpt", ["x", "y"], seed=1, stem="hpsv2_seed0_32x32_50s_5.0cfg")
+    b = scored_manifest(tmp_path / "ckpt", ["x", "y"], seed=2, stem="hpsv2_seed0_32x32_50s_7.5cfg")
+    code, _, err = _run([a, b, "--out", tmp_path / "rep", "--n_boot", 50], capsys)
+    assert code == 0, err
+    page = _page(tmp_path / "rep")
+    assert page.data["models"] == [a.stem, b.stem] and page.data["mode"] == "ab"
+    assert "winrate/0/1/hpsv2/mean/win_rate" in page.values

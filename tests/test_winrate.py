@@ -175,8 +175,8 @@ def test_test_vs_sh_end_to_end_on_tiny_manifests(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     folder = _result_dir(proc.stdout)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [f"{k}.json" for k in METRICS] + ["summary.json", "table.txt", "winrate.png"]
-    )
+        [f"{k}.json" for k in METRICS] + ["summary.json", "table.txt", "winrate.png", "report.html"]
+    )  # report.html: the HTML report test_vs.sh writes beside the results (tests/test_report.py)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["n_pairs"] == 4 and summary["only_in_a"]["count"] == 1 and summary["only_in_b"]["count"] == 1
     assert set(summary["metrics"]) == set(METRICS)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shared body of test_sd15.sh / test_sdxl.sh / test_sd3.sh / test_flux.sh: generate the prompt sets
-# for one checkpoint, score them with the five reward models, and print a set x metric table.
+# for one checkpoint, score them with the five reward models, print a set x metric table, and write
+# an HTML report of the sets beside them (<output>/report_<size>/report.html; its path is printed).
 # Not meant to be called directly.
 #
 #   KIND=sd15|sdxl|sd3|flux joint_test.sh [--dry-run] <unet.pth | transformer.pth | checkpoint folder>
@@ -14,7 +15,7 @@
 #   names under prompts/ or paths to prompt files)  OUTPUT (default: the folder holding unet.pth)
 #   LAUNCH ("python"; e.g. "accelerate launch --num_processes 8")  GEN_ARGS (extra generate flags)
 #   METRICS (all)  SCORE_BATCH_SIZE  DEVICE  SCORE_PY (eval/score.py)  SUMMARY_PY (eval/summary.py)
-#   DRY_RUN=1 (same as --dry-run: print the commands, run nothing)
+#   DRY_RUN=1 (same as --dry-run: print the commands, run nothing)  REPORT=0 (no HTML report)
 #   LORA_PATH  a LoRA on top of the base model (or of the weights given); LORA_SCALE (1.0) its weight;
 #              the results go beside the LoRA when no weights are given
 set -euo pipefail
@@ -25,7 +26,7 @@ MODEL_PATH=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) MODEL_PATH="$arg" ;;
   esac
 done
@@ -128,4 +129,7 @@ if [[ -f "$SUMMARY_PY" && -f "$SCORE_PY" ]]; then
 else
   echo "no score table: $SUMMARY_PY or $SCORE_PY not found; manifests:"
   printf '  %s\n' "${MANIFESTS[@]}"
+fi
+if [[ "${REPORT:-1}" != 0 ]]; then
+  run "$PYTHON" -m eval.report "${MANIFESTS[@]}" --out "$OUTPUT/report_${SIZE}" --quiet
 fi

@@ -172,7 +172,7 @@ def build_family(real: bool, resolution: int, device, arch: dict):
     model = build_tiny_model("sd15", Path(tempfile.mkdtemp(prefix="sdpo-bench-")) / "m")
     cfg = parse_args(["--pretrained_model_name_or_path", str(model), "--resolution", str(resolution),
                       "--use_winner_preserving", "--winner_preserving_mu", "0.9", "--no-gradient_checkpointing"])  # fmt: skip
-    fam = get_family("sd15").load(cfg, device, torch.float32, needs_reference=True)
+    fam = get_family("sd15").load(cfg.model, device, torch.float32, needs_reference=True)
     if real:  # SD1.5's architectures, random weights; the tokenizer stays the tiny byte-level one
         torch.manual_seed(0)
         fam.vae = vae(arch["channels"], arch["vae"]).requires_grad_(False).eval().to(device)
@@ -212,7 +212,7 @@ def time_steps(real: bool, args, device, arch: dict) -> tuple[float, float, int,
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         terms = preference_forward(batch, fam, cfg, dpo, device)
-        dpo.loss(terms, cfg).loss.backward()
+        dpo.loss(terms, cfg.objective.params).loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -94,7 +94,7 @@ def measure_step_peak(resolution: int, args) -> float:
                 start = tracker.live
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 terms = preference_forward(batch, fam, cfg, dpo, torch.device("cpu"))
-                loss = dpo.loss(terms, cfg).loss
+                loss = dpo.loss(terms, cfg.objective.params).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

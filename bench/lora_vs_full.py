@@ -91,7 +91,7 @@ def build(args, device: torch.device, weight_dtype: torch.dtype):
     cfg = parse_args(flags + (["--lora_target_modules", *args.targets] if args.targets else []))
     unet_cfg, text_cfgs, vae_cfg = (QUICK_ARCHS if args.quick else ARCHS)[args.arch]
     family = get_family(kind)
-    shared = family(cfg, device, weight_dtype)
+    shared = family(cfg.model, device, weight_dtype)
     shared.scheduler = shared.load_scheduler()
     shared.load_text_encoders()
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def build(args, device: torch.device, weight_dtype: torch.dtype):
     if args.only in (None, "lora"):
         low = clone_family()
         low.denoiser = init if args.only == "lora" else copy.deepcopy(init)
-        lora.add_adapters(low.denoiser, lora.lora_config(cfg, family, low.denoiser), weight_dtype, cfg.seed)
+        lora.add_adapters(low.denoiser, lora.lora_config(cfg.model, family, low.denoiser), weight_dtype, cfg.model.seed)
         low.denoiser.to(device).train()
         low.reference = lora.AdaptersOff(low)
         runs["lora"] = low
@@ -199,7 +199,7 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             terms = preference_forward(batch, fam, cfg, dpo, device)
-            loss = dpo.loss(terms, cfg).loss
+            loss = dpo.loss(terms, cfg.objective.params).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params[name], 1.0)
         opt.step()
@@ -227,7 +227,7 @@ def main(argv=None) -> None:
     where = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"{args.arch} UNet config{' (--quick stand-in)' if args.quick else ''}, {args.batch} pair(s) at {args.resolution} px, weight dtype "
           f"{str(weight_dtype).removeprefix('torch.')}{', gradient checkpointing' if args.gradient_checkpointing else ''}"
-          f", LoRA rank {args.rank} on {cfg.lora_target_modules or 'attn'}, Diffusion-DPO + SDPO, AdamW, {where}; "
+          f", LoRA rank {args.rank} on {cfg.model.lora_target_modules or 'attn'}, Diffusion-DPO + SDPO, AdamW, {where}; "
           f"{args.steps} interleaved steps each after {args.warmup} warm-up")  # fmt: skip
     print(f"denoiser parameters: {n_params / 1e6:.1f} M")
     total = {}

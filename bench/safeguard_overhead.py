@@ -112,7 +112,7 @@ def build(args, device):
     mu = ["--winner_preserving_mu", str(args.mu)]
     cfgs = {m: parse_args(common + SAFEGUARD_FLAGS[m] + (mu if m != "dpo" else [])) for m in MODES}
     cfg = cfgs["dpo"]
-    comps = load_family(cfg, device, torch.float32, needs_reference=True)
+    comps = load_family(cfg.model, device, torch.float32, needs_reference=True)
     unet_cfg = dict(SD15_UNET_QUICK if args.quick else SD15_UNET) if args.real_arch == "sd15" else dict(SMALL_UNET)
     if args.real_arch == "sd15":  # SD1.5's text width (the tiny encoder's 2 layers and vocabulary)
         width = dict(hidden_size=TEXT_QUICK, intermediate_size=64, num_attention_heads=2) if args.quick else \
@@ -128,7 +128,7 @@ def build(args, device):
     if args.lora_rank:  # adapters on a frozen base; the reference is that base with the adapters off
         from sdpo.lora import adapters as lora
 
-        lora.add_adapters(comps.denoiser, lora.lora_config(cfg, type(comps), comps.denoiser), torch.float32, 0)
+        lora.add_adapters(comps.denoiser, lora.lora_config(cfg.model, type(comps), comps.denoiser), torch.float32, 0)
         comps.denoiser.to(device).train()
         comps.reference = lora.AdaptersOff(comps)
     else:
@@ -179,7 +179,7 @@ def main(argv=None) -> None:
             cpu_peak.reset()
         t0 = time.perf_counter()
         terms = preference_forward(batch, comps, c, dpo, device)
-        dpo.loss(terms, c).loss.backward()
+        dpo.loss(terms, c.objective.params).loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

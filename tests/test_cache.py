@@ -101,9 +101,9 @@ def test_cached_samples_are_the_encoded_uncached_samples(family, tiny_sd15, tiny
              "--max_train_samples", "8", "--proportion_empty_prompts", "0.3"]  # fmt: skip
     out = precompute(*flags, "--out", tmp_path / "cache", "--shard_size", "3", "--cache_dtype", "bf16")
     cfg = parse_args([str(a) for a in flags])
-    fam = get_family(cfg.model_family).load(cfg, torch.device("cpu"), torch.float32, needs_reference=False)
-    transform = data.PairTransform(cfg)
-    plain = data.PairDataset(data.clean_pairs(data.load_pairs(cfg), cfg), transform)
+    fam = get_family(cfg.model.model_family).load(cfg.model, torch.device("cpu"), torch.float32, needs_reference=False)
+    transform = data.PairTransform(cfg.data)
+    plain = data.PairDataset(data.clean_pairs(data.load_pairs(cfg.data), cfg.data), transform)
     cached = cache.CachedPairs(cache.open_cache(parse_args([str(a) for a in flags] + ["--precomputed", str(out)]),
                                                 "no"), transform)  # fmt: skip
     assert len(cached) == len(plain) == 8
@@ -227,7 +227,7 @@ def test_bad_rows_are_dropped_with_the_counts_training_logs(tmp_path, caplog):
              "--max_bad_fraction", "0.5"]  # fmt: skip
     cfg = parse_args([str(a) for a in flags])
     with caplog.at_level("WARNING", logger="sdpo.data.checks"):
-        kept = data.clean_pairs(data.load_pairs(cfg), cfg)  # what training runs
+        kept = data.clean_pairs(data.load_pairs(cfg.data), cfg.data)  # what training runs
     training_lines = [r.getMessage() for r in caplog.records if "broken rows" in r.getMessage()]
     caplog.clear()
     with caplog.at_level("WARNING", logger="sdpo.data.checks"):

@@ -14,7 +14,7 @@ from sdpo.tiny import tiny_pair_rows, write_pairs
 def cfg_for(pairs, **over):
     c = SimpleNamespace(
         dataset_name=str(pairs), train_data_dir=None, split="train", cache_dir=None, streaming=False,
-        dataset_config_name=None, resolution=64, random_crop=False, no_hflip=True, sdxl=False,
+        dataset_config_name=None, resolution=64, random_crop=False, no_hflip=True, joint_augment=False, video=False,
         proportion_empty_prompts=0.0, seed=0,
     )  # fmt: skip
     c.__dict__.update(over)
@@ -86,9 +86,9 @@ def test_winner_and_loser_share_timestep_and_noise(tiny_sd15, tiny_pairs):
 
     cfg = parse_args(["--pretrained_model_name_or_path", str(tiny_sd15), "--dataset_name", str(tiny_pairs),
                       "--resolution", "64"])  # fmt: skip
-    comps = load_components(cfg, torch.device("cpu"), torch.float32, needs_reference=True)
-    hf = data.drop_ties(data.load_pairs(cfg))
-    ds = data.PairDataset(hf, data.PairTransform(cfg))
+    comps = load_components(cfg.model, torch.device("cpu"), torch.float32, needs_reference=True)
+    hf = data.drop_ties(data.load_pairs(cfg.data))
+    ds = data.PairDataset(hf, data.PairTransform(cfg.data))
     batch = data.collate([ds[(0, i)] for i in range(3)])
     terms = preference_forward(batch, comps, cfg, get_objective("diffusion-dpo"), torch.device("cpu"))
     t = terms.timesteps

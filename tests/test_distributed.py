@@ -107,14 +107,12 @@ def test_accumulation_flag_wins_over_accelerates_environment(monkeypatch, tmp_pa
     it must not replace --gradient_accumulation_steps (the launch scripts' global-batch arithmetic)."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from sdpo.config import build_parser
-    from sdpo.training.loop import make_accelerator
+    from sdpo.config import parse_args
+    from sdpo.training.setup import make_accelerator
 
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
-    cfg = build_parser().parse_args(
-        ["--pretrained_model_name_or_path", "x", "--gradient_accumulation_steps", "4", "--report_to", "none"]
-    )
-    cfg.output_dir = str(tmp_path)
+    cfg = parse_args(["--pretrained_model_name_or_path", "org/model", "--model_family", "sd15",
+                      "--gradient_accumulation_steps", "4", "--report_to", "none", "--output_dir", str(tmp_path)])  # fmt: skip
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     try:

@@ -20,12 +20,19 @@ def _cfg(batch=1, accumulation=1, sharding="none", streaming=False):
 
 
 def _saved(n, b, a, epoch_samples=8, sharding="none"):
-    return {**elastic.position_state(3, epoch_samples, _cfg(b, a, sharding), n), "step": 4}
+    return {**elastic.position_state(3, epoch_samples, _cfg(b, a, sharding), sharding, n), "step": 4}
+
+
+def adopt(cfg, saved, num_processes, where):
+    """``elastic.adopt``, applied to ``cfg`` as the loop applies it (the accumulation it answers)."""
+    accumulation, line = elastic.adopt(cfg, cfg.sharding, cfg.streaming, saved, num_processes, where)
+    cfg.gradient_accumulation_steps = accumulation
+    return line
 
 
 def test_same_shape_changes_nothing():
     cfg = _cfg(2, 4)
-    assert elastic.adopt(cfg, _saved(2, 2, 4), 2, "checkpoint-4") is None
+    assert adopt(cfg, _saved(2, 2, 4), 2, "checkpoint-4") is None
     assert cfg.gradient_accumulation_steps == 4
 
 
@@ -33,7 +40,7 @@ def test_same_shape_changes_nothing():
                                                  (16, 1, 32, 8, 2, 32), (3, 2, 2, 4, 3, 1)])  # fmt: skip
 def test_other_process_count_keeps_the_global_batch(n0, b0, a0, n, b, a):
     cfg = _cfg(b, 7)  # whatever accumulation the new launch passed
-    line = elastic.adopt(cfg, _saved(n0, b0, a0, epoch_samples=24), n, "checkpoint-4")
+    line = adopt(cfg, _saved(n0, b0, a0, epoch_samples=24), n, "checkpoint-4")
     assert cfg.gradient_accumulation_steps == a and n * b * a == n0 * b0 * a0
     assert f"now {n} process{'es' if n > 1 else ''} x {b} x {a}" in line
     assert f"same global batch {n0 * b0 * a0}, continuing epoch 3 at sample 24" in line
@@ -41,31 +48,31 @@ def test_other_process_count_keeps_the_global_batch(n0, b0, a0, n, b, a):
 
 def test_impossible_global_batch_says_what_would_work():
     with pytest.raises(UserError) as e:
-        elastic.adopt(_cfg(4), _saved(2, 3, 1), 4, "checkpoint-4")  # global batch 6 on 4 processes x 4
+        adopt(_cfg(4), _saved(2, 3, 1), 4, "checkpoint-4")  # global batch 6 on 4 processes x 4
     msg = str(e.value)
     assert "\n" not in msg and "global batch 6 (2 processes x batch 3 x accumulation 1)" in msg
     assert "4 processes x batch 4 cannot make 6" in msg
     assert "resume on 1, 2, 3 or 6 processes with --train_batch_size 1" in msg
     with pytest.raises(UserError, match=r"with 2 processes use --train_batch_size 1, 3 or 9"):
-        elastic.adopt(_cfg(2), _saved(3, 3, 2), 2, "checkpoint-4")  # 18 = 2 x b x a for b in 1, 3, 9
+        adopt(_cfg(2), _saved(3, 3, 2), 2, "checkpoint-4")  # 18 = 2 x b x a for b in 1, 3, 9
     with pytest.raises(UserError, match=r"with --train_batch_size 2 resume on 1 or 2 processes"):
-        elastic.adopt(_cfg(2), _saved(1, 4, 1), 3, "checkpoint-4")
+        adopt(_cfg(2), _saved(1, 4, 1), 3, "checkpoint-4")
 
 
 def test_checkpoint_format_must_match_the_strategy():
     with pytest.raises(UserError, match="written with --sharding fsdp; resume it with --sharding fsdp or hsdp"):
-        elastic.adopt(_cfg(), _saved(2, 1, 1, sharding="fsdp"), 2, "checkpoint-4")
+        adopt(_cfg(), _saved(2, 1, 1, sharding="fsdp"), 2, "checkpoint-4")
     with pytest.raises(UserError, match="written with --sharding none; resume it with --sharding none"):
-        elastic.adopt(_cfg(sharding="hsdp"), _saved(2, 1, 1), 2, "checkpoint-4")
-    assert elastic.adopt(_cfg(sharding="hsdp"), _saved(2, 1, 1, sharding="fsdp"), 2, "c") is None  # DCP reshards
+        adopt(_cfg(sharding="hsdp"), _saved(2, 1, 1), 2, "checkpoint-4")
+    assert adopt(_cfg(sharding="hsdp"), _saved(2, 1, 1, sharding="fsdp"), 2, "c") is None  # DCP reshards
     with pytest.raises(UserError, match="resume --streaming runs on 2 processes"):
-        elastic.adopt(_cfg(streaming=True), _saved(2, 1, 1), 1, "checkpoint-4")
+        adopt(_cfg(streaming=True), _saved(2, 1, 1), 1, "checkpoint-4")
 
 
 def test_old_checkpoints_count_micro_batches_of_the_same_shape():
     old = {"epoch": 1, "epoch_batches": 5, "nonfinite_total": 0, "step": 5}
-    assert elastic.adopt(_cfg(2), old, 4, "checkpoint-5") is None
-    assert elastic.saved_epoch_samples(old, _cfg(2), 4) == 5 * 2 * 4
+    assert adopt(_cfg(2), old, 4, "checkpoint-5") is None
+    assert elastic.saved_epoch_samples(old, 2, 4) == 5 * 2 * 4
 
 
 def test_sampler_continues_at_a_sample_on_any_layout():
@@ -124,8 +131,8 @@ def test_sharding_flags_refused_in_one_line(flags, message, tiny_sd15):
 
 def test_sharded_sdxl_defaults_to_adamw(tiny_sdxl):
     base = ["--pretrained_model_name_or_path", str(tiny_sdxl)]
-    assert parse_args(base).use_adafactor and not parse_args([*base, "--sharding", "fsdp"]).use_adafactor
-    assert parse_args([*base, "--sharding", "fsdp"]).fsdp_reduce_dtype == "fp32"
+    assert parse_args(base).optim.use_adafactor and not parse_args([*base, "--sharding", "fsdp"]).optim.use_adafactor
+    assert parse_args([*base, "--sharding", "fsdp"]).dist.fsdp_reduce_dtype == "fp32"
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sdxl", "sd3", "flux"])

@@ -23,7 +23,9 @@ FLOW_METHODS = ("diffusion-dpo", "dmpo", "sft", "mapo", "dpop")
 
 def _family(model, *extra):
     cfg = parse_args(["--pretrained_model_name_or_path", str(model), "--resolution", "32", *extra])
-    return cfg, get_family(cfg.model_family).load(cfg, torch.device("cpu"), torch.float32, needs_reference=False)
+    return cfg, get_family(cfg.model.model_family).load(
+        cfg.model, torch.device("cpu"), torch.float32, needs_reference=False
+    )
 
 
 @pytest.mark.parametrize("scheme", ["none", "logit_normal", "mode"])

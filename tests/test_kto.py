@@ -138,7 +138,7 @@ def test_reference_point_is_the_mean_over_all_processes(monkeypatch):
 
 
 def data_cfg(**over):
-    c = SimpleNamespace(resolution=64, random_crop=False, no_hflip=True, sdxl=False, proportion_empty_prompts=0.0,
+    c = SimpleNamespace(resolution=64, random_crop=False, no_hflip=True, joint_augment=False, video=False, proportion_empty_prompts=0.0,
                         seed=0, positive_ratio=0.8)  # fmt: skip
     c.__dict__.update(over)
     return c

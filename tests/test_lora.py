@@ -3,8 +3,6 @@ with the adapters off, files load into diffusers pipelines, resume is exact, the
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -23,7 +21,7 @@ CPU = torch.device("cpu")
 def _family(model, *extra, needs_reference=True):
     cfg = parse_args(["--pretrained_model_name_or_path", str(model), "--resolution", "32", "--mixed_precision", "no",
                       "--lora_rank", "4", *map(str, extra)])  # fmt: skip
-    return cfg, get_family(cfg.model_family).load(cfg, CPU, torch.float32, needs_reference)
+    return cfg, get_family(cfg.model.model_family).load(cfg.model, CPU, torch.float32, needs_reference)
 
 
 def _randomise_adapters(model: torch.nn.Module, seed: int = 1) -> None:
@@ -65,7 +63,7 @@ def test_reference_is_the_base_with_adapters_off_and_no_copy_is_loaded(tiny_sd15
 
 def test_base_stays_in_the_weight_dtype_with_fp32_adapters(tiny_sd15):
     cfg = parse_args(["--pretrained_model_name_or_path", str(tiny_sd15), "--lora_rank", "2", "--lora_alpha", "4"])
-    fam = get_family("sd15").load(cfg, CPU, torch.bfloat16, needs_reference=True)
+    fam = get_family("sd15").load(cfg.model, CPU, torch.bfloat16, needs_reference=True)
     dtypes = {(".lora_" in n, p.dtype) for n, p in fam.denoiser.named_parameters()}
     assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}
     assert fam.denoiser.peft_config["default"].lora_alpha == 4 and fam.denoiser.peft_config["default"].r == 2
@@ -93,7 +91,7 @@ def test_saved_adapters_load_into_the_diffusers_pipeline(family, request, tmp_pa
 
 
 def _setup(flags):
-    from sdpo.training.loop import setup
+    from sdpo.training.setup import setup
 
     reset_accelerate()
     return setup(parse_args([str(f) for f in flags]))
@@ -199,7 +197,7 @@ def test_gradient_checkpointing_recomputes_with_the_adapters_on(tiny_sdxl):
         fam.denoiser.enable_gradient_checkpointing() if checkpointing else fam.denoiser.disable_gradient_checkpointing()
         terms = preference_forward(batch, fam, cfg, dpo, CPU)
         assert terms.ref_pred is not None
-        grads.append(_grads(dpo.loss(terms, cfg).loss, params))
+        grads.append(_grads(dpo.loss(terms, cfg.objective.params).loss, params))
     assert any(g.abs().max() > 0 for g in grads[0])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
@@ -224,13 +222,13 @@ def test_safeguard_scales_exactly_the_loser_gradient_with_lora(tiny_sd15, mode):
     terms = preference_forward(batch, fam, cfg, dpo, CPU)
     lam = float(terms.lam)
     assert 0.0 < lam < 1.0 and (lam == pytest.approx(0.37) if mode == "fixed" else True)
-    scaled = _grads(dpo.loss(terms, cfg).loss, params)
+    scaled = _grads(dpo.loss(terms, cfg.objective.params).loss, params)
 
-    plain_cfg = SimpleNamespace(**{**vars(cfg), "use_winner_preserving": False})
+    plain_cfg = cfg.with_flags(use_winner_preserving=False)
     plain = preference_forward(batch, fam, plain_cfg, dpo, CPU)
     assert torch.equal(plain.model_pred, terms.model_pred)
     # The same loss value, split by branch: d loss / d pred for winner rows and loser rows.
-    loss = dpo.loss(plain, plain_cfg).loss
+    loss = dpo.loss(plain, plain_cfg.objective.params).loss
     (g_pred,) = torch.autograd.grad(loss, plain.model_pred, retain_graph=True)
     bsz = g_pred.shape[0] // 2
     win = torch.cat([g_pred[:bsz], torch.zeros_like(g_pred[bsz:])])
@@ -251,7 +249,7 @@ def test_param_space_lambda_runs_over_the_adapters_only(tiny_sd15):
     noisy, t, cond = _inputs(fam)  # row 0 plays the winner, row 1 the loser
     target = torch.randn_like(noisy)
     pred = fam.predict(fam.denoiser, noisy, t, cond)
-    lam = safeguard_lambda(cfg, pred, target, fam.denoiser.parameters())
+    lam = safeguard_lambda(cfg.safeguard, pred, target, fam.denoiser.parameters())
     adapters = [p for n, p in fam.denoiser.named_parameters() if ".lora_" in n]
     assert len(adapters) < len(list(fam.denoiser.parameters()))
     gw = torch.cat([g.flatten() for g in _grads(((pred[0] - target[0]) ** 2).mean(), adapters)]).double()

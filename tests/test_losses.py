@@ -125,3 +125,16 @@ def test_safeguard_scales_only_the_loser_gradient_of_every_objective(method):
     torch.testing.assert_close(grads[0.25][0], grads[1.0][0])
     torch.testing.assert_close(grads[0.25][1], 0.25 * grads[1.0][1])
     assert grads[1.0][1].abs().sum() > 0
+
+
+def test_objectives_that_share_a_hyper_parameter_declare_it_alike():
+    """Each objective declares its own hyper-parameters (``Params``); a flag shared by several (``--beta_dpo``)
+    must mean the same everywhere: same type, default and help, since the parser makes one flag of it."""
+    from dataclasses import fields
+
+    seen = {}
+    for name, objective in LOSSES.items():
+        for f in fields(objective.Params):
+            spec = (str(f.type), f.default, f.metadata.get("help"))
+            assert seen.setdefault(f.name, (name, spec))[1] == spec, (f.name, name, seen[f.name][0])
+    assert {"beta_dpo", "dmpo_alpha", "kto_beta", "sipo_clip_eps"} <= set(seen)

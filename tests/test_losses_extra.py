@@ -76,13 +76,13 @@ def test_mapo_needs_no_reference_and_loads_none(tiny_sd15):
     args = ["--pretrained_model_name_or_path", str(tiny_sd15), "--resolution", "64", "--train_method"]
     mapo = get_objective("mapo")
     assert mapo.NEEDS_REFERENCE is False
-    comps = load_components(parse_args([*args, "mapo"]), torch.device("cpu"), torch.float32, mapo.NEEDS_REFERENCE)
+    comps = load_components(parse_args([*args, "mapo"]).model, torch.device("cpu"), torch.float32, mapo.NEEDS_REFERENCE)
     assert comps.ref_unet is None
     unet_n = sum(p.numel() for p in comps.unet.parameters())
     no_ref = unet_n + sum(p.numel() for m in (comps.vae, *comps.text_encoders) for p in m.parameters())
     assert count(comps) == no_ref
     dpo = get_objective("diffusion-dpo")
-    with_ref = load_components(parse_args([*args, "diffusion-dpo"]), torch.device("cpu"), torch.float32, True)
+    with_ref = load_components(parse_args([*args, "diffusion-dpo"]).model, torch.device("cpu"), torch.float32, True)
     assert dpo.NEEDS_REFERENCE and count(with_ref) == no_ref + unet_n
 
 

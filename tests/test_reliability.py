@@ -112,7 +112,7 @@ def test_bad_rows_skipped_with_counts_and_indices(tmp_path, caplog, tiny_sd15, r
     write_pairs(broken_rows(), tmp_path / "pairs")
     cfg = SimpleNamespace(dataset_name=str(tmp_path / "pairs"), train_data_dir=None, split="train", cache_dir=None,
                           streaming=False, dataset_config_name=None, data_check=True, max_bad_fraction=0.5,
-                          max_train_samples=None, seed=0, dataloader_num_workers=0)  # fmt: skip
+                          max_train_samples=None, seed=0, dataloader_num_workers=0, video=False)  # fmt: skip
     with caplog.at_level("WARNING"):
         kept = data.clean_pairs(data.load_pairs(cfg), cfg)
     assert len(kept) == 15
@@ -145,6 +145,7 @@ def test_mostly_broken_dataset_aborts_with_clear_message(tmp_path, tiny_sd15):
 def _nan_on(calls_to_poison, monkeypatch):
     """Make the objective return NaN on the given (1-based) micro-step calls."""
     import sdpo.training.loop
+    import sdpo.training.setup
     from sdpo.losses import LossOutput, get_objective
 
     real = get_objective("diffusion-dpo")
@@ -161,7 +162,7 @@ def _nan_on(calls_to_poison, monkeypatch):
                 return LossOutput(loss=out.loss * float("nan"), inside=out.inside)
             return out
 
-    monkeypatch.setattr(sdpo.training.loop, "get_objective", lambda name: Poisoned)
+    monkeypatch.setattr(sdpo.training.setup, "get_objective", lambda name: Poisoned)
 
 
 def test_nonfinite_loss_skips_the_step(tiny_sd15, tiny_pairs, tmp_path, run_train, monkeypatch):

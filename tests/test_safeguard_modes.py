@@ -24,6 +24,7 @@ def _cfg(**kw):
         winner_preserving_mode="output",
         winner_preserving_granularity="batch",
         winner_preserving_lambda=None,
+        log_param_lambda=False,
     )
     return SimpleNamespace(**{**base, **kw})
 
@@ -214,7 +215,7 @@ def _comps_and_batch(model, extra=()):
     from sdpo.families import load_family as load_components
 
     cfg = parse_args(["--pretrained_model_name_or_path", str(model), "--resolution", "64", *extra])
-    comps = load_components(cfg, torch.device("cpu"), torch.float32, needs_reference=True)
+    comps = load_components(cfg.model, torch.device("cpu"), torch.float32, needs_reference=True)
     g = torch.Generator().manual_seed(0)
     batch = {
         "pixel_values": torch.rand(4, 3, 64, 64, generator=g) * 2 - 1,
@@ -236,10 +237,10 @@ def test_param_mode_in_preference_forward_matches_brute_force(tiny_model, checkp
     dpo = get_objective("diffusion-dpo")
     terms = preference_forward(batch, comps, cfg, dpo, torch.device("cpu"))
     assert all(p.grad is None for p in comps.unet.parameters())  # nothing leaked into .grad
-    dpo.loss(terms, cfg).loss.backward()  # the graph survived the two extra passes
+    dpo.loss(terms, cfg.objective.params).loss.backward()  # the graph survived the two extra passes
     comps.unet.zero_grad(set_to_none=True)
 
-    plain = SimpleNamespace(**{**vars(cfg), "use_winner_preserving": False})
+    plain = cfg.with_flags(use_winner_preserving=False)
     ref_terms = preference_forward(batch, comps, plain, dpo, torch.device("cpu"))
     params = [p for p in comps.unet.parameters() if p.requires_grad]
     pw, pl = ref_terms.model_pred.chunk(2)
@@ -262,14 +263,14 @@ def test_log_param_lambda_logs_eq14_beside_the_output_lambda(tiny_model):
     cfg, comps, batch = _comps_and_batch(tiny_model, [*mu, "--log_param_lambda"])
     dpo = get_objective("diffusion-dpo")
     terms = preference_forward(batch, comps, cfg, dpo, torch.device("cpu"))
-    param_cfg = SimpleNamespace(**{**vars(cfg), "winner_preserving_mode": "param", "log_param_lambda": False})
-    output_cfg = SimpleNamespace(**{**vars(cfg), "log_param_lambda": False})
+    param_cfg = cfg.with_flags(winner_preserving_mode="param", log_param_lambda=False)
+    output_cfg = cfg.with_flags(log_param_lambda=False)
     param = preference_forward(batch, comps, param_cfg, dpo, torch.device("cpu"))
     output = preference_forward(batch, comps, output_cfg, dpo, torch.device("cpu"))
     assert float(terms.lam) == float(output.lam)
     assert float(terms.logs["param_lambda"]) == pytest.approx(float(param.lam), rel=1e-6)
     assert float(terms.lam) != pytest.approx(float(param.lam), rel=1e-3)  # two different curves
-    scalars = micro_step_scalars(terms, dpo.loss(terms, cfg))
+    scalars = micro_step_scalars(terms, dpo.loss(terms, cfg.objective.params))
     assert float(scalars["param_lambda"]) == pytest.approx(float(param.lam), rel=1e-6)
     assert "param_lambda" not in output.logs
 
@@ -311,4 +312,4 @@ def test_default_mode_is_output_batch():
     cfg = parse_args(
         ["--pretrained_model_name_or_path", "org/model", "--model_family", "sd15", "--use_winner_preserving"]
     )
-    assert (cfg.winner_preserving_mode, cfg.winner_preserving_granularity) == ("output", "batch")
+    assert (cfg.safeguard.winner_preserving_mode, cfg.safeguard.winner_preserving_granularity) == ("output", "batch")

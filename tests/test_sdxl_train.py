@@ -53,22 +53,24 @@ def _reset_accelerate() -> None:
 def _components(files, *extra: str, dtype=torch.float32, reference=True):
     from sdpo.families import load_family as load_components
 
-    return load_components(parse_args(_args(files, *extra)), torch.device("cpu"), dtype, needs_reference=reference)
+    return load_components(
+        parse_args(_args(files, *extra)).model, torch.device("cpu"), dtype, needs_reference=reference
+    )
 
 
 def test_sdxl_defaults_follow_the_reference_runs(files):
     cfg = parse_args(_args(files)[:-4] + ["--report_to", "none"])  # no --resolution
-    assert (cfg.resolution, cfg.use_adafactor, cfg.gradient_checkpointing) == (1024, True, True)
+    assert (cfg.model.resolution, cfg.optim.use_adafactor, cfg.model.gradient_checkpointing) == (1024, True, True)
     off = parse_args(_args(files, "--no-use_adafactor", "--no-gradient_checkpointing"))
-    assert (off.use_adafactor, off.gradient_checkpointing) == (False, False)
+    assert (off.optim.use_adafactor, off.model.gradient_checkpointing) == (False, False)
     sd15 = parse_args(["--pretrained_model_name_or_path", str(files["sd15"]), "--dataset_name", str(files["pairs"])])
-    assert (sd15.resolution, sd15.use_adafactor, sd15.gradient_checkpointing) == (512, False, False)
+    assert (sd15.model.resolution, sd15.optim.use_adafactor, sd15.model.gradient_checkpointing) == (512, False, False)
 
     from transformers.optimization import Adafactor
 
-    from sdpo.training.loop import make_optimizer
+    from sdpo.training.setup import make_optimizer
 
-    opt = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(3, 3))], num_processes=1)
+    opt = make_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(3, 3))], num_processes=1)
     assert isinstance(opt, Adafactor)
     group = opt.param_groups[0]
     assert (group["scale_parameter"], group["relative_step"], group["clip_threshold"]) == (False, False, 1.0)
@@ -98,7 +100,7 @@ def test_empty_prompt_dropout_reaches_both_encoders(files):
     from sdpo.data.pairs import PairTransform, load_pairs
 
     cfg = parse_args(_args(files, "--proportion_empty_prompts", "0.5"))
-    transform, rows = PairTransform(cfg), load_pairs(cfg)
+    transform, rows = PairTransform(cfg.data), load_pairs(cfg.data)
     captions = [transform(rows[i], 0, i)["caption"] for i in range(len(rows))]
     assert "" in captions and any(captions), captions  # some blanked, some kept
     comps = _components(files, reference=False)
@@ -153,7 +155,7 @@ def test_bf16_unet_without_autocast_runs(files):
     cfg = parse_args(_args(files, "--use_winner_preserving", "--winner_preserving_mu", "0.6"))
     comps = _components(files, dtype=torch.bfloat16)
     comps.unet.to(torch.bfloat16)
-    transform, rows = PairTransform(cfg), load_pairs(cfg)
+    transform, rows = PairTransform(cfg.data), load_pairs(cfg.data)
     batch = collate([transform(rows[i], 0, i) for i in (0, 1)])
     terms = preference_forward(batch, comps, cfg, get_objective("diffusion-dpo"), torch.device("cpu"))
     assert terms.model_pred.dtype == torch.bfloat16 and torch.isfinite(terms.model_w).all()

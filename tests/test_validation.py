@@ -20,8 +20,14 @@ from conftest import flow_flags, reset_accelerate, tiny_flags
 from PIL import Image
 
 from sdpo.errors import UserError
+from sdpo.sampling.prompts import read_prompt_spec
 from sdpo.training.metrics import read_jsonl
-from sdpo.training.validation import grid_tile, padded_shard, read_prompts, untouched_rng
+from sdpo.training.validation import grid_tile, padded_shard, untouched_rng
+
+
+def read_prompts(spec):
+    return read_prompt_spec(spec, "--validation_prompts")
+
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a blue square", "a green circle"]
@@ -227,15 +233,15 @@ def test_validator_loads_vae_and_text_encoders_when_training_has_none(runs, val_
 
     from sdpo.config import parse_args
     from sdpo.families import get_family
-    from sdpo.training.loop import Run
     from sdpo.training.metrics import JsonlLog
+    from sdpo.training.setup import Run
     from sdpo.training.validation import Validator
 
     cfg = parse_args([str(a) for a in val_flags(tmp_path / "out", "--validation_metrics", "none")])
     reset_accelerate()
     try:
         acc = Accelerator(cpu=True)
-        family = get_family(cfg.model_family).load(cfg, acc.device, torch.float32, True)
+        family = get_family(cfg.model.model_family).load(cfg.model, acc.device, torch.float32, True)
         family.vae, family.text_encoders, family.tokenizers = None, [], []
         run = Run(cfg, acc, family, None, None, None, None, None, None, JsonlLog(tmp_path / "out"), None, [])
         validator = Validator(run)

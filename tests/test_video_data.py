@@ -18,7 +18,7 @@ def vcfg(source, **over):
     c = SimpleNamespace(
         dataset_name=str(source), train_data_dir=None, split="train", cache_dir=None, streaming=False,
         model_family="cogvideox", video_pairs_format="auto", videoalign_dimension="VQ", num_frames=9, frame_stride=1,
-        height=32, width=32, resolution=32, random_crop=False, no_hflip=False, sdxl=False,
+        height=32, width=32, resolution=32, random_crop=False, no_hflip=False, joint_augment=True, video=True,
         proportion_empty_prompts=0.0, seed=0, data_check=True, max_bad_fraction=0.5, max_train_samples=None,
         dataloader_num_workers=0,
     )  # fmt: skip

@@ -17,14 +17,14 @@ from sdpo.families import get_family
 
 def _family(model, *extra, dtype=torch.float32):
     cfg = parse_args(["--pretrained_model_name_or_path", str(model), "--resolution", "32", "--num_frames", "9", *extra])
-    return cfg, get_family(cfg.model_family).load(cfg, torch.device("cpu"), dtype, needs_reference=False)
+    return cfg, get_family(cfg.model.model_family).load(cfg.model, torch.device("cpu"), dtype, needs_reference=False)
 
 
 def test_cogvideox_noising_target_latents_text_and_call_match_the_pipeline(tiny_cogvideox):
     from diffusers import CogVideoXPipeline
 
     cfg, fam = _family(tiny_cogvideox)
-    assert cfg.model_family == "cogvideox" and (cfg.height, cfg.width) == (32, 32)
+    assert cfg.model.model_family == "cogvideox" and (cfg.model.height, cfg.model.width) == (32, 32)
     sched = fam.scheduler
     assert sched.config.prediction_type == "v_prediction" and sched.config.snr_shift_scale == 1.0
     assert float(sched.alphas_cumprod[-1]) == 0.0  # zero terminal SNR
@@ -100,7 +100,7 @@ def test_wan_noising_latents_and_text_match_the_pipeline(tiny_wan):
     from diffusers import WanPipeline
 
     cfg, fam = _family(tiny_wan)
-    assert cfg.model_family == "wan" and fam.process == "flow"
+    assert cfg.model.model_family == "wan" and fam.process == "flow"
     assert fam.latent_shape((9, 3, 32, 32)) == (16, 3, 4, 4)  # (C, F', h, w)
     u = torch.tensor([0.0, 0.25, 0.999])
     x0, eps = torch.randn(3, 16, 3, 4, 4), torch.randn(3, 16, 3, 4, 4)

@@ -67,12 +67,12 @@ _recipe_sets() {
     return 1
 }
 
-# The family's recipe numbers and train.py flags, from Python (sdpo/families/launch.py: one source of truth
+# The family's recipe numbers and train.py flags, from Python (sdpo/config/launch.py: one source of truth
 # with train.py's own defaults).  Sets MODEL_DEFAULT VAE_DEFAULT LR SCALE_LR GLOBAL_BATCH_DEFAULT
 # PER_GPU_BATCH_DEFAULT PRECISION_DEFAULT SHARDING_DEFAULT VIDEO TRAIN_FLAGS and, for some families, SCHEDULE.
 _family_defaults() {
     local out
-    out="$(cd "$_SDPO_REPO" && "${PYTHON:-python3}" -m sdpo.families.launch "$@")" ||
+    out="$(cd "$_SDPO_REPO" && "${PYTHON:-python3}" -m sdpo.config.launch "$@")" ||
         _die "could not read the $FAMILY family's recipe with ${PYTHON:-python3} (is the project's Python environment active?)"
     eval "$out"
     # Anything that is neither a script option nor a train.py flag stops here, named.

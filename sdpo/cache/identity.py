@@ -96,21 +96,22 @@ def data_identity(cfg) -> dict:
 
 
 def cache_identity(cfg) -> dict:
-    """Everything the cached tensors depend on, from the flags (``cfg`` validated by ``sdpo.config``)."""
+    """Everything the cached tensors depend on, from the resolved run config (its ``model`` and ``data``)."""
     import torch
 
     from sdpo.families import get_family
 
-    family = get_family(cfg.model_family)(cfg, torch.device("cpu"), torch.float32)
-    path, rev = cfg.pretrained_model_name_or_path, cfg.revision
+    model = cfg.model
+    family = get_family(model.model_family)(model, torch.device("cpu"), torch.float32)
+    path, rev = model.pretrained_model_name_or_path, model.revision
     vae_path, vae_kw = family.vae_source()
     return {
-        "family": cfg.model_family,
-        "resolution": cfg.resolution,
-        "max_sequence_length": cfg.max_sequence_length,
+        "family": model.model_family,
+        "resolution": model.resolution,
+        "max_sequence_length": model.max_sequence_length,
         "vae": part_fingerprint(vae_path, vae_kw.get("subfolder"), vae_kw.get("revision")),
         "text": {name: part_fingerprint(path, name, rev) for name in text_parts(path, rev)},
-        "data": data_identity(cfg),
+        "data": data_identity(cfg.data),
     }
 
 

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,8 +35,8 @@ from sdpo.atomic import atomic_path, write_json
 from sdpo.cache import store as cache
 from sdpo.cache.identity import cache_identity, first_difference
 from sdpo.checkpoint.store import crash_point
+from sdpo.config import RunConfig, resolve
 from sdpo.config import build_parser as train_parser
-from sdpo.config import validate
 from sdpo.data import pairs as data
 from sdpo.errors import UserError, cli_main
 from sdpo.families import get_family
@@ -65,20 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    cfg = validate(build_parser().parse_args(argv))
-    if cfg.random_crop:
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    """The run's own resolved config (the cache is made for it) and where and how the cache is written."""
+
+    run: RunConfig
+    out: str
+    cache_dtype: str
+    shard_size: int
+    text_shard_size: int
+    encode_batch_size: int
+
+
+def parse_args(argv: list[str] | None = None) -> PrecomputeConfig:
+    ns = build_parser().parse_args(argv)
+    run = resolve(ns)
+    if run.data.random_crop:
         raise UserError("--random_crop cannot be cached (every epoch draws a new crop); drop it: the cache holds the "
                         "centre crop, flipped and unflipped")  # fmt: skip
-    if cfg.streaming:
+    if run.data.streaming:
         raise UserError("--streaming: precompute numbers the pairs of the whole split; drop it (a local copy: "
                         "--train_data_dir)")  # fmt: skip
-    if cfg.precomputed:
+    if run.data.precomputed:
         raise UserError("--precomputed is train.py's flag; precompute writes its cache to --out")
     for name in ("shard_size", "text_shard_size", "encode_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
-    return cfg
+        if getattr(ns, name) < 1:
+            raise UserError(f"--{name} must be >= 1, got {getattr(ns, name)}")
+    return PrecomputeConfig(run, ns.out, ns.cache_dtype, ns.shard_size, ns.text_shard_size, ns.encode_batch_size)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -118,13 +132,13 @@ class PosteriorInputs(Dataset):
 # ----------------------------------------------------------------------------- the run
 
 
-def _plan(cfg, pairs: int, captions: int, encoder_dtype: str) -> dict:
+def _plan(cfg: PrecomputeConfig, pairs: int, captions: int, encoder_dtype: str) -> dict:
     return {
         "format": cache.FORMAT,
-        "identity": cache_identity(cfg),
+        "identity": cache_identity(cfg.run),
         "layout": {
             "dtype": encoder_dtype if cfg.cache_dtype == "auto" else cfg.cache_dtype,
-            "flips": 1 if cfg.no_hflip else 2,
+            "flips": 1 if cfg.run.data.no_hflip else 2,
             "shard_size": cfg.shard_size,
             "text_shard_size": cfg.text_shard_size,
             "pairs": pairs,
@@ -176,7 +190,7 @@ def _text_unit(family, captions: list[str], dtype, batch: int, autocast) -> dict
 
 
 def _latent_unit(family, inputs: PosteriorInputs, dtype, cfg, autocast, bar) -> dict[str, torch.Tensor]:
-    loader = DataLoader(inputs, batch_size=cfg.encode_batch_size, num_workers=cfg.dataloader_num_workers)
+    loader = DataLoader(inputs, batch_size=cfg.encode_batch_size, num_workers=cfg.run.data.dataloader_num_workers)
     means, stds, ids, rows = [], [], [], []
     for pixels, caption_id, source in loader:
         b, _, flips = pixels.shape[:3]
@@ -191,17 +205,18 @@ def _latent_unit(family, inputs: PosteriorInputs, dtype, cfg, autocast, bar) -> 
             "source_row": torch.cat(rows).long()}  # fmt: skip
 
 
-def precompute(cfg) -> Path:
+def precompute(cfg: PrecomputeConfig) -> Path:
     """Write (or finish) the cache; returns its folder.  Every process of a launch calls this."""
     from accelerate import Accelerator
 
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    run = cfg.run
+    acc = Accelerator(mixed_precision=run.optim.mixed_precision)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not acc.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     out = Path(cfg.out).expanduser()
     with acc.main_process_first():  # datasets caches the load and the row checks: the main process goes first
-        hf = data.clean_pairs(data.load_pairs(cfg), cfg)
+        hf = data.clean_pairs(data.load_pairs(run.data), run.data)
     captions = list(dict.fromkeys(hf["caption"]))  # unique, in order of first appearance
     encoder_dtype = cache.precision_name(acc.mixed_precision)
     plan = _plan(cfg, len(hf), len(captions), encoder_dtype)
@@ -218,11 +233,12 @@ def precompute(cfg) -> Path:
     acc.wait_for_everyone()
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
-    family = get_family(cfg.model_family).load_for_encoding(cfg, acc.device, weight_dtype)
+    family = get_family(run.model.model_family).load_for_encoding(run.model, acc.device, weight_dtype)
     dtype = cache.DTYPES[plan["layout"]["dtype"]]
     with acc.autocast():
         empty = family.encode_prompt([""])
-        probe, _ = family.encode_posterior(torch.zeros(2, 3, cfg.resolution, cfg.resolution, device=acc.device))
+        res = run.data.resolution
+        probe, _ = family.encode_posterior(torch.zeros(2, 3, res, res, device=acc.device))
     text_shapes = {k: list(v.shape[1:]) for k, v in empty.items()}
     latent_shape, axis_order = list(probe.shape[1:]), cache.axis_order(probe)  # the layout the VAE returns
     flips = plan["layout"]["flips"]
@@ -258,7 +274,7 @@ def precompute(cfg) -> Path:
             chunk = [captions[i] for i in text_shards[k]]
             _save(_text_unit(family, chunk, dtype, cfg.encode_batch_size, acc.autocast), out, name, {"captions": chunk})
         else:
-            inputs = PosteriorInputs(hf, latent_shards[k], cfg.resolution, flips, caption_ids)
+            inputs = PosteriorInputs(hf, latent_shards[k], run.data.resolution, flips, caption_ids)
             _save(_latent_unit(family, inputs, dtype, cfg, acc.autocast, bar), out, name)
             continue  # the bar moved with every batch
         bar.update(n)

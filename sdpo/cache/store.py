@@ -107,9 +107,10 @@ def precision_name(mixed_precision: str | None) -> str:
 
 
 def open_cache(cfg, mixed_precision: str | None) -> CacheIndex:
+    """(``cfg``: the resolved run config.)"""
     """The cache named by ``--precomputed``, refused with one line if it is unfinished, damaged, or made
     for anything this run would compute differently.  ``mixed_precision``: the run's (accelerate's)."""
-    root = Path(cfg.precomputed).expanduser()
+    root = Path(cfg.data.precomputed).expanduser()
     if not (root / INDEX).is_file():
         hint = "rerun python -m sdpo.precompute with the same flags to finish it" if (root / PLAN).is_file() else (
             "build one with python -m sdpo.precompute ... --out " + str(root))  # fmt: skip
@@ -119,7 +120,7 @@ def open_cache(cfg, mixed_precision: str | None) -> CacheIndex:
         raise UserError(f"--precomputed {root}: cache format {index.get('format')} is not {FORMAT}; rebuild it")
     check_identity(root, index["identity"], cache_identity(cfg))
     cache = CacheIndex(root, index)
-    if not cfg.no_hflip and cache.flips < 2:
+    if not cfg.data.no_hflip and cache.flips < 2:
         raise UserError(f"--precomputed {root}: made with --no_hflip (no flipped latents); add --no_hflip or rebuild")
     for f in index["files"]:
         p = root / f["path"]

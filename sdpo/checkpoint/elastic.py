@@ -25,9 +25,10 @@ from sdpo.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def position_state(epoch: int, epoch_samples: int, cfg, num_processes: int) -> dict:
-    """What a checkpoint records about the data position and the batch arithmetic."""
-    b, a = cfg.train_batch_size, cfg.gradient_accumulation_steps
+def position_state(epoch: int, epoch_samples: int, optim, sharding: str, num_processes: int) -> dict:
+    """What a checkpoint records about the data position and the batch arithmetic (``optim``: the run's
+    ``optim`` section, its batch and accumulation)."""
+    b, a = optim.train_batch_size, optim.gradient_accumulation_steps
     return {
         "epoch": epoch,
         "epoch_samples": epoch_samples,
@@ -36,16 +37,16 @@ def position_state(epoch: int, epoch_samples: int, cfg, num_processes: int) -> d
         "train_batch_size": b,
         "gradient_accumulation_steps": a,
         "global_batch": b * num_processes * a,
-        "sharding": getattr(cfg, "sharding", "none"),
+        "sharding": sharding,
     }
 
 
-def saved_epoch_samples(saved: dict, cfg, num_processes: int) -> int:
+def saved_epoch_samples(saved: dict, batch: int, num_processes: int) -> int:
     """The saved position in samples (checkpoints from before this field counted micro-batches of this
-    run's own shape)."""
+    run's own shape: ``batch`` per process)."""
     if "epoch_samples" in saved:
         return int(saved["epoch_samples"])
-    b = saved.get("train_batch_size", cfg.train_batch_size)
+    b = saved.get("train_batch_size", batch)
     return int(saved.get("epoch_batches", 0)) * b * saved.get("num_processes", num_processes)
 
 
@@ -53,20 +54,21 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def adopt(cfg, saved: dict, num_processes: int, where: str) -> str | None:
-    """Make ``cfg`` continue the run saved in ``saved`` (a ``training_state.json``) on ``num_processes``.
+def adopt(optim, sharding: str, streaming: bool, saved: dict, num_processes: int, where: str) -> tuple[int, str | None]:
+    """How this launch (``optim``: its batch and accumulation; ``sharding``, ``streaming``) continues the run saved
+    in ``saved`` (a ``training_state.json``) on ``num_processes``.
 
-    Sets ``cfg.gradient_accumulation_steps`` so the global batch is the saved one; returns the line to
-    log when the shape of the run changed (None when it did not); raises a one-line ``UserError`` when
-    the saved global batch cannot be made, or when the checkpoint's format does not fit ``--sharding``.
+    Returns the gradient accumulation that makes the saved global batch, and the line to log when the shape of
+    the run changed (None when it did not); raises a one-line ``UserError`` when the saved global batch cannot
+    be made, or when the checkpoint's format does not fit ``--sharding``.
     """
-    _check_format(cfg, saved, num_processes, where)
+    _check_format(sharding, streaming, saved, num_processes, where)
+    a_given = optim.gradient_accumulation_steps
     if "global_batch" not in saved:  # written before elastic resume existed: same shape assumed
-        return None
-    n, b = num_processes, cfg.train_batch_size
+        return a_given, None
+    n, b = num_processes, optim.train_batch_size
     n0, b0, a0 = saved["num_processes"], saved["train_batch_size"], saved["gradient_accumulation_steps"]
     g = saved["global_batch"]
-    a_given = cfg.gradient_accumulation_steps
     if g % (b * n):
         fix = []
         if g % n == 0:
@@ -80,12 +82,11 @@ def adopt(cfg, saved: dict, num_processes: int, where: str) -> str | None:
             f"{_procs(n)} x batch {b} cannot make {g}: " + "; or ".join(fix)
         )
     a = g // (b * n)
-    cfg.gradient_accumulation_steps = a
     if (n, b, a) == (n0, b0, a0) and a == a_given:
-        return None
-    position = saved_epoch_samples(saved, cfg, n0)
+        return a, None
+    position = saved_epoch_samples(saved, b, n0)
     note = f" (--gradient_accumulation_steps {a_given} overridden)" if a != a_given else ""
-    return (
+    return a, (
         f"elastic resume from {where}: it was {_procs(n0)} x batch {b0} x accumulation {a0}, now {_procs(n)} x {b} x {a}"
         f"{note}: same global batch {g}, continuing epoch {saved.get('epoch', 0)} at sample {position}"
     )
@@ -99,16 +100,15 @@ def _either(values: list[int]) -> str:
     return ", ".join(map(str, values[:-1])) + (" or " if len(values) > 1 else "") + str(values[-1])
 
 
-def _check_format(cfg, saved: dict, num_processes: int, where: str) -> None:
+def _check_format(now: str, streaming: bool, saved: dict, num_processes: int, where: str) -> None:
     """DDP checkpoints hold whole weights (accelerate's format), sharded ones DCP shards: no silent mix."""
     was = saved.get("sharding", "none")
-    now = getattr(cfg, "sharding", "none")
     if (was == "none") != (now == "none"):
         raise UserError(
             f"{where} was written with --sharding {was}; resume it with --sharding "
             f"{'fsdp or hsdp' if was != 'none' else 'none'} (or start a new run with --resume_from_checkpoint none)"
         )
-    if cfg.streaming and "num_processes" in saved and saved["num_processes"] != num_processes:
+    if streaming and "num_processes" in saved and saved["num_processes"] != num_processes:
         raise UserError(
             f"{where} streamed its data over {saved['num_processes']} processes; a stream split over another "
             f"count has other rows per process: resume --streaming runs on {saved['num_processes']} processes"

@@ -138,6 +138,7 @@ def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, tota
         write_json(partial / STATE_FILE, {**state, "step": step})
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
+        log.info("saved %s", final)
         if total_limit is not None:
             for old in complete_checkpoints(root)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)

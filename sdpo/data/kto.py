@@ -52,10 +52,8 @@ _PICK = 4  # the sample's stream that picks winner / loser or class / row (sdpo.
 
 
 def wanted(cfg) -> bool:
-    """Does this run train on single labelled images (the objective says so)?"""
-    from sdpo.losses import get_objective
-
-    return bool(getattr(get_objective(cfg.train_method), "NEEDS_LABELS", False))
+    """Does this run train on single labelled images (the objective says so: ``DataConfig.single_images``)?"""
+    return cfg.single_images
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,5 +1,7 @@
 """Pick-a-Pic preference pairs: loading, tie removal, winner-first transforms, sharded batching.
 
+Every function here reads the run's data section (``sdpo.config.sections.DataConfig``).
+
 A row has ``jpg_0``/``jpg_1`` (JPEG bytes), ``label_0`` (1: ``jpg_0`` preferred, 0: ``jpg_1``
 preferred, 0.5: tie) and ``caption``.  Ties carry no preference and are dropped before training.
 A sample comes out as ``pixel_values`` of shape (2, 3, H, W), the preferred image first.
@@ -21,7 +23,6 @@ from torchvision.transforms.v2 import functional as TF
 from sdpo.data.checks import BadRowReport, filter_bad_rows, row_problem
 from sdpo.data.seeding import python_rng, sample_seed
 from sdpo.errors import UserError
-from sdpo.families import get_family
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,12 @@ def _data_files(folder: Path) -> list[str]:
     return files
 
 
-def _video(cfg) -> bool:
-    """Video families read video pairs (``sdpo.data.video_pairs``); everything else here is shared."""
-    family = getattr(cfg, "model_family", None)
-    return family not in (None, "auto") and get_family(family).video
-
-
 def load_pairs(cfg, required: tuple[str, ...] = REQUIRED_COLUMNS, what: str = "a Pick-a-Pic pair"):
     """The raw split as a ``datasets`` Dataset (or IterableDataset with ``--streaming``), columns checked
     (``required``, named ``what`` in the error: ``sdpo.data.kto`` loads per-image rows through here)."""
     from datasets import load_dataset
 
-    if _video(cfg):
+    if cfg.video:
         from sdpo.data.video_pairs import load_video_pairs
 
         return load_video_pairs(cfg)
@@ -87,7 +82,7 @@ def clean_pairs(ds, cfg):
     source = cfg.train_data_dir or cfg.dataset_name
     if cfg.data_check and hasattr(ds, "__len__"):
         check = row_problem
-        if _video(cfg):
+        if cfg.video:
             from sdpo.data.video_pairs import row_checker
 
             check = row_checker(cfg)
@@ -179,15 +174,14 @@ class PairTransform:
 
     def __init__(self, cfg):
         self.video = None  # video families: frames instead of images (sdpo.data.video_pairs), the rest is shared
-        if _video(cfg):
+        if cfg.video:
             from sdpo.data.video_pairs import VideoPairTransform
 
             self.video = VideoPairTransform(cfg)
         self.resolution = cfg.resolution
         self.random_crop = cfg.random_crop
         self.hflip = not cfg.no_hflip
-        family = getattr(cfg, "model_family", None)
-        self.joint = family not in (None, "auto") and get_family(family).joint_augment
+        self.joint = cfg.joint_augment
         self.p_empty = cfg.proportion_empty_prompts
         self.seed = cfg.seed
 

@@ -232,7 +232,7 @@ def score_run(run_dir: Path, evaluator, method: str, safeguard: bool, prune: boo
     log = read_jsonl(run_dir)
     ckpts = complete_checkpoints(run_dir)
     rows, prev = [], 0
-    for step, weights in [(0, evaluator.cfg.unet_init)] + [(int(c.name.split("-")[1]), c) for c in ckpts]:
+    for step, weights in [(0, evaluator.cfg.model.unet_init)] + [(int(c.name.split("-")[1]), c) for c in ckpts]:
         seg = [r for r in log if prev < r["step"] <= step]
         row = {"method": method, "safeguard": int(safeguard), "step": step, **evaluator.evaluate(weights)}
         row["lambda"] = _mean(r.get("avg_lose_l_scale") for r in seg)

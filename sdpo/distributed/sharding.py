@@ -46,7 +46,7 @@ REDUCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def is_sharded(cfg) -> bool:
-    return getattr(cfg, "sharding", "none") != "none"
+    return cfg.sharding != "none"
 
 
 def check_accelerator(cfg, accelerator) -> None:

@@ -61,7 +61,7 @@ class ModelFamily:
     name: ClassVar[str]
     display_name: ClassVar[str] = ""  # the model's own name in messages (SD1.5, FLUX.1, Wan2.1, ...)
     pipeline_classes: ClassVar[tuple[str, ...]]  # model_index.json ``_class_name`` values
-    launch: ClassVar[LaunchDefaults | None] = None  # the paper recipe of scripts/train (sdpo.families.launch)
+    launch: ClassVar[LaunchDefaults | None] = None  # the paper recipe of scripts/train (sdpo.config.launch)
     # The paper's objective settings for this family: method -> (beta_dpo, mu, extra flags); the demo runs them.
     paper_methods: ClassVar[dict[str, tuple[float, float, tuple[str, ...]]]] = {}
     alias_flag: ClassVar[str | None] = None  # a flag that means --model_family <name> (the SD-era --sdxl)
@@ -186,10 +186,8 @@ class ModelFamily:
     def configure(cls, cfg) -> None:
         """Fill this family's config defaults and reject flags it cannot use (one line each); image
         families refuse the video flags (``sdpo.families.video`` overrides this)."""
-        given = [
-            f"--{k}" for k in ("num_frames", "frame_stride", "height", "width") if getattr(cfg, k, None) is not None
-        ]
-        if getattr(cfg, "video_pairs_format", "auto") != "auto":
+        given = [f"--{k}" for k in ("num_frames", "frame_stride", "height", "width") if getattr(cfg, k) is not None]
+        if cfg.video_pairs_format != "auto":
             given.append("--video_pairs_format")
         if given:
             raise UserError(f"{', '.join(given)} only apply to video families (cogvideox, wan), not {cls.name}")
@@ -224,7 +222,7 @@ class ModelFamily:
 
         fam = cls(cfg, device, weight_dtype)
         fam.scheduler = fam.load_scheduler()
-        if not getattr(cfg, "precomputed", None):  # with a latent/text cache (sdpo.cache.store) neither is loaded
+        if not cfg.precomputed:  # with a latent/text cache (sdpo.cache.store) neither is loaded
             fam.load_encoders()
         fam.denoiser = fam.load_denoiser()
         if lora.enabled(cfg):  # never sharded (config refuses --sharding with --lora_rank)

@@ -58,7 +58,7 @@ class CogVideoX(VideoFamily, DDPMFamily):
     @classmethod
     def configure(cls, cfg) -> None:
         super().configure(cfg)
-        if getattr(cfg, "max_sequence_length", None) is not None:
+        if cfg.max_sequence_length is not None:
             raise UserError(
                 "--max_sequence_length does not apply to cogvideox: its text is always the transformer's "
                 "max_text_seq_length (226) T5 tokens; drop the flag"

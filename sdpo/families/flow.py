@@ -15,13 +15,14 @@ unshifted, as in diffusers' FLUX trainers.  For none/logit_normal/mode diffusers
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
 
 from sdpo.families.base import Conditioning, ModelFamily, from_pretrained
 from sdpo.families.recipe import LaunchDefaults
-from sdpo.sampling.images import Components, initial_latents
+from sdpo.sampling.images import Components, initial_latents, prompts_per_call
 
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode")
 
@@ -104,7 +105,7 @@ class FlowFamily(ModelFamily):
 
     def sequence_length(self) -> int:
         """T5 tokens: ``--max_sequence_length``, else the pipeline's default (capped by the tokenizer)."""
-        return self.max_sequence_length(getattr(self.cfg, "max_sequence_length", None), self.tokenizers[-1])
+        return self.max_sequence_length(self.cfg.max_sequence_length, self.tokenizers[-1])
 
     def load_scheduler(self):
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -173,10 +174,14 @@ class FlowFamily(ModelFamily):
         enc = [cls.encode_sampling_prompt(comp, p, pipe) for p in prompts]
         embeds, pooled = torch.cat([e for e, _ in enc]), torch.cat([p for _, p in enc])
         lat = initial_latents(comp, len(prompts), height, width, seed, comp.vae.config.latent_channels)
-        return cls.sample(pipe, lat, lambda: cls.encode_sampling_prompt(comp, "", pipe), prompt_embeds=embeds,
-                          pooled_prompt_embeds=pooled, num_inference_steps=steps, guidance_scale=guidance,
-                          height=height, width=width, output_type="latent",
-                          max_sequence_length=comp.max_sequence_length)  # fmt: skip
+        negative = functools.cache(lambda: cls.encode_sampling_prompt(comp, "", pipe))  # encoded once, if used
+        step = prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per transformer call
+        return torch.cat([
+            cls.sample(pipe, lat[i : i + step], negative, prompt_embeds=embeds[i : i + step],
+                       pooled_prompt_embeds=pooled[i : i + step], num_inference_steps=steps, guidance_scale=guidance,
+                       height=height, width=width, output_type="latent", max_sequence_length=comp.max_sequence_length)
+            for i in range(0, len(prompts), step)
+        ])  # fmt: skip
 
     @classmethod
     def build_pipeline(cls, scheduler, tokenizers: list, text_encoders: list, transformer=None, vae=None):

@@ -1,5 +1,5 @@
 """A family's launch recipe: the paper run's numbers its ``scripts/train`` script starts from
-(``sdpo.families.launch`` hands them to ``common.sh``)."""
+(``sdpo.config.launch`` hands them to ``common.sh``)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from sdpo.errors import UserError
 from sdpo.families.base import Conditioning, from_pretrained
 from sdpo.families.ddpm import DDPMFamily
 from sdpo.families.recipe import LaunchDefaults
-from sdpo.sampling.images import Components, initial_latents, reference_guidance
+from sdpo.sampling.images import Components, initial_latents, prompts_per_call, reference_guidance
 
 
 class SD15(DDPMFamily):
@@ -168,7 +168,12 @@ class SD15(DDPMFamily):
         neg, neg_pooled = encode_prompts(comp, [""])  # empty-string negative prompt (SDXL: not zeros)
         lat = initial_latents(comp, len(prompts), height, width, seed, comp.unet.config.in_channels)
         fn = cls._sample_reference if sampler == "reference" else cls._sample_pipeline
-        return fn(comp, cond, pooled, neg, neg_pooled, lat, height, width, steps, cfg)
+        step = prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per denoiser call (batch invariance)
+        return torch.cat([
+            fn(comp, cond[i : i + step], None if pooled is None else pooled[i : i + step], neg, neg_pooled,
+               lat[i : i + step], height, width, steps, cfg)
+            for i in range(0, len(prompts), step)
+        ])  # fmt: skip
 
     @classmethod
     def _sample_reference(cls, comp, cond, pooled, neg, neg_pooled, lat, height, width, steps, cfg) -> torch.Tensor:

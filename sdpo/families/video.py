@@ -71,7 +71,7 @@ class VideoFamily:
     @classmethod
     def configure(cls, cfg) -> None:
         """Video defaults: the model's frame count and size (``--resolution R`` means R x R), stride 1."""
-        if getattr(cfg, "streaming", False):
+        if cfg.streaming:
             raise UserError(f"--streaming is not supported for video pairs ({cls.name}); use a local folder or file")
         cfg.num_frames = cls.default_num_frames if cfg.num_frames is None else cfg.num_frames
         cls.check_num_frames(cfg.num_frames)

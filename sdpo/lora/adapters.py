@@ -41,7 +41,7 @@ _LAYERS = (torch.nn.Linear, torch.nn.Conv2d)  # what a peft LoRA layer can wrap 
 
 
 def enabled(cfg) -> bool:
-    return bool(getattr(cfg, "lora_rank", None))
+    return bool(cfg.lora_rank)
 
 
 def matches(name: str, target: str) -> bool:

@@ -8,15 +8,26 @@ averaged over pairs.  ``log p`` and ``log(1 - p)`` come from softplus for numeri
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from sdpo.losses.terms import LossOutput, PreferenceTerms, inside_term
+from sdpo.losses.terms import BETA_HELP, LossOutput, PreferenceTerms, check_positive, check_range, hyper, inside_term
 
 NEEDS_REFERENCE = True
 USES_LOSER = True
 _Q_CLAMP = 1e-6
+
+
+@dataclass(frozen=True)
+class Params:
+    beta_dpo: float = hyper(5000.0, BETA_HELP)
+    dmpo_alpha: float = hyper(0.0, "dmpo: the target preference probability is 1 - alpha (the paper's 0.01)")
+
+    def check(self) -> None:
+        check_positive("beta_dpo", self.beta_dpo)
+        check_range("dmpo_alpha", self.dmpo_alpha, 0.0, 1.0, "[)")
 
 
 def loss(terms: PreferenceTerms, cfg) -> LossOutput:

@@ -17,15 +17,30 @@ Choices the source leaves open, as taken here (plus those in ``transition``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from sdpo.losses.terms import LossOutput, PreferenceTerms, inside_term
+from sdpo.losses.terms import BETA_HELP, LossOutput, PreferenceTerms, check_positive, check_range, hyper, inside_term
 from sdpo.losses.transition import log_importance_weights
 
 NEEDS_REFERENCE = True
 USES_LOSER = True
 PROCESSES = ("ddpm",)  # its importance weights are DDPM transition densities
+CLIP_HELP = "dpo-cm / sipo: importance weights clipped to [1-e, 1+e] (the SIPO paper: 0.1 best, 0.2 close)"
+
+
+@dataclass(frozen=True)
+class Params:
+    beta_dpo: float = hyper(5000.0, BETA_HELP)
+    sipo_clip_eps: float = hyper(0.1, CLIP_HELP)
+    sipo_mask_threshold: float = hyper(0.9, "dpo-cm: pairs whose importance weight is below this are masked")
+
+    def check(self) -> None:
+        check_positive("beta_dpo", self.beta_dpo)
+        check_range("sipo_clip_eps", self.sipo_clip_eps, 0.0, 1.0, "()")
+        check_range("sipo_mask_threshold", self.sipo_mask_threshold, 0.0, 1.0)
 
 
 def pair_weights(terms: PreferenceTerms, clip_eps: float, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:

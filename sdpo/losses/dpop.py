@@ -14,13 +14,25 @@ used).  ``model_diff`` uses the safeguard-scaled loser loss, so the safeguard ap
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from sdpo.losses.terms import LossOutput, PreferenceTerms
+from sdpo.losses.terms import BETA_HELP, LossOutput, PreferenceTerms, check_positive, hyper
 
 NEEDS_REFERENCE = True
 USES_LOSER = True
+
+
+@dataclass(frozen=True)
+class Params:
+    beta_dpo: float = hyper(5000.0, BETA_HELP)
+    dpop_lambda: float = hyper(50.0, "dpop: weight of relu(L_w - L_ref_w) inside the margin")
+
+    def check(self) -> None:
+        check_positive("beta_dpo", self.beta_dpo)
+        check_positive("dpop_lambda", self.dpop_lambda, strict=False)
 
 
 def loss(terms: PreferenceTerms, cfg) -> LossOutput:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from sdpo.losses.dpo import Params  # noqa: F401  (beta_dpo only, as Diffusion-DPO)
 from sdpo.losses.terms import LossOutput, PreferenceTerms, at_least_fp32, inside_term
 
 NEEDS_REFERENCE = True

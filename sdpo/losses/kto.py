@@ -49,11 +49,13 @@ a winner/loser pair and is refused for ``kto`` in ``sdpo.config``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from sdpo.losses.terms import LossOutput, PreferenceTerms, at_least_fp32
+from sdpo.losses.terms import LossOutput, PreferenceTerms, at_least_fp32, check_positive, check_range, hyper
 
 NEEDS_REFERENCE = True
 USES_LOSER = False  # one image per sample, in the winner slot (like sft)
@@ -67,6 +69,24 @@ HALOS = {
     "risk_seeking_2": lambda x, s, v: s * torch.exp(v / 100) - 1,
     "risk_seeking_3": lambda x, s, v: -F.logsigmoid(-x),
 }
+
+
+@dataclass(frozen=True)
+class Params:
+    """The public code's flags (``--beta_dpo`` there is ``--kto_beta`` here: this repository's ``--beta_dpo`` is
+    Diffusion-DPO's).  ``positive_ratio`` is read by the data too (``sdpo.data.kto``)."""
+
+    kto_beta: float = hyper(1000.0, "kto: scale of the implicit reward L_ref - L_theta")
+    halo: str = hyper("sigmoid", "kto: the utility function of the scaled reward", choices=sorted(HALOS))
+    lambda_d_kto: float = hyper(1.0, "kto: weight of desirable images")
+    lambda_u_kto: float = hyper(1.0, "kto: weight of undesirable images")
+    positive_ratio: float = hyper(0.5, "kto: probability that a sample is a desirable image")
+
+    def check(self) -> None:
+        check_positive("kto_beta", self.kto_beta)
+        check_range("positive_ratio", self.positive_ratio, 0.0, 1.0)
+        check_positive("lambda_d_kto", self.lambda_d_kto, strict=False)
+        check_positive("lambda_u_kto", self.lambda_u_kto, strict=False)
 
 
 def mean_over_processes(x: torch.Tensor) -> torch.Tensor:

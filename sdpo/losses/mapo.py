@@ -20,13 +20,25 @@ Choices the formula leaves open, as taken here:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from sdpo.losses.terms import LossOutput, PreferenceTerms
+from sdpo.losses.terms import LossOutput, PreferenceTerms, check_positive, hyper
 
 NEEDS_REFERENCE = False
 USES_LOSER = True
+
+
+@dataclass(frozen=True)
+class Params:
+    beta_mapo: float = hyper(0.1, "mapo: weight of the odds-ratio term")
+    mapo_snr: float = hyper(0.5, "mapo: the s in s*l / (exp(s*l) - 1)")
+
+    def check(self) -> None:
+        check_positive("beta_mapo", self.beta_mapo, strict=False)
+        check_positive("mapo_snr", self.mapo_snr)
 
 
 def odds_term(loss: torch.Tensor, snr: float) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sdpo.losses.terms import LossOutput, PreferenceTerms
+from sdpo.losses.terms import LossOutput, NoParams, PreferenceTerms
+
+Params = NoParams
 
 NEEDS_REFERENCE = False
 USES_LOSER = False

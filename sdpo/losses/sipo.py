@@ -10,20 +10,33 @@ Scaling ``u`` by ``s`` scales both log-ratio terms inside the sigmoid (the winne
 Choices the source leaves open, as taken here (plus those in ``transition``):
 
 * ``s`` is a constant for the optimizer (no gradient); ``u`` carries the safeguard-scaled loser loss.
-* No masking: ``--sipo_mask_threshold`` belongs to DPO-C&M and is ignored here.
+* No masking: ``--sipo_mask_threshold`` belongs to DPO-C&M.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from sdpo.losses.terms import LossOutput, PreferenceTerms, inside_term
+from sdpo.losses.dpo_cm import CLIP_HELP
+from sdpo.losses.terms import BETA_HELP, LossOutput, PreferenceTerms, check_positive, check_range, hyper, inside_term
 from sdpo.losses.transition import log_importance_weights
 
 NEEDS_REFERENCE = True
 USES_LOSER = True
 PROCESSES = ("ddpm",)  # its importance weights are DDPM transition densities
+
+
+@dataclass(frozen=True)
+class Params:
+    beta_dpo: float = hyper(5000.0, BETA_HELP)
+    sipo_clip_eps: float = hyper(0.1, CLIP_HELP)
+
+    def check(self) -> None:
+        check_positive("beta_dpo", self.beta_dpo)
+        check_range("sipo_clip_eps", self.sipo_clip_eps, 0.0, 1.0, "()")
 
 
 def pair_scales(terms: PreferenceTerms, clip_eps: float) -> torch.Tensor:

@@ -6,6 +6,37 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdpo.errors import UserError
+
+
+def hyper(default, help: str, **meta):
+    """A hyper-parameter of an objective's ``Params``: its default, and the flag's help (``--<field name>``)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+BETA_HELP = "beta: scale of the implicit reward inside the sigmoid (the paper's SD1.5 Diffusion-DPO: 5000)"
+
+
+def check_range(name: str, value: float, low: float, high: float, closed: str = "[]") -> None:
+    """One line when ``--name`` lies outside ``low..high`` (``closed``: which ends are included, as in [0, 1))."""
+    ok_low = value >= low if closed[0] == "[" else value > low
+    ok_high = value <= high if closed[1] == "]" else value < high
+    if not (ok_low and ok_high):
+        raise UserError(f"--{name} must be in {closed[0]}{low:g}, {high:g}{closed[1]}, got {value}")
+
+
+def check_positive(name: str, value: float, strict: bool = True) -> None:
+    if value < 0 or (strict and value == 0):
+        raise UserError(f"--{name} must be {'positive' if strict else '>= 0'}, got {value}")
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """An objective without hyper-parameters of its own."""
+
+    def check(self) -> None:
+        pass
+
 
 @dataclass
 class PreferenceTerms:

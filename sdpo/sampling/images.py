@@ -11,6 +11,25 @@ Three details decide whether our images (and so the reward numbers) match the pa
 - one prompt encoded at a time and one image decoded at a time, so an image never depends on its
   batch neighbours (a batched matmul may round differently from a single one).
 
+Batch invariance.  An image must not depend on the batch size or on the number of processes, so
+everything that could mix rows is done per prompt: prompts are encoded one at a time, latents decoded
+one at a time, and on a CPU the denoiser itself runs one prompt per call (its cond and uncond rows,
+:func:`prompts_per_call`), whatever the batch.  A CPU matmul's row does depend on how many rows the
+call has: the MKL that PyTorch ships picks its SGEMM kernel by the row count, and on an AMD EPYC
+(Zen 4, AVX-512) a row rounds one way in a call of 1 row, another in 2-3 rows and a third in 4 or
+more, in every ``MKL_CBWR`` mode (``AUTO,STRICT`` as set by ``eval/generate.py``, ``AVX2,STRICT``,
+``AVX512,STRICT``; ``COMPATIBLE`` splits at 1 / 2-7 / 8+), measured with torch 2.14 and oneMKL 2024.2.
+MKL's strict mode promises results independent of the thread count, on its Intel code paths, not
+of the row count.  In the UNet that hits the layers whose row count *is* the batch (the timestep
+embedding MLP, each ResNet block's ``time_emb_proj``, SDXL's added embeddings): one prompt (2 rows)
+against four (8 rows) differ by 1.2e-7 there and by 8.6e-7 at the tiny test UNet's output, enough to
+change 8-bit pixels.  The layers working on ``batch x tokens`` rows and oneDNN's convolutions (2 or
+more images) rounded the same for every batch size measured, but nothing documents that, so the CPU
+path does not rely on it.  One prompt per call costs little on a CPU (SD1.5's UNet in fp32 at 256 px:
+two prompts as one call of 4 rows were 1.17x faster than as two calls of 2 rows, on 2 shared cores).
+On an accelerator the denoiser takes the whole batch, where batching pays; GPU libraries pick kernels
+by shape too, so byte-equal images across batch sizes are a CPU promise (the tests check it there).
+
 What is model-specific (how prompts are encoded, the sampler loop or pipeline, what the guidance
 number means) is the family's (``sdpo.families``): :class:`Components` carries its family class,
 and :func:`sample_latents` hands over to ``family.sample_latents``.  Nothing here knows which
@@ -99,6 +118,13 @@ def initial_latents(comp: Components, n: int, height: int, width: int, seed: int
     if len(seed) != n:
         raise ValueError(f"{len(seed)} seeds for {n} prompts")
     return torch.cat([reference_initial_latent(height, width, s, comp.device, comp.dtype, channels) for s in seed])
+
+
+def prompts_per_call(device: torch.device | str, n: int) -> int:
+    """How many of ``n`` prompts one denoiser call takes: one on a CPU, so that an image does not depend
+    on the batch size (a CPU matmul rounds a row by the call's row count; see the module docstring),
+    all of them on an accelerator."""
+    return 1 if torch.device(device).type == "cpu" else max(n, 1)
 
 
 def check_size(height: int, width: int) -> None:

@@ -1,7 +1,8 @@
-"""Prompt files and generation manifests (the reference scripts' JSON format).
+"""Prompt files, the repository's prompt sets, and generation manifests (the reference scripts' JSON format).
 
 A prompt file and a manifest are both a JSON list of objects with at least ``prompt``; a manifest
-entry also has ``gen_image_path``, ``raw_image_path`` and ``metadata``.
+entry also has ``gen_image_path``, ``raw_image_path`` and ``metadata``.  The sets in ``prompts/`` can be named
+with a count (``papv2:64``).
 """
 
 from __future__ import annotations
@@ -40,3 +41,48 @@ def read_prompts(path: str | Path) -> list[str]:
 
 def read_manifest(path: str | Path) -> list[dict]:
     return read_entries(path, require=("prompt", "gen_image_path"))
+
+
+PROMPT_SETS = Path(__file__).resolve().parents[2] / "prompts"
+
+
+def prompt_sets() -> list[str]:
+    return sorted(p.stem for p in PROMPT_SETS.glob("*.json"))
+
+
+def read_prompt_spec(spec: str, flag: str) -> list[str]:
+    """A prompt file (a JSON list of ``{"prompt": ...}`` as in ``prompts/``, or text with one prompt per line),
+    or a set in ``prompts/`` with an optional count (``papv2:64``); errors name ``flag``.
+
+    A count takes prompts spread evenly over the set (indices ``i * len // count``): hpsv2 lists its four
+    styles one after another, and its first 64 prompts would all be anime."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _read_prompt_file(path, spec, flag)
+    name, sep, count = spec.partition(":")
+    if name not in prompt_sets():
+        raise UserError(
+            f"{flag} {spec}: no such file, and {name!r} is not a prompt set "
+            f"(sets: {', '.join(prompt_sets())}; e.g. papv2:64)"
+        )
+    prompts = _read_prompt_file(PROMPT_SETS / f"{name}.json", spec, flag)
+    if not sep:
+        return prompts
+    try:
+        n = int(count)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= len(prompts):
+        raise UserError(f"{flag} {spec}: the count must be a whole number in 1..{len(prompts)}")
+    return [prompts[i * len(prompts) // n] for i in range(n)]
+
+
+def _read_prompt_file(path: Path, spec: str, flag: str) -> list[str]:
+    if path.suffix.lower() == ".json":
+        prompts = read_prompts(path)
+    else:
+        prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not prompts:
+        raise UserError(f"{flag} {spec}: the file holds no prompts (a JSON list of objects with "
+                        "'prompt', or one prompt per line)")  # fmt: skip
+    return prompts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from sdpo.config.sections import ObjectiveConfig, RunConfig
 from sdpo.data.seeding import torch_generator
 from sdpo.families.base import Conditioning, ModelFamily
 from sdpo.losses import PreferenceTerms
@@ -65,19 +66,19 @@ def batch_latent_shape(batch: dict, family: ModelFamily) -> tuple[int, ...]:
     return family.latent_shape(tuple(batch["pixel_values"].shape[1:]))
 
 
-def noised_latents(batch: dict, rows: int, family: ModelFamily, cfg, reps: int, device):
+def noised_latents(batch: dict, rows: int, family: ModelFamily, noise: ObjectiveConfig, reps: int, device):
     """Latents of the first ``rows`` images, the noised latents fed to the denoiser, the regression
     target, and the denoiser's time argument (shared per pair)."""
     latent_shape = batch_latent_shape(batch, family)
     t, eps, vae_eps, offset, perturb = pair_draws(batch["sample_seeds"], latent_shape, family, device)
     latents = clean_latents(batch, rows, family, vae_eps[:rows], device)
-    if cfg.noise_offset:
-        eps = eps + cfg.noise_offset * offset
-    noise, time = _repeat(eps, reps), _repeat(t, reps)
-    fed_noise = noise + cfg.input_perturbation * _repeat(perturb, reps) if cfg.input_perturbation else noise
-    noisy, target, model_t = family.add_noise(latents, fed_noise, time)
-    if cfg.input_perturbation:  # the target is the noise actually drawn, not the perturbed one
-        target = family.add_noise(latents, noise, time)[1]
+    if noise.noise_offset:
+        eps = eps + noise.noise_offset * offset
+    drawn, time = _repeat(eps, reps), _repeat(t, reps)
+    fed = drawn + noise.input_perturbation * _repeat(perturb, reps) if noise.input_perturbation else drawn
+    noisy, target, model_t = family.add_noise(latents, fed, time)
+    if noise.input_perturbation:  # the target is the noise actually drawn, not the perturbed one
+        target = family.add_noise(latents, drawn, time)[1]
     return latents, noisy, target, model_t
 
 
@@ -89,11 +90,16 @@ def conditioning(family: ModelFamily, batch: dict, reps: int, dtype: torch.dtype
     return {**cond, **family.extra_conditioning(len(batch["sample_seeds"]) * reps, dtype)}
 
 
-def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device: torch.device) -> PreferenceTerms:
+def preference_forward(
+    batch: dict, family: ModelFamily, cfg: RunConfig, objective, device: torch.device
+) -> PreferenceTerms:
+    """Forward passes of one micro-batch and the per-sample losses, the safeguard applied (``cfg``: its
+    ``objective`` noise settings and ``safeguard`` section)."""
     bsz = len(batch["sample_seeds"])  # pairs: 2B stacked rows (winners, then losers); kto: B single images
     uses_loser = objective.USES_LOSER
     reps = 2 if uses_loser else 1  # SFT: only the preferred images are denoised (kto: each sample's one image)
-    latents, noisy, target, timesteps = noised_latents(batch, reps * bsz, family, cfg, reps, device)
+    latents, noisy, target, timesteps = noised_latents(batch, reps * bsz, family, cfg.objective, reps, device)
+    safeguard = cfg.safeguard
     # Inputs in the trained parameters' dtype: fp32 normally (autocast does the rest; LoRA: the adapters',
     # not the frozen base's), bf16/fp16 when DeepSpeed has cast the module itself and autocast is off.
     params = family.denoiser.parameters()
@@ -102,7 +108,7 @@ def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device:
     cond = conditioning(family, batch, reps, dtype, device)
 
     halves = None
-    if uses_loser and splits_policy_forward(cfg):  # param-mode lambda: winners and losers as separate graphs
+    if uses_loser and splits_policy_forward(safeguard):  # param-mode lambda: winners and losers as separate graphs
         halves = tuple(
             _rows(family, family.denoiser, noisy, timesteps, cond, rows)
             for rows in (slice(None, bsz), slice(bsz, None))
@@ -124,10 +130,10 @@ def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device:
 
     model_w, model_l = losses.chunk(2)
     lam, logs = torch.ones((), device=device), {}
-    if cfg.use_winner_preserving:
+    if safeguard.use_winner_preserving:
         params = family.denoiser.parameters()
-        lam = safeguard_lambda(cfg, model_pred, target, params, halves)
-        logs = lambda_logs(cfg, model_pred, target, family.denoiser.parameters(), halves, lam)
+        lam = safeguard_lambda(safeguard, model_pred, target, params, halves)
+        logs = lambda_logs(safeguard, model_pred, target, family.denoiser.parameters(), halves, lam)
         model_l = scale_loser(model_l, lam)
     ref_pred = ref_w = ref_l = None
     if family.reference is not None:
@@ -154,5 +160,6 @@ def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device:
 
 
 def _rows(family: ModelFamily, module, noisy, timesteps, cond: Conditioning, rows: slice) -> torch.Tensor:
-    """The policy on a slice of the stacked batch (rows are independent: same result)."""
+    """The policy on a slice of the stacked batch (rows are independent: the same result up to
+    rounding, which may depend on the row count; see ``sdpo.safeguard.modes.splits_policy_forward``)."""
     return family.predict(module, noisy[rows], timesteps[rows], {k: v[rows] for k, v in cond.items()})

@@ -32,7 +32,9 @@ Training does not notice (the tests compare weights and checkpoint files with an
 Prompt ``i`` is generated on process ``i % N``; shards are padded (with a repeat of a prompt whose image
 is then dropped) so that every process makes the same number of sampler calls, which a sharded
 denoiser whose forward is a collective needs.  Every prompt starts from the same latent, so an image
-depends neither on the number of processes nor on the step at which it is drawn, only on the weights.
+depends neither on the number of processes nor on the step at which it is drawn, only on the weights;
+nor on ``--validation_batch_size`` on a CPU, where the sampler denoises each prompt in a call of its own
+(a CPU matmul rounds a row by the call's row count: ``sdpo.sampling.images``, "Batch invariance").
 """
 
 from __future__ import annotations
@@ -51,104 +53,12 @@ import torch
 from PIL import Image
 
 from sdpo.atomic import atomic_path, write_json
-from sdpo.errors import UserError
 
 log = logging.getLogger("sdpo")
-PROMPT_SETS = Path(__file__).resolve().parents[2] / "prompts"
 FOLDER = "validation"
 MAX_COLUMNS = 8
 MAX_TILE = 256
-DEFAULT_STEPS = 50  # the evaluation protocol's (REFERENCE.md section 5)
 PREFIX = "val/"
-
-
-# ----------------------------------------------------------------------------- flags
-
-
-def prompt_sets() -> list[str]:
-    return sorted(p.stem for p in PROMPT_SETS.glob("*.json"))
-
-
-def read_prompts(spec: str) -> list[str]:
-    """``--validation_prompts``: a prompt file (a JSON list of ``{"prompt": ...}`` as in ``prompts/``, or
-    text with one prompt per line), or a set in ``prompts/`` with an optional count (``papv2:64``).
-
-    A count takes prompts spread evenly over the set (indices ``i * len // count``): hpsv2 lists its four
-    styles one after another, and its first 64 prompts would all be anime."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return _read_file(path, spec)
-    name, sep, count = spec.partition(":")
-    if name not in prompt_sets():
-        raise UserError(
-            f"--validation_prompts {spec}: no such file, and {name!r} is not a prompt set "
-            f"(sets: {', '.join(prompt_sets())}; e.g. papv2:64)"
-        )
-    prompts = _read_file(PROMPT_SETS / f"{name}.json", spec)
-    if not sep:
-        return prompts
-    try:
-        n = int(count)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= len(prompts):
-        raise UserError(f"--validation_prompts {spec}: the count must be a whole number in 1..{len(prompts)}")
-    return [prompts[i * len(prompts) // n] for i in range(n)]
-
-
-def _read_file(path: Path, spec: str) -> list[str]:
-    from sdpo.sampling.prompts import read_prompts as read_json_prompts
-
-    if path.suffix.lower() == ".json":
-        prompts = read_json_prompts(path)
-    else:
-        prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not prompts:
-        raise UserError(f"--validation_prompts {spec}: the file holds no prompts (a JSON list of objects with "
-                        "'prompt', or one prompt per line)")  # fmt: skip
-    return prompts
-
-
-def parse_metrics(spec: str | None) -> list[str]:
-    """``none`` (the default) or the reward-model names ``sdpo.rewards.parse_metrics`` accepts (``all`` too)."""
-    from sdpo.rewards import METRICS
-    from sdpo.rewards import parse_metrics as parse
-
-    if spec is None or spec.strip().lower() in ("", "none"):
-        return []
-    try:
-        return parse(spec)
-    except UserError:
-        raise UserError(f"--validation_metrics {spec}: unknown reward model; use none, all or a comma list of "
-                        f"{', '.join(METRICS)}") from None  # fmt: skip
-
-
-def check_flags(cfg, family) -> None:
-    """Fill the sampler defaults and reject bad validation flags, before any model loads (one line each)."""
-    flags = ("validation_steps", "validation_metrics", "validation_model_root", "validation_num_inference_steps",
-             "validation_guidance", "validation_resolution", "validation_seed", "validation_batch_size")  # fmt: skip
-    given = [f"--{f}" for f in flags if getattr(cfg, f, None) is not None]
-    if not cfg.validation_prompts:
-        if given:
-            raise UserError(f"{', '.join(given)} only act with --validation_prompts; add it or drop them")
-        return
-    read_prompts(cfg.validation_prompts)
-    cfg.validation_metrics = ",".join(parse_metrics(cfg.validation_metrics)) or "none"
-    if cfg.validation_model_root and not Path(cfg.validation_model_root).expanduser().is_dir():
-        raise UserError(f"--validation_model_root {cfg.validation_model_root}: no such folder")
-    defaults = dict(validation_steps=100, validation_num_inference_steps=DEFAULT_STEPS, validation_seed=0,
-                    validation_guidance=family.sampling_guidance, validation_resolution=cfg.resolution,
-                    validation_batch_size=4)  # fmt: skip
-    for name, value in defaults.items():
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, value)
-    for name in ("validation_steps", "validation_num_inference_steps", "validation_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
-    res = cfg.validation_resolution
-    if res < 16 or res % 16:
-        raise UserError(f"--validation_resolution must be a positive multiple of 16 (the sampler's latent grid), "
-                        f"got {res}; pass --validation_resolution")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- what training must not notice
@@ -268,13 +178,12 @@ class Validator:
     """Loaded once at the start of training: prompts, the sampler's scheduler, the reward models."""
 
     def __init__(self, run):
-        cfg, acc, family = run.cfg, run.accelerator, run.family
-        self.prompts = read_prompts(cfg.validation_prompts)
-        self.every, self.last = cfg.validation_steps, cfg.max_train_steps
-        self.resolution, self.steps = cfg.validation_resolution, cfg.validation_num_inference_steps
-        self.guidance, self.seed = cfg.validation_guidance, cfg.validation_seed
-        self.batch_size = cfg.validation_batch_size
-        self.folder = Path(cfg.output_dir) / FOLDER
+        v, acc, family = run.cfg.validation, run.accelerator, run.family
+        self.prompts = list(v.prompts)
+        self.every, self.last = v.steps, run.cfg.optim.max_train_steps
+        self.resolution, self.steps, self.guidance, self.seed = v.resolution, v.num_inference_steps, v.guidance, v.seed
+        self.batch_size = v.batch_size
+        self.folder = Path(run.cfg.output.output_dir) / FOLDER
         self.parts, self.own_parts = family, False
         if family.vae is None or not family.text_encoders:
             # Training from cached latents and text needs neither: load them for sampling, kept on the CPU.
@@ -284,9 +193,9 @@ class Validator:
         if acc.is_main_process:
             from sdpo.rewards import RewardConfig, load_scorer
 
-            rewards = RewardConfig.make(cfg.validation_model_root)
+            rewards = RewardConfig.make(v.model_root)
             cpu = torch.device("cpu")
-            self.scorers = {m: load_scorer(m, cpu, rewards) for m in parse_metrics(cfg.validation_metrics)}
+            self.scorers = {m: load_scorer(m, cpu, rewards) for m in v.metrics}
             self.folder.mkdir(parents=True, exist_ok=True)
 
     def due(self, step: int) -> bool:
@@ -390,7 +299,7 @@ class Validator:
 def make_validator(run) -> Validator | NoValidation:
     """The validator for ``run`` (loading draws random initial weights before the real ones: the global
     random state is put back, so the run's RNG stays the one it would have been without validation)."""
-    if not getattr(run.cfg, "validation_prompts", None):
+    if not run.cfg.validation.enabled:
         return NoValidation()
     with untouched_rng(run.accelerator.device):
         return Validator(run)

@@ -1,6 +1,6 @@
 """What the launch recipes (``scripts/train/*.sh``) take from a family, in one place: ``common.sh`` asks here.
 
-    python -m sdpo.families.launch FAMILY [--sharding none|fsdp|hsdp] [--lora] [--method NAME] [-- TRAIN_ARGS...]
+    python -m sdpo.config.launch FAMILY [--sharding none|fsdp|hsdp] [--lora] [--method NAME] [-- TRAIN_ARGS...]
 
 prints shell assignments (``MODEL_DEFAULT=...``, ``LR=...``, ``TRAIN_FLAGS=(...)``, ...) for ``eval``, or
 ``ERROR=...`` with the one line to stop on (also when the extra train.py arguments after ``--`` would be
@@ -94,7 +94,7 @@ def shell(values: dict[str, object]) -> str:
 def main(argv: list[str] | None = None) -> None:
     from sdpo.errors import UserError
 
-    p = argparse.ArgumentParser(prog="python -m sdpo.families.launch", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sdpo.config.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("family")
     p.add_argument("--sharding", default=None)
     p.add_argument("--lora", action="store_true")

@@ -7,7 +7,8 @@
 Batching is free for the images (they do not depend on the batch size), so this only measures what it
 buys in speed. Batch 1 and batch B runs are interleaved over the same prompts and repeated; the
 medians and their ratio are printed. Text encoding and VAE decoding are per image in both cases
-(see eval/sampling.py), so the ratio is what batching the UNet gives.
+(see eval/sampling.py), so the ratio is what batching the UNet gives.  On a CPU the UNet takes one
+prompt per call whatever the batch (eval/sampling.py, "Batch invariance"), so there the ratio is ~1.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as eval/generate.py runs (CPU matmuls batch-invariant)
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as eval/generate.py runs
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402

@@ -3,9 +3,11 @@
 The protocol is the SD one (``eval/sampling.py``) where it carries over: every prompt starts from the
 same seeded latent (:func:`eval.sampling.reference_initial_latent`, 16 channels, FLUX packs it 2x2
 as its pipeline does), prompts are encoded one at a time so an image never depends on its batch
-neighbours, and latents are decoded singly in the VAE's dtype.  The sampler itself is the model's
-official one, unchanged: ``FlowMatchEulerDiscreteScheduler`` with the model's shift (FLUX.1: dynamic,
-from the image's token count; SD3: the static 3.0 in its config).
+neighbours, on a CPU each prompt is also denoised in a transformer call of its own (a CPU matmul
+rounds a row by the call's row count, see ``eval/sampling.py``), and latents are decoded singly in
+the VAE's dtype.  The sampler itself is the model's official one, unchanged:
+``FlowMatchEulerDiscreteScheduler`` with the model's shift (FLUX.1: dynamic, from the image's token
+count; SD3: the static 3.0 in its config).
 
 Guidance differs by family, and the number means what the model's pipeline means by it:
 
@@ -19,6 +21,7 @@ Guidance differs by family, and the number means what the model's pipeline means
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -85,7 +88,7 @@ def load_flow_components(family: str, pretrain_path: str, weights_path: str | No
 def sample_flow_latents(comp: FlowComponents, prompts: list[str], height: int, width: int, steps: int,
                         guidance: float, seeds: list[int]) -> torch.Tensor:  # fmt: skip
     """Denoised ``(N, 16, h, w)`` latents; prompt ``i`` starts from the reference latent of ``seeds[i]``."""
-    from eval.sampling import reference_initial_latent
+    from eval.sampling import prompts_per_call, reference_initial_latent
     from sdpo.families import get_family
 
     if height % 16 or width % 16:
@@ -99,6 +102,11 @@ def sample_flow_latents(comp: FlowComponents, prompts: list[str], height: int, w
     embeds, pooled = torch.cat([e for e, _ in enc]), torch.cat([p for _, p in enc])
     ch = comp.vae.config.latent_channels
     lat = torch.cat([reference_initial_latent(height, width, s, comp.device, comp.dtype, ch) for s in seeds])
-    return fam.sample(pipe, lat, lambda: encode(""), prompt_embeds=embeds, pooled_prompt_embeds=pooled,
-                      num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
-                      output_type="latent", max_sequence_length=comp.max_sequence_length)  # fmt: skip
+    negative = functools.cache(lambda: encode(""))  # SD3's negative, encoded once if at all
+    step = prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per transformer call
+    return torch.cat([
+        fam.sample(pipe, lat[i : i + step], negative, prompt_embeds=embeds[i : i + step],
+                   pooled_prompt_embeds=pooled[i : i + step], num_inference_steps=steps, guidance_scale=guidance,
+                   height=height, width=width, output_type="latent", max_sequence_length=comp.max_sequence_length)
+        for i in range(0, len(prompts), step)
+    ])  # fmt: skip

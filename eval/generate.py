@@ -25,6 +25,12 @@ same command again; the manifest is written (atomically) once every image exists
 ``accelerate launch`` image ``j`` (in manifest order) goes to process ``j % num_processes`` and the main
 process writes the one manifest, in prompt-file order.
 
+On a CPU the PNGs are byte-identical whatever ``--batch_size`` and the number of processes: prompts are
+encoded, denoised and decoded one at a time there, because a CPU matmul's row rounds by the call's row
+count (MKL on an AMD EPYC: 1, 2-3 and 4+ rows round differently even with ``MKL_CBWR=AUTO,STRICT``,
+measured; ``eval/sampling.py`` has the numbers).  On an accelerator ``--batch_size`` prompts share each
+denoiser call, for speed.
+
 ``--images_per_prompt K`` makes K images of each prompt; image ``k`` of every prompt starts from the
 reference latent of seed ``seed + k`` (with K = 1 that is today's one shared latent). GenEval's own
 generator reseeds before each prompt and draws its K latents one after another, so there too image
@@ -45,8 +51,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-# Intel MKL's strict reproducibility mode makes a CPU matmul round the same whatever the batch size,
-# so CPU images do not depend on --batch_size. It is read at MKL's first call, so set it early.
+# MKL's reproducibility mode: fixed code path and static scheduling, and in STRICT mode gemm results that
+# do not depend on the thread count (Intel code branches).  It is read at MKL's first call, so set it early.
+# It does NOT make a matmul's row independent of the call's row count (on an AMD EPYC no MKL_CBWR value
+# does: 1, 2-3 and 4+ rows round differently, measured); CPU images do not depend on --batch_size because
+# the denoiser runs one prompt per call on a CPU (eval/sampling.py, "Batch invariance").
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import argparse  # noqa: E402
@@ -334,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_path", default=None, help="where the image folder and manifest go (default: by unet.pth)")
-    p.add_argument("--batch_size", type=int, default=1, help="prompts per forward pass; does not change the images")
+    p.add_argument("--batch_size", type=int, default=1, help="prompts per sampler call; does not change the images")
     p.add_argument(
         "--dtype", default="auto", help="UNet and text encoders: auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16"
     )

@@ -17,6 +17,25 @@ scripts' order of operations, so bf16 runs round the same way the paper's did. `
 hands the same embeddings and latents to diffusers' ``StableDiffusion(XL)Pipeline`` with
 ``guidance_scale = cfg + 1``; it computes ``uncond + (cfg + 1) * (cond - uncond)``, equal in exact
 arithmetic and within float rounding in practice (the tests measure it).
+
+Batch invariance.  An image must not depend on the batch size or on the number of processes, so
+everything that could mix rows is done per prompt: prompts are encoded one at a time, latents decoded
+one at a time, and on a CPU the denoiser itself runs one prompt per call (its cond and uncond rows,
+:func:`prompts_per_call`), whatever the batch.  A CPU matmul's row does depend on how many rows the
+call has: the MKL that PyTorch ships picks its SGEMM kernel by the row count, and on an AMD EPYC
+(Zen 4, AVX-512) a row rounds one way in a call of 1 row, another in 2-3 rows and a third in 4 or
+more, in every ``MKL_CBWR`` mode (``AUTO,STRICT`` as set by ``eval/generate.py``, ``AVX2,STRICT``,
+``AVX512,STRICT``; ``COMPATIBLE`` splits at 1 / 2-7 / 8+), measured with torch 2.14 and oneMKL 2024.2.
+MKL's strict mode promises results independent of the thread count, on its Intel code branches, not
+of the row count.  In the UNet that hits the layers whose row count *is* the batch (the timestep
+embedding MLP, each ResNet block's ``time_emb_proj``, SDXL's added embeddings): one prompt (2 rows)
+against four (8 rows) differ by 1.2e-7 there and by 8.6e-7 at the tiny test UNet's output, enough to
+change 8-bit pixels.  The layers working on ``batch x tokens`` rows and oneDNN's convolutions (2 or
+more images) rounded the same for every batch size measured, but nothing documents that, so the CPU
+path does not rely on it.  One prompt per call costs little on a CPU (SD1.5's UNet in fp32 at 256 px:
+two prompts as one call of 4 rows were 1.17x faster than as two calls of 2 rows, on 2 shared cores).
+On an accelerator the denoiser takes the whole batch, where batching pays; GPU libraries pick kernels
+by shape too, so byte-equal images across batch sizes are a CPU promise (the tests check it there).
 """
 
 from __future__ import annotations
@@ -195,6 +214,13 @@ def _encode_one(comp: Components, prompt: str) -> tuple[torch.Tensor, torch.Tens
 # ----------------------------------------------------------------------------- sampling
 
 
+def prompts_per_call(device: torch.device | str, n: int) -> int:
+    """How many of ``n`` prompts one denoiser call takes: one on a CPU, so that an image does not depend
+    on the batch size (a CPU matmul rounds a row by the call's row count; see the module docstring),
+    all of them on an accelerator."""
+    return 1 if torch.device(device).type == "cpu" else max(n, 1)
+
+
 def _initial_latents(comp: Components, n: int, height: int, width: int, seed: int | Sequence[int]) -> torch.Tensor:
     """The unscaled initial latents of ``n`` prompts (the caller or pipeline scales by init_noise_sigma): ``n``
     copies of the reference latent for one int seed, else prompt ``i``'s own reference latent for ``seed[i]``."""
@@ -289,7 +315,8 @@ def sample_latents(
     sampler: str = "reference",
 ) -> torch.Tensor:
     """Denoised latents for ``prompts``, every prompt starting from the same reference latent (one int seed)
-    or each from its own (a list of seeds, one per prompt)."""
+    or each from its own (a list of seeds, one per prompt).  On a CPU each prompt is denoised in a call of
+    its own (:func:`prompts_per_call`), so its latent does not depend on the other prompts."""
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     if height % 16 or width % 16:
@@ -298,7 +325,12 @@ def sample_latents(
     neg, neg_pooled = encode_prompts(comp, [""])  # empty-string negative prompt (SDXL: not zeros)
     lat = _initial_latents(comp, len(prompts), height, width, seed)
     fn = _sample_reference if sampler == "reference" else _sample_pipeline
-    return fn(comp, cond, pooled, neg, neg_pooled, lat, height, width, steps, cfg)
+    step = prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per denoiser call
+    return torch.cat([
+        fn(comp, cond[i : i + step], None if pooled is None else pooled[i : i + step], neg, neg_pooled,
+           lat[i : i + step], height, width, steps, cfg)
+        for i in range(0, len(prompts), step)
+    ])  # fmt: skip
 
 
 @torch.no_grad()

@@ -154,5 +154,6 @@ def preference_forward(batch: dict, family: ModelFamily, cfg, objective, device:
 
 
 def _rows(family: ModelFamily, module, noisy, timesteps, cond: Conditioning, rows: slice) -> torch.Tensor:
-    """The policy on a slice of the stacked batch (rows are independent: same result)."""
+    """The policy on a slice of the stacked batch (rows are independent: the same result up to
+    rounding, which may depend on the row count; see ``sdpo.safeguard_modes.splits_policy_forward``)."""
     return family.predict(module, noisy[rows], timesteps[rows], {k: v[rows] for k, v in cond.items()})

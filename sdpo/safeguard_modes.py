@@ -39,8 +39,18 @@ def logs_param_lambda(cfg) -> bool:
 
 def splits_policy_forward(cfg) -> bool:
     """``param`` mode runs the policy UNet on winners and losers as two calls (same FLOPs) so that
-    the backward pass of ``L_w`` only walks the winners' graph and that of ``L_l`` only the losers'."""
-    return bool(cfg.use_winner_preserving) and (mode(cfg) == "param" or logs_param_lambda(cfg))
+    the backward pass of ``L_w`` only walks the winners' graph and that of ``L_l`` only the losers'.
+
+    ``--log_param_lambda`` alone does not split: it only logs, so the step (prediction, lambda in use,
+    loss, update) must be the one the run makes without it, and a split forward does not round like the
+    stacked one.  A matmul's rows may round differently by the call's row count (on an AMD EPYC, MKL's
+    SGEMM has different kernels for 1, 2-3 and 4+ rows whatever ``MKL_CBWR`` says; GPU libraries also
+    pick kernels by shape), and the UNet's timestep layers have one row per image: two pairs as two
+    calls of 2 rows against one call of 4 moved the prediction by 1e-6 and lambda by 7e-8 (relative).
+    The logged Eq. 14 lambda then comes from the stacked graph: two full-batch backward passes instead
+    of two half-batch ones, one more full-batch backward per step (counting passes, about 2x an
+    output-mode step where the split gives 1.5x); memory is unchanged."""
+    return bool(cfg.use_winner_preserving) and mode(cfg) == "param"
 
 
 def safeguard_lambda(
@@ -100,11 +110,12 @@ def param_space_lambda(
 ) -> torch.Tensor:
     """Eq. 14: lambda from ``||grad L_w||^2`` and ``<grad L_w, grad L_l>`` over ``params``; detached.
 
-    Cost (on top of the ordinary step; numbers for the default split forward, see
-    ``splits_policy_forward``): two extra backward passes, of ``L_w`` through the winners' half of the
-    graph and of ``L_l`` through the losers' half, so about one full-batch backward in all (the paper
-    measured +72% step time; the extra backward is the floor for reverse-mode gradients, since
-    ``<g_w, g_l>`` needs both per-parameter gradients at once).  Memory: one gradient-sized buffer for
+    Cost (on top of the ordinary step; numbers for ``param`` mode's split forward, see
+    ``splits_policy_forward``; ``--log_param_lambda`` walks the stacked graph twice instead): two extra
+    backward passes, of ``L_w`` through the winners' half of the graph and of ``L_l`` through the
+    losers' half, so about one full-batch backward in all (the paper measured +72% step time; the
+    extra backward is the floor for reverse-mode gradients, since ``<g_w, g_l>`` needs both
+    per-parameter gradients at once).  Memory: one gradient-sized buffer for
     ``g_w`` (unavoidable for the same reason), released parameter by parameter while the second pass
     runs: a hook on each parameter takes ``<g_w, g_l>`` for that parameter as soon as autograd produces
     its loser gradient, frees that parameter's ``g_w``, and hands autograd a zero-stride zero tensor

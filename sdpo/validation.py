@@ -32,7 +32,9 @@ Training does not notice (the tests compare weights and checkpoint files with an
 Prompt ``i`` is generated on process ``i % N``; shards are padded (with a repeat of a prompt whose image
 is then dropped) so that every process makes the same number of sampler calls, which a sharded
 denoiser whose forward is a collective needs.  Every prompt starts from the same latent, so an image
-depends neither on the number of processes nor on the step at which it is drawn, only on the weights.
+depends neither on the number of processes nor on the step at which it is drawn, only on the weights;
+nor on ``--validation_batch_size`` on a CPU, where the sampler denoises each prompt in a call of its own
+(a CPU matmul rounds a row by the call's row count: ``eval/sampling.py``, "Batch invariance").
 """
 
 from __future__ import annotations

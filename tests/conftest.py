@@ -9,6 +9,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The MKL mode eval/generate.py sets on import.  test_generate*.py import it while the suite is collected,
+# before MKL's first call, so a whole-suite run computes in this mode; set it here so that any subset of
+# the suite (one file, one test) rounds the same way as the whole suite does.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from eval.sampling import (
     encode_prompts,
     latent_shape,
     load_components,
+    prompts_per_call,
     reference_guidance,
     reference_initial_latent,
     sample_latents,
@@ -60,8 +61,35 @@ def _capture_unet_calls(comp):
     return calls, hook
 
 
+@pytest.fixture(params=["one prompt per call", "batched"])
+def batching(request, monkeypatch):
+    """The CPU's rule (each prompt denoised alone) and the accelerator's (all prompts in one call), both
+    run here on the CPU; returns how many UNet calls one denoising step of N prompts makes."""
+    if request.param == "batched":
+        monkeypatch.setattr("eval.sampling.prompts_per_call", lambda device, n: n)
+        return lambda n: 1
+    return lambda n: n
+
+
+def test_a_cpu_denoises_one_prompt_per_call():
+    assert prompts_per_call("cpu", 8) == 1 and prompts_per_call(torch.device("cpu"), 1) == 1
+    assert prompts_per_call("cuda", 8) == 8 and prompts_per_call("mps", 3) == 3
+
+
+def _first_step(calls):
+    """The UNet calls of the first denoising step (every prompt's, whether in one call or one each)."""
+    return [c for c in calls if float(c[0][1]) == float(calls[0][0][1])]
+
+
+def _merged(first, get) -> torch.Tensor:
+    """One input of the first step laid out as one batched call has it: every prompt's cond row, then
+    every prompt's uncond row."""
+    halves = [get(c).chunk(2) for c in first]
+    return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+
+
 @pytest.mark.parametrize("sampler", ["reference", "pipeline"])
-def test_every_prompt_starts_from_the_reference_latent(sd15, models, sampler):
+def test_every_prompt_starts_from_the_reference_latent(sd15, models, sampler, batching):
     calls, hook = _capture_unet_calls(sd15)
     try:
         sample_latents(sd15, ["a", "b", "a longer prompt"], SIZE, SIZE, steps=2, cfg=CFG, seed=SEED, sampler=sampler)
@@ -71,7 +99,9 @@ def test_every_prompt_starts_from_the_reference_latent(sd15, models, sampler):
     ref = torch.randn(latent_shape(SIZE, SIZE), generator=torch.Generator("cpu").manual_seed(SEED), dtype=sd15.dtype)
     sched = _euler(models, "sd15", 2)
     expect = sched.scale_model_input(ref * sched.init_noise_sigma, sched.timesteps[0])
-    first_input = calls[0][0][0]
+    first = _first_step(calls)
+    assert len(first) == batching(3) and len(calls) == 2 * batching(3)
+    first_input = _merged(first, lambda c: c[0][0])
     assert first_input.shape == (6, 4, 8, 8)  # 3 prompts x (cond, uncond)
     for row in first_input:
         assert torch.equal(row[None], expect)
@@ -117,16 +147,17 @@ def test_guidance_formula_euler_steps(models, sampler):
     assert reference_guidance(torch.tensor(2.0), torch.tensor(1.0), 7.5) == 9.5
 
 
-def test_sdxl_conditioning_uses_empty_prompt_encodings_and_reference_time_ids(sdxl):
+def test_sdxl_conditioning_uses_empty_prompt_encodings_and_reference_time_ids(sdxl, batching):
     calls, hook = _capture_unet_calls(sdxl)
     try:
         sample_latents(sdxl, ["a red circle", "a blue square"], SIZE, SIZE, steps=1, cfg=CFG, seed=SEED)
     finally:
         hook.remove()
-    kw = calls[0][1]
+    assert len(calls) == batching(2)
     neg, neg_pooled = encode_prompts(sdxl, [""])
     cond, pooled = encode_prompts(sdxl, ["a red circle", "a blue square"])
-    hidden, added = kw["encoder_hidden_states"], kw["added_cond_kwargs"]
+    hidden = _merged(calls, lambda c: c[1]["encoder_hidden_states"])
+    added = {k: _merged(calls, lambda c, k=k: c[1]["added_cond_kwargs"][k]) for k in ("text_embeds", "time_ids")}
     assert torch.equal(hidden[:2], cond) and torch.equal(hidden[2:], neg.expand(2, -1, -1))
     assert torch.equal(added["text_embeds"][:2], pooled)
     assert torch.equal(added["text_embeds"][2:], neg_pooled.expand(2, -1))

@@ -4,6 +4,11 @@
     accelerate launch eval/generate.py --weights_path ... --sdxl --batch_size 8
     python eval/generate.py --weights_path RUN/transformer.pth --model_family flux   # FLUX.1-dev, guidance 3.5
 
+Without ``--weights_path`` and ``--lora_path`` the base model itself is sampled (a baseline for win rates;
+``--output_path`` then says where the images go).  ``--max_prompts N`` takes the first N prompts of the file
+(a quick look, a smoke test); the folder and manifest names get an ``_<N>p`` suffix, so a partial set never
+mixes with the whole one.
+
 ``--weights_path`` (alias ``--unet_path``) takes a ``unet.pth`` / ``transformer.pth``, a checkpoint
 folder or a diffusers folder.  ``--lora_path`` adds a LoRA in diffusers' format (a LoRA run's folder or
 checkpoint, or its ``pytorch_lora_weights.safetensors``) on top of the base model (or of
@@ -73,6 +78,7 @@ from eval.outputs import (  # noqa: E402
     check_settings,
     cpu_only,
     default_output_path,
+    prompts_suffix,
     remove_stale_temps,
     set_name,
     shard,
@@ -322,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--layout", default="reference", choices=LAYOUTS, help="reference: <i>_<H>x<W>.png; geneval: GenEval's folders"
     )
+    p.add_argument(
+        "--max_prompts", type=int, default=None, help="only the first N prompts of the file (names get _<N>p)"
+    )
     p.add_argument("--zip", action="store_true", help="also write <folder>.zip of the images, as the reference did")
     p.add_argument(
         "--print_manifest_path", action="store_true", help="print where the manifest goes and exit (for scripts)"
@@ -344,8 +353,13 @@ def _family(a: argparse.Namespace) -> str:
 
 
 def _validate(a: argparse.Namespace) -> None:
-    if a.unet_path is None and a.lora_path is None:
-        raise UserError("pass --weights_path (a unet.pth / transformer.pth) or --lora_path (a LoRA run), or both")
+    if a.unet_path is None and a.lora_path is None and a.output_path is None:
+        raise UserError(
+            "pass --weights_path (a unet.pth / transformer.pth) or --lora_path (a LoRA run), or --output_path to "
+            "sample the base model itself (a baseline)"
+        )
+    if a.max_prompts is not None and a.max_prompts < 1:
+        raise UserError(f"--max_prompts must be at least 1, got {a.max_prompts}")
     a.model_family = _family(a)
     fam = get_family(a.model_family)
     a.pretrain_path = a.pretrain_path or fam.default_model
@@ -379,13 +393,13 @@ def main(argv: list[str] | None = None) -> Path:
     if get_family(args.model_family).video:
         return main_video(args)
     name = run_name(layout_set_name(args.test_json), args.seed, args.height, args.width, args.steps, args.cfg)
-    name += images_suffix(args.images_per_prompt)
+    name += images_suffix(args.images_per_prompt) + prompts_suffix(args.max_prompts)
     out = Path(args.output_path) if args.output_path else default_output_path(args.unet_path or args.lora_path)
     image_dir, manifest = out / name, out / f"{name}.json"
     if args.print_manifest_path:
         print(manifest)
         return manifest
-    entries = read_prompt_file(args.test_json)  # a malformed prompt file fails here, before any model loads
+    entries = read_prompt_file(args.test_json)[: args.max_prompts]  # a malformed file fails here, before models load
 
     from accelerate import PartialState
     from accelerate.utils import gather_object

@@ -21,6 +21,12 @@ def set_name(test_json: str | Path) -> str:
     return os.path.basename(str(test_json)).split(".")[0]
 
 
+def prompts_suffix(max_prompts: int | None) -> str:
+    """Appended to the run name when only the first N prompts are generated (``--max_prompts``), so a partial
+    set never shares a folder with the whole one."""
+    return "" if max_prompts is None else f"_{max_prompts}p"
+
+
 def default_output_path(unet_path: str | Path) -> Path:
     """The folder holding ``unet.pth`` (or the given folder itself), where the reference scripts write."""
     p = Path(unet_path)

@@ -101,13 +101,13 @@ def main_video(args: argparse.Namespace) -> Path:
     from sdpo.sampling.prompts import read_entries
 
     name = run_name(g.set_name(args.test_json), args.seed, args.height, args.width, args.num_frames, args.steps,
-                    args.cfg)  # fmt: skip
+                    args.cfg) + g.prompts_suffix(args.max_prompts)  # fmt: skip
     out = Path(args.output_path) if args.output_path else g.default_output_path(args.unet_path or args.lora_path)
     video_dir, manifest = out / name, out / f"{name}.json"
     if args.print_manifest_path:
         print(manifest)
         return manifest
-    entries = read_entries(args.test_json)
+    entries = read_entries(args.test_json)[: args.max_prompts]
     state = PartialState(cpu=g.cpu_only())
     dtype, vae_dtype = resolve_dtype(args.dtype, state.device), resolve_dtype(args.vae_dtype, state.device)
     settings = {

@@ -70,3 +70,18 @@ def check_six_prompts(kind, models, prompt_file, tmp_path):
     # Duplicated prompts give identical images: same prompt, same shared initial latent.
     with Image.open(image_dir / f"0_{SIZE}x{SIZE}.png") as a, Image.open(image_dir / f"5_{SIZE}x{SIZE}.png") as b:
         assert a.tobytes() == b.tobytes()
+
+
+def test_base_model_baseline_and_max_prompts(models, prompt_file, tmp_path):
+    """No --weights_path: the base model's own denoiser is sampled (the same bytes as naming its unet/ folder);
+    --max_prompts N takes the first N prompts, and the names say so."""
+    from eval.generate import main
+
+    common = ["--pretrain_path", str(models[KIND]), "--test_json", str(prompt_file), "--max_prompts", "2",
+              "--height", str(SIZE), "--width", str(SIZE), "--steps", "1"]  # fmt: skip
+    manifest = main([*common, "--output_path", str(tmp_path / "base")])
+    assert manifest == tmp_path / "base" / f"six_seed0_{SIZE}x{SIZE}_1s_7.5cfg_2p.json"
+    assert [e["prompt"] for e in read_manifest(manifest)] == [e["prompt"] for e in PROMPTS[:2]]
+    named = main([*common, "--weights_path", str(models[KIND] / "unet"), "--output_path", str(tmp_path / "named")])
+    for a, b in zip(read_manifest(manifest), read_manifest(named), strict=True):
+        assert open(a["gen_image_path"], "rb").read() == open(b["gen_image_path"], "rb").read()

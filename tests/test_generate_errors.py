@@ -115,3 +115,10 @@ def test_refuses_to_mix_settings_in_one_folder(models, tmp_path, capsys):
     capsys.readouterr()
     err = _fails([*argv, "--sampler", "pipeline"], capsys)
     assert "holds images made with sampler='reference', this run has sampler='pipeline'" in err
+
+
+def test_no_weights_and_no_output_path_says_how_to_sample_the_base(models, capsys):
+    argv = ["--pretrain_path", str(models["sd15"]), "--test_json", "prompts/papv2.json"]
+    assert "or --output_path to sample the base model itself (a baseline)" in _fails(argv, capsys)
+    assert "--max_prompts must be at least 1, got 0" in _fails([*argv, "--output_path", "x", "--max_prompts", "0"],
+                                                               capsys)  # fmt: skip

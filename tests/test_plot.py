@@ -80,3 +80,17 @@ def test_unsupported_output_format_is_refused(tmp_path, capsys):
         main([str(_write_run(tmp_path / "ok")), "--out", str(tmp_path / "fig.txt")])
     assert exc.value.code == 2
     assert "name a .png, .pdf or .svg file" in capsys.readouterr().err
+
+
+def test_runs_are_coloured_by_their_safeguard(tmp_path):
+    """Blue shades with the SDPO safeguard, red without (the demo figure's meaning); the cycle when unknown."""
+    from sdpo.plot.curves import PLAIN_COLOURS, SAFEGUARD_COLOURS, run_colours
+
+    runs = []
+    for name, on in (("dpo", False), ("dpo_sdpo", True), ("dmpo", False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run_config.json").write_text(json.dumps({"use_winner_preserving": on}))
+        runs.append(tmp_path / name)
+    assert run_colours(runs, ["c0", "c1", "c2"]) == [PLAIN_COLOURS[0], SAFEGUARD_COLOURS[0], PLAIN_COLOURS[1]]
+    (tmp_path / "old").mkdir()
+    assert run_colours([*runs, tmp_path / "old"], ["c0", "c1"]) == ["c0", "c1", "c0", "c1"]

@@ -32,6 +32,7 @@ def test_tiny_run_writes_loadable_unet_logs_lambda_and_resumes(method, tiny_sd15
     final = run_train(*flags)
 
     assert final == out / "unet.pth"
+    assert json.loads((out / "run_config.json").read_text())["train_method"] == method  # what the run was
     state = torch.load(final, map_location="cpu", weights_only=True)
     unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
     init = {k: v.clone() for k, v in unet.state_dict().items()}

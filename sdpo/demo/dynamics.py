@@ -164,7 +164,7 @@ def build_inputs(out: Path, size: DemoSize) -> dict[str, Path]:
         "model": tiny.build_tiny_model(size.family, out / "model", seed=seed, block_out_channels=size.channels),
     }
     tiny.calibrate_tiny_vae(paths["model"], _pixels(sft_rows))
-    tiny.fit_tiny_decoder(paths["model"], _pixels(sft_rows), steps=size.decoder_steps, seed=seed)
+    tiny.fit_tiny_decoder(paths["model"], _pixels(sft_rows), steps=size.decoder_steps, seed=seed, progress=True)
     return paths
 
 

@@ -1,6 +1,9 @@
 """Plot the logged scalars of training runs from their ``metrics.jsonl``, one colour per run; and the
 validation images of one prompt across steps (the paper's Figure 9 view).
 
+Colours say what the demo's Figure 1 says: runs with the SDPO safeguard in shades of blue, runs without it in
+shades of red (read from the run folder's ``run_config.json``); folders without one get matplotlib's cycle.
+
     python -m sdpo.plot RUN_DIR [RUN_DIR ...] --out fig.png [--metrics NAME ...] [--smooth N]
     python -m sdpo.plot RUN_DIR [RUN_DIR ...] --strip PROMPT_INDEX --out strip.png [--strip_steps S ...]
 
@@ -27,6 +30,7 @@ from PIL import Image
 from sdpo.atomic import atomic_path
 from sdpo.errors import UserError, cli_main
 from sdpo.training.metrics import JSONL_NAME, read_jsonl
+from sdpo.training.setup import RUN_CONFIG
 from sdpo.training.validation import FOLDER, PREFIX, completed, grid_tile
 
 DEFAULT_METRICS = (
@@ -123,12 +127,12 @@ def plot_runs(
     cols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = run_colours(run_dirs, plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for k, metric in enumerate(metrics):
         ax = axes[k // cols, k % cols]
         for i, (name, rows) in enumerate(runs):
             steps, values = series(rows, metric)
-            colour = colours[i % len(colours)]
+            colour = colours[i]
             if len(steps) and metric.startswith(PREFIX):  # a few points, one per validation
                 ax.plot(steps, values, "o-", color=colour, lw=1.3, ms=3, label=name)
             elif len(steps):
@@ -141,6 +145,23 @@ def plot_runs(
         axes[k // cols, k % cols].axis("off")
     axes[0, 0].legend(fontsize=8)
     return _save(plt, fig, out)
+
+
+SAFEGUARD_COLOURS = ("tab:blue", "tab:cyan", "navy", "tab:purple", "steelblue")
+PLAIN_COLOURS = ("tab:red", "tab:orange", "darkred", "tab:brown", "salmon")
+
+
+def run_colours(run_dirs: list[str | Path], cycle: list[str]) -> list[str]:
+    """Blue shades for runs with the safeguard, red shades for runs without (the demo figure's meaning); the
+    default ``cycle`` for all runs when any folder does not record its settings."""
+    flags = []
+    for d in run_dirs:
+        f = Path(d) / RUN_CONFIG
+        flags.append(json.loads(f.read_text()).get("use_winner_preserving") if f.is_file() else None)
+    if any(v is None for v in flags):
+        return [cycle[i % len(cycle)] for i in range(len(run_dirs))]
+    shades = {True: iter(SAFEGUARD_COLOURS * len(run_dirs)), False: iter(PLAIN_COLOURS * len(run_dirs))}
+    return [next(shades[bool(v)]) for v in flags]
 
 
 def _save(plt, fig, out: str | Path) -> Path:

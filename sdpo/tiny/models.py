@@ -205,7 +205,7 @@ def calibrate_tiny_vae(folder: str | Path, pixels: torch.Tensor, log_std: float 
 
 
 def fit_tiny_decoder(
-    folder: str | Path, pixels: torch.Tensor, steps: int = 600, batch: int = 16, seed: int = 0
+    folder: str | Path, pixels: torch.Tensor, steps: int = 600, batch: int = 16, seed: int = 0, progress: bool = False
 ) -> float:
     """Train only the decoder of a (calibrated) tiny VAE to invert its fixed encoder on ``pixels``, so that
     sampled latents decode into pictures (validation images then show shapes, not a random decoder's
@@ -224,7 +224,9 @@ def fit_tiny_decoder(
     opt = torch.optim.Adam(params, lr=2e-3)
     noise = 0.05 * latents.std()  # a sampler's latents are never exactly the encoder's
     loss = torch.tensor(float("nan"))
-    for _ in range(steps):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(steps), desc="fitting the tiny VAE decoder", disable=not progress, leave=False):
         idx = torch.randint(0, len(pixels), (batch,), generator=gen)
         z = latents[idx] + noise * torch.randn(latents[idx].shape, generator=gen)
         loss = ((vae.decode(z).sample - pixels[idx]) ** 2).mean()

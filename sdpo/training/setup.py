@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from sdpo.atomic import write_json
 from sdpo.cache import store as cache
 from sdpo.checkpoint import elastic
 from sdpo.checkpoint import store as checkpoint
@@ -25,6 +26,7 @@ from sdpo.losses import get_objective
 from sdpo.training.metrics import JsonlLog
 
 log = logging.getLogger("sdpo")
+RUN_CONFIG = "run_config.json"  # every setting of the run by flag name, in its output folder
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -193,6 +195,7 @@ def setup(cfg: RunConfig) -> Run:
     cfg = replace(cfg, optim=replace(cfg.optim, max_train_steps=steps))  # before anything is written
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / RUN_CONFIG, cfg.flat())  # what this run is: sdpo.plot colours runs by it
     weight_dtype = _DTYPES.get(accelerator.mixed_precision, torch.float32)
     sharded = cfg.dist.sharded
     family = load_family(cfg.model, accelerator.device, weight_dtype, objective.NEEDS_REFERENCE, shard_later=sharded)

@@ -29,7 +29,7 @@ from sdpo.errors import UserError
 
 
 def add_video_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("video (cogvideox, wan)")
+    g = p.add_argument_group("video families")
     g.add_argument("--num_frames", type=int, default=None, help="frames per video (default: cogvideox 49, wan 81)")
     g.add_argument("--fps", type=int, default=None, help="frame rate written into the MP4 (default: 8 / 16)")
     g.add_argument("--negative_prompt", default="", help="negative prompt for classifier-free guidance")

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--save_merged", action="store_true", help="LoRA: also write merged full weights (unet.pth / transformer.pth)")
 
-    a = p.add_argument_group("rectified flow (sd3, flux, wan)").add_argument
+    a = p.add_argument_group("rectified-flow families").add_argument
     a("--weighting_scheme", default="none", choices=WEIGHTING_SCHEMES, help="density of the training sigmas")
     a("--logit_mean", type=float, default=0.0, help="logit_normal: mean")
     a("--logit_std", type=float, default=1.0, help="logit_normal: std")
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the VAE and text encoders are not loaded",
     )
 
-    a = p.add_argument_group("video (cogvideox, wan)").add_argument
+    a = p.add_argument_group("video families").add_argument
     a("--num_frames", type=int, default=None, help="frames per video (default: the model's, cogvideox 49, wan 81)")
     a("--frame_stride", type=int, default=None, help="take every n-th frame of the source video (default 1)")
     a("--height", type=int, default=None, help="video height (default: the model's, 480; --resolution R means RxR)")
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixed_precision dtype)",
     )
 
-    a = p.add_argument_group("validation while training (sdpo/validation.py)").add_argument
+    a = p.add_argument_group("validation while training (sdpo/training/validation.py)").add_argument
     a(
         "--validation_prompts",
         default=None,

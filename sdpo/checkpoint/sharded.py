@@ -19,7 +19,6 @@ is refused before any of its code could run.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import pickle
@@ -242,35 +241,3 @@ def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
         folder, lambda reader: _load_state_dict(weights, storage_reader=reader, planner=Planner(), no_dist=True)
     )
     return weights
-
-
-def _denoiser_folder(weights: dict) -> str:
-    """``unet`` or ``transformer``: the folder name of the family whose denoiser these keys are."""
-    from sdpo.families import FAMILIES
-
-    found = {fam.denoiser_folder for fam in FAMILIES.values() if fam.owns_weights(weights)}
-    if len(found) != 1:
-        raise UserError("cannot tell from its keys whether this checkpoint holds a unet or a transformer; pass --name")
-    return found.pop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m sdpo.sharded_checkpoint CHECKPOINT [--out FILE]``: a sharded checkpoint -> ``<name>.pth``."""
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("checkpoint", type=Path, help="a checkpoint-<step> folder of a --sharding fsdp|hsdp run")
-    p.add_argument("--out", type=Path, default=None, help="default: CHECKPOINT/<unet|transformer>.pth")
-    p.add_argument("--name", default=None, help="unet or transformer (default: the family the keys belong to)")
-    args = p.parse_args(argv)
-    from sdpo.atomic import torch_save
-
-    weights = checkpoint_weights(args.checkpoint)
-    name = args.name or _denoiser_folder(weights)
-    out = args.out or args.checkpoint / f"{name}.pth"
-    torch_save(weights, out)
-    print(f"wrote {out} ({len(weights)} tensors, {sum(v.numel() for v in weights.values()):,} parameters)")
-
-
-if __name__ == "__main__":
-    from sdpo.errors import cli_main
-
-    cli_main(main)()

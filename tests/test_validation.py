@@ -349,3 +349,30 @@ def test_eval_mode_restores_each_submodules_own_flag():
     with eval_mode(net):
         assert not any(m.training for m in net.modules())
     assert [m.training for m in net.modules()] == [True, True, False, False]
+
+
+def test_report_of_a_run_shows_every_step_with_its_logged_scores(runs, tmp_path, capsys):
+    """python -m eval.report RUN_DIR: one model per validation, tiles cut from the grids, scores as logged."""
+    from report_helpers import parse
+
+    from eval.report.cli import main as report_main
+
+    val, out = runs / "val", tmp_path / "rep"
+    report_main([str(val), "--out", str(out), "--quiet", "--n_boot", "50"])
+    assert capsys.readouterr().out.strip() == f"report: {out / 'report.html'}"
+    page = parse((out / "report.html").read_text(encoding="utf-8"))
+    steps = (0, 2, 4, 5)
+    assert page.data["mode"] == "grid" and page.data["models"] == [f"step {s}" for s in steps]
+    for k, step in enumerate(steps):
+        meta = _meta(val, step)
+        manifest = next((out / "validation_inputs" / f"step-{step:06d}").glob("*.json"))
+        assert manifest.stem == "validation_seed0_64x64_3s_7.5cfg"
+        for m in METRICS:
+            assert page.num(f"summary/{k}/{manifest.stem}/{m}/mean") == pytest.approx(np.mean(meta["scores"][m]))
+        for i, tile in enumerate(_tiles(val, step)):
+            with Image.open(manifest.parent / manifest.stem / f"{i}.png") as im:
+                np.testing.assert_array_equal(np.asarray(im), tile)
+    with pytest.raises(SystemExit) as exc:
+        report_main([str(val), str(val / "validation"), "--out", str(tmp_path / "two"), "--quiet"])
+    assert exc.value.code == 2 and "pass one RUN_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists()

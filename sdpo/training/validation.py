@@ -14,6 +14,8 @@ Outputs (main process), in ``output_dir/validation/``:
 * ``step-<step>.png``: a grid of the images, prompt order, rows of up to 8 tiles of at most 256 px;
 * ``step-<step>.json``: prompts, sampler settings, grid layout and per-image scores.  Written last: a
   validation is complete when its JSON exists (a resumed run redoes an incomplete one);
+* at the end, a log line with the command of an HTML report of every validation (``python -m eval.report
+  RUN_DIR --out RUN_DIR/validation/report``: one column per step, each step's win rates against step 0);
 * ``val/<metric>`` means in ``metrics.jsonl`` (a row of their own at the step) and the trackers, and the
   grid to the trackers as the image ``validation``.
 
@@ -56,6 +58,7 @@ from sdpo.atomic import atomic_path, write_json
 
 log = logging.getLogger("sdpo")
 FOLDER = "validation"
+REPORT_DIR = "report"  # where the end-of-run log line suggests the validation report (python -m eval.report RUN_DIR)
 MAX_COLUMNS = 8
 MAX_TILE = 256
 PREFIX = "val/"
@@ -213,6 +216,9 @@ class Validator:
     def after_step(self, run) -> None:
         if self.due(run.step):
             self.validate(run)
+            if run.step == self.last and run.accelerator.is_main_process:  # eval/ builds it: the core never imports eval
+                out = Path(run.cfg.output.output_dir)
+                log.info("validation report: python -m eval.report %s --out %s", out, self.folder / REPORT_DIR)
 
     def validate(self, run) -> dict[str, float]:
         """Generate (sharded), gather on the main process, score, write; returns the means (main process)."""

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,7 @@ from sdpo.families import get_family, resolve_family
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-KINDS = {"qwenimage": "qwenimage"}  # tiny kind: family
+KINDS = {"qwenimage": "qwenimage", "flux2": "flux2", "flux2-klein": "flux2"}  # tiny kind: family
 SDPO = ["--train_method", "diffusion-dpo", "--use_winner_preserving", "--winner_preserving_mu", "0.5"]
 
 
@@ -137,7 +141,9 @@ def test_per_sample_loss_is_the_pipelines_own_computation(kind, tiny2026):
 # --------------------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("kind", ["qwenimage"])
+# [klein] trains through the same loop as [dev]; what differs (its text encoder, no guidance embedding) is pinned by
+# the loss test above, so the slower runs take one FLUX.2 each.
+@pytest.mark.parametrize("kind", ["qwenimage", "flux2"])
 def test_dpo_with_sdpo_trains_three_steps_and_resumes_bit_identically(kind, tiny2026, tiny_pairs, tmp_path, run_train):
     folder = tiny2026(kind)
     flags = [*SDPO, "--weighting_scheme", "logit_normal"]
@@ -154,7 +160,7 @@ def test_dpo_with_sdpo_trains_three_steps_and_resumes_bit_identically(kind, tiny
     assert all(0.0 <= r["avg_lose_l_scale"] <= 1.0 for r in rows)
 
 
-@pytest.mark.parametrize("kind", ["qwenimage"])
+@pytest.mark.parametrize("kind", ["qwenimage", "flux2-klein"])
 def test_lora_run_writes_adapters_the_pipeline_loads(kind, tiny2026, tiny_pairs, tmp_path, run_train):
     """One LoRA step with gradient checkpointing and in-training validation; the saved adapters, loaded by the
     pipeline's ``load_lora_weights``, predict what the merged weights (``sdpo.lora merge``) predict."""
@@ -183,7 +189,7 @@ def test_lora_run_writes_adapters_the_pipeline_loads(kind, tiny2026, tiny_pairs,
     torch.testing.assert_close(loaded, fused, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["qwenimage"])
+@pytest.mark.parametrize("kind", ["qwenimage", "flux2"])
 def test_fp32_cache_trains_like_pixels(kind, tiny2026, tiny_pairs, tmp_path, run_train):
     """Qwen-Image's posterior loses its frame axis, FLUX.2's latents are normalised by batch-norm statistics read
     from the VAE's weights when the cache means no VAE is loaded: both give the uncached run."""
@@ -227,10 +233,25 @@ def test_generation_is_batch_invariant(kind, tiny2026, tmp_path):
     assert (meta["model_family"], meta["guidance"]) == (family.name, family.sampling_guidance)
 
 
+def test_a_step_distilled_klein_samples_without_guidance(tiny2026, tmp_path):
+    """``is_distilled`` in a [klein] folder's model_index.json reaches the pipeline evaluation builds."""
+    import shutil
+
+    folder = shutil.copytree(tiny2026("flux2-klein"), tmp_path / "klein-distilled")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "is_distilled": True}))
+    family = get_family("flux2")
+    for path, distilled in ((tiny2026("flux2-klein"), False), (folder, True)):
+        comp = family.load_sampling_components(str(path), None, CPU, torch.float32)
+        pipe = family.sampling_pipeline(comp)
+        pipe._guidance_scale = family.sampling_guidance
+        assert pipe.config.is_distilled is distilled and pipe.do_classifier_free_guidance is not distilled
+
+
 # --------------------------------------------------------------------------- recipes
 
 
-@pytest.mark.parametrize("family, model", [("qwenimage", "Qwen/Qwen-Image")])
+@pytest.mark.parametrize("family, model", [("qwenimage", "Qwen/Qwen-Image"), ("flux2", "black-forest-labs/FLUX.2-dev")])
 def test_launch_values_carry_appendix_b_over_with_fsdp(family, model):
     """What common.sh gets from ``python -m sdpo.config.launch``: the paper's FLUX.1 numbers, FSDP over every GPU
     (bench/memory_plan.py: HSDP 2x8 does not fit Qwen-Image or FLUX.2 [dev]), the family's hub model."""
@@ -241,3 +262,21 @@ def test_launch_values_carry_appendix_b_over_with_fsdp(family, model):
         model, "1e-5", 0, 512, 1)  # fmt: skip
     assert v["SHARDING_DEFAULT"] == "fsdp" and "--gradient_checkpointing" in v["TRAIN_FLAGS"]
     assert launch_values(family, None, lora=True, method=None)["SHARDING_DEFAULT"] == "none"  # LoRA: plain DDP
+
+
+def test_klein_recipe_launches_the_klein_base_model():
+    from sdpo.config import build_parser
+
+    env = {**os.environ, "NUM_GPUS": "8", "NUM_NODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "node0",
+           "PYTHON": sys.executable}  # fmt: skip
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "train" / "flux2_klein_diffusion_dpo.sh"), "--dry-run"],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    cmd = shlex.split(proc.stdout.strip().splitlines()[-1])
+    cfg = build_parser().parse_args(cmd[next(i for i, a in enumerate(cmd) if a.endswith("train.py")) + 1 :])
+    assert (cfg.model_family, cfg.pretrained_model_name_or_path, cfg.sharding) == (
+        "flux2", "black-forest-labs/FLUX.2-klein-base-4B", "fsdp")  # fmt: skip
+    assert (cfg.train_method, cfg.beta_dpo, cfg.winner_preserving_mu, cfg.use_winner_preserving) == (
+        "diffusion-dpo", 1000.0, 0.99, True)  # fmt: skip
+    assert cfg.learning_rate == 1e-5 and not cfg.scale_lr and cfg.resolution == 1024 and cfg.gradient_checkpointing
+    assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (1, 32)  # 16 GPUs x 1 x 32 = 512

@@ -23,7 +23,7 @@ from sdpo.families import get_family, resolve_family
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-KINDS = {"qwenimage": "qwenimage", "flux2": "flux2", "flux2-klein": "flux2"}  # tiny kind: family
+KINDS = {"qwenimage": "qwenimage", "flux2": "flux2", "flux2-klein": "flux2", "zimage": "zimage"}  # tiny kind: family
 SDPO = ["--train_method", "diffusion-dpo", "--use_winner_preserving", "--winner_preserving_mu", "0.5"]
 
 
@@ -143,7 +143,7 @@ def test_per_sample_loss_is_the_pipelines_own_computation(kind, tiny2026):
 
 # [klein] trains through the same loop as [dev]; what differs (its text encoder, no guidance embedding) is pinned by
 # the loss test above, so the slower runs take one FLUX.2 each.
-@pytest.mark.parametrize("kind", ["qwenimage", "flux2"])
+@pytest.mark.parametrize("kind", ["qwenimage", "flux2", "zimage"])
 def test_dpo_with_sdpo_trains_three_steps_and_resumes_bit_identically(kind, tiny2026, tiny_pairs, tmp_path, run_train):
     folder = tiny2026(kind)
     flags = [*SDPO, "--weighting_scheme", "logit_normal"]
@@ -160,7 +160,7 @@ def test_dpo_with_sdpo_trains_three_steps_and_resumes_bit_identically(kind, tiny
     assert all(0.0 <= r["avg_lose_l_scale"] <= 1.0 for r in rows)
 
 
-@pytest.mark.parametrize("kind", ["qwenimage", "flux2-klein"])
+@pytest.mark.parametrize("kind", ["qwenimage", "flux2-klein", "zimage"])
 def test_lora_run_writes_adapters_the_pipeline_loads(kind, tiny2026, tiny_pairs, tmp_path, run_train):
     """One LoRA step with gradient checkpointing and in-training validation; the saved adapters, loaded by the
     pipeline's ``load_lora_weights``, predict what the merged weights (``sdpo.lora merge``) predict."""
@@ -251,7 +251,8 @@ def test_a_step_distilled_klein_samples_without_guidance(tiny2026, tmp_path):
 # --------------------------------------------------------------------------- recipes
 
 
-@pytest.mark.parametrize("family, model", [("qwenimage", "Qwen/Qwen-Image"), ("flux2", "black-forest-labs/FLUX.2-dev")])
+@pytest.mark.parametrize("family, model", [("qwenimage", "Qwen/Qwen-Image"), ("flux2", "black-forest-labs/FLUX.2-dev"),
+                                           ("zimage", "Tongyi-MAI/Z-Image")])  # fmt: skip
 def test_launch_values_carry_appendix_b_over_with_fsdp(family, model):
     """What common.sh gets from ``python -m sdpo.config.launch``: the paper's FLUX.1 numbers, FSDP over every GPU
     (bench/memory_plan.py: HSDP 2x8 does not fit Qwen-Image or FLUX.2 [dev]), the family's hub model."""

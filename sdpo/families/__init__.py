@@ -20,8 +20,11 @@ from sdpo.families.sd3 import SD3
 from sdpo.families.sd15 import SD15
 from sdpo.families.sdxl import SDXL
 from sdpo.families.wan import Wan
+from sdpo.families.zimage import ZImage
 
-FAMILIES: dict[str, type[ModelFamily]] = {f.name: f for f in (SD15, SDXL, SD3, Flux, CogVideoX, Wan, QwenImage, Flux2)}
+FAMILIES: dict[str, type[ModelFamily]] = {
+    f.name: f for f in (SD15, SDXL, SD3, Flux, CogVideoX, Wan, QwenImage, Flux2, ZImage)
+}
 CHOICES = ("auto", *FAMILIES)
 DEFAULT_FAMILY = "sd15"  # the paper's main model: evaluation's default when no base model is named
 

@@ -109,7 +109,7 @@ def tiny_unet_config(kind: str, block_out_channels: tuple[int, int] = (16, 32)) 
     return cfg
 
 
-KINDS = ("sd15", "sdxl", "sd3", "flux", "cogvideox", "wan", "qwenimage", "flux2", "flux2-klein")
+KINDS = ("sd15", "sdxl", "sd3", "flux", "cogvideox", "wan", "qwenimage", "flux2", "flux2-klein", "zimage")
 
 
 def build_tiny_model(kind: str, out: str | Path, seed: int = 0, block_out_channels: tuple[int, int] = (16, 32)) -> Path:
@@ -121,11 +121,12 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0, block_out_channe
         from sdpo.tiny.video import build_tiny_video_model
 
         return build_tiny_video_model(kind, out, seed)
-    if kind in ("qwenimage", "flux2", "flux2-klein"):  # LLM text encoders: a builder module each
+    if kind in ("qwenimage", "flux2", "flux2-klein", "zimage"):  # LLM text encoders: a builder module each
         from sdpo.tiny.flux2 import build as flux2
         from sdpo.tiny.qwenimage import build as qwenimage
+        from sdpo.tiny.zimage import build as zimage
 
-        builders = {"qwenimage": qwenimage, "flux2": flux2,
+        builders = {"qwenimage": qwenimage, "flux2": flux2, "zimage": zimage,
                     "flux2-klein": lambda out, seed: flux2(out, seed, klein=True)}  # fmt: skip
         return builders[kind](out, seed)
     if kind in ("sd3", "flux"):

@@ -62,6 +62,17 @@ def test_tiny_folder_is_its_pipeline_and_the_family_is_recognised(kind, tiny2026
         assert len(pipe.tokenizer(prefix)["input_ids"]) == pipe.prompt_template_encode_start_idx == 34
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_shard_blocks_are_the_denoisers_repeated_blocks(kind, tiny2026):
+    """The FSDP/HSDP units the family names are exactly the classes of its denoiser's repeated blocks (every
+    element of its top-level block lists), so sharding and the memory plan, which builds the real configs from
+    the same names, cannot silently leave a block list in the root unit."""
+    family = get_family(KINDS[kind])
+    model = family.denoiser_class().from_pretrained(tiny2026(kind), subfolder=family.denoiser_folder)
+    repeated = [b for m in model.children() if isinstance(m, torch.nn.ModuleList) for b in m]
+    assert repeated and {type(b).__name__ for b in repeated} == set(family.shard_blocks)
+
+
 # --------------------------------------------------------------------------- the loss, independently
 
 

@@ -292,3 +292,26 @@ def test_klein_recipe_launches_the_klein_base_model():
         "diffusion-dpo", 1000.0, 0.99, True)  # fmt: skip
     assert cfg.learning_rate == 1e-5 and not cfg.scale_lr and cfg.resolution == 1024 and cfg.gradient_checkpointing
     assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (1, 32)  # 16 GPUs x 1 x 32 = 512
+
+
+def test_eval_script_takes_the_familys_own_protocol_values(tmp_path):
+    """scripts/eval/test_zimage.sh names no size, guidance or base model: joint_test.sh asks the family (dry run)."""
+    from sdpo.errors import UserError
+    from sdpo.families.eval_defaults import eval_defaults
+
+    ckpt = tmp_path / "checkpoint-2000"
+    ckpt.mkdir()
+    (ckpt / "transformer.pth").write_bytes(b"")
+    (tmp_path / "fake.py").write_text("")
+    env = {**os.environ, "PYTHON": sys.executable, "SETS": "papv2", "SCORE_PY": str(tmp_path / "fake.py"),
+           "SUMMARY_PY": str(tmp_path / "fake.py")}  # fmt: skip
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "eval" / "test_zimage.sh"), "--dry-run",
+                           str(ckpt / "transformer.pth")], env=env, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (gen,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("+ ") and "eval/generate.py" in ln]
+    assert "--model_family zimage" in gen and "--pretrain_path Tongyi-MAI/Z-Image" in gen
+    assert "--height 1024 --width 1024 --steps 50 --cfg 5.0 --seed 0" in gen
+    assert f"--json_path {ckpt}/papv2_seed0_1024x1024_50s_5.0cfg.json" in proc.stdout
+    assert sorted(p.name for p in ckpt.iterdir()) == ["transformer.pth"]  # a dry run writes nothing
+    with pytest.raises(UserError, match=r"^KIND=wan is a video family: evaluate it with eval/video_generate\.py"):
+        eval_defaults("wan")

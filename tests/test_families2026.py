@@ -171,6 +171,27 @@ def test_dpo_with_sdpo_trains_three_steps_and_resumes_bit_identically(kind, tiny
     assert all(0.0 <= r["avg_lose_l_scale"] <= 1.0 for r in rows)
 
 
+def test_the_other_flow_objectives_and_safeguard_modes_train(tiny2026, tiny_pairs, tmp_path, run_train):
+    """The objectives and safeguard modes a flow family runs, one step each on the fastest of the three (they act on
+    the per-sample losses pinned above, the same for every family): each moves the weights, logs finite scalars,
+    and the loser's scale is the mode's."""
+    folder = tiny2026("zimage")
+    init = get_family("zimage").denoiser_class().from_pretrained(folder, subfolder="transformer").state_dict()
+    runs = [(m, SDPO[2:]) for m in ("dmpo", "mapo", "dpop")] + [("sft", [])]
+    runs += [("diffusion-dpo", ["--use_winner_preserving", "--winner_preserving_mode", "param"]),
+             ("diffusion-dpo", ["--use_winner_preserving", "--winner_preserving_mode", "fixed",
+                                "--winner_preserving_lambda", "0.3"])]  # fmt: skip
+    for i, (method, extra) in enumerate(runs):
+        out = tmp_path / f"r{i}"
+        sd = torch.load(run_train(*flow_flags(folder, tiny_pairs, out, "--train_method", method, *extra)),
+                        weights_only=True)  # fmt: skip
+        assert any(not torch.equal(v, init[k]) for k, v in sd.items()), (method, extra)
+        (logged,) = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all(math.isfinite(v) for v in logged.values()), (method, extra, logged)
+        scale = logged.get("avg_lose_l_scale", 1.0)
+        assert scale == pytest.approx(0.3) if "fixed" in extra else (0.0 <= scale <= 1.0), (method, extra, logged)
+
+
 @pytest.mark.parametrize("kind", ["qwenimage", "flux2-klein", "zimage"])
 def test_lora_run_writes_adapters_the_pipeline_loads(kind, tiny2026, tiny_pairs, tmp_path, run_train):
     """One LoRA step with gradient checkpointing and in-training validation; the saved adapters, loaded by the

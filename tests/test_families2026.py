@@ -173,11 +173,11 @@ def test_dpo_with_sdpo_trains_three_steps_and_resumes_bit_identically(kind, tiny
 
 def test_the_other_flow_objectives_and_safeguard_modes_train(tiny2026, tiny_pairs, tmp_path, run_train):
     """The objectives and safeguard modes a flow family runs, one step each on the fastest of the three (they act on
-    the per-sample losses pinned above, the same for every family): each moves the weights, logs finite scalars,
-    and the loser's scale is the mode's."""
+    the per-sample losses pinned above, the same for every family; KTO's single images take their own path through
+    the family): each moves the weights, logs finite scalars, and the loser's scale is the mode's."""
     folder = tiny2026("zimage")
     init = get_family("zimage").denoiser_class().from_pretrained(folder, subfolder="transformer").state_dict()
-    runs = [(m, SDPO[2:]) for m in ("dmpo", "mapo", "dpop")] + [("sft", [])]
+    runs = [(m, SDPO[2:]) for m in ("dmpo", "mapo", "dpop")] + [("sft", []), ("kto", ["--positive_ratio", "0.8"])]
     runs += [("diffusion-dpo", ["--use_winner_preserving", "--winner_preserving_mode", "param"]),
              ("diffusion-dpo", ["--use_winner_preserving", "--winner_preserving_mode", "fixed",
                                 "--winner_preserving_lambda", "0.3"])]  # fmt: skip

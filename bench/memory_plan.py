@@ -21,7 +21,10 @@ configs on the meta device, so parameter counts and tensor shapes are exact.  Pe
   device at 1024 px with one preference pair per GPU (winner and loser rows) in bf16, attention
   counted as a flash kernel saves it (q, k, v, output, log-sum-exp); with per-block activation
   checkpointing, the block inputs plus twice the largest block's saved tensors (its recomputation
-  and the gradients flowing through it).  Activations grow linearly with pairs per GPU.
+  and the gradients flowing through it).  Activations grow linearly with pairs per GPU.  Text is 512 tokens for
+  FLUX.1, Qwen-Image, FLUX.2 and Z-Image (their pipelines' default length; the training conditioning is padded
+  to it), 333 for SD3 (77 CLIP + 256 T5), 77 for SDXL.
+* with a latent/text cache (``--precomputed``): the same totals without the encoders, one line per model.
 
 Not counted: the CUDA context and allocator fragmentation (keep ~10% free), communication buffers
 beyond the gathered units, and the reference's no-grad forward (one block's transient activations).
@@ -76,20 +79,38 @@ class Model:
 
 
 def models(quick: bool = False) -> list[Model]:
-    """FLUX.1-dev, SD3.5-large and SDXL from their published configs, or from ``--quick``'s stand-ins."""
+    """FLUX.1-dev, SD3.5-large, SDXL, Qwen-Image, FLUX.2 [dev] and [klein] base 4B/9B and Z-Image from their published
+    configs (``bench/model_configs.py``), or from ``--quick``'s stand-ins."""
     if quick:
         flux, sd3, sdxl = mc.FLUX_DEV_QUICK, mc.SD35_LARGE_QUICK, mc.SDXL_UNET_QUICK
         t5, clip_l, clip_g = mc.T5_XXL_QUICK, mc.CLIP_L_QUICK, mc.CLIP_G_QUICK
         vae_16, vae_4 = (dict(v, **mc.SD_VAE_QUICK) for v in (VAE_16, VAE_4))
+        qwen, flux2, klein4, klein9, zimage = (mc.QWEN_IMAGE_QUICK, mc.FLUX2_DEV_QUICK, mc.FLUX2_KLEIN_4B_QUICK,
+                                               mc.FLUX2_KLEIN_4B_QUICK, mc.Z_IMAGE_QUICK)  # fmt: skip
+        qwen_vl, mistral, qwen3_4b, qwen3_8b = mc.QWEN25_VL_QUICK, mc.MISTRAL_QUICK, mc.QWEN3_QUICK, mc.QWEN3_QUICK
+        qwen_vae, flux2_vae = mc.QWEN_VAE_QUICK, mc.FLUX2_VAE_QUICK
         tag = " (--quick stand-in)"
     else:
         flux, sd3, sdxl = mc.FLUX_DEV, mc.SD35_LARGE, mc.SDXL_UNET
         t5, clip_l, clip_g, vae_16, vae_4, tag = mc.T5_XXL, mc.CLIP_L, mc.CLIP_G, VAE_16, VAE_4, ""
+        qwen, flux2, klein4, klein9 = mc.QWEN_IMAGE, mc.FLUX2_DEV, mc.FLUX2_KLEIN_4B, mc.FLUX2_KLEIN_9B
+        zimage = mc.Z_IMAGE
+        qwen_vl, mistral, qwen3_4b, qwen3_8b = mc.QWEN25_VL_7B, mc.MISTRAL_SMALL_31, mc.QWEN3_4B, mc.QWEN3_8B
+        qwen_vae, flux2_vae = mc.QWEN_VAE, mc.FLUX2_VAE
     return [
         Model("FLUX.1-dev" + tag, "flux", flux, [("T5-XXL", "t5", t5), ("CLIP-L", "clip", clip_l), ("VAE", "vae", vae_16)]),
         Model("SD3.5-large" + tag, "sd3", sd3, [("T5-XXL", "t5", t5), ("CLIP-L", "clipp", clip_l),
                                                 ("CLIP-G", "clipp", clip_g), ("VAE", "vae", vae_16)]),
         Model("SDXL" + tag, "sdxl", sdxl, [("CLIP-L", "clip", clip_l), ("CLIP-G", "clipp", clip_g), ("VAE", "vae", vae_4)]),
+        Model("Qwen-Image" + tag, "qwenimage", qwen, [("Qwen2.5-VL-7B", "qwen25vl", qwen_vl),
+                                                      ("VAE", "vae_qwen", qwen_vae)]),
+        Model("FLUX.2-dev" + tag, "flux2", flux2, [("Mistral-Small-3.1-24B", "mistral3", mistral),
+                                                   ("VAE", "vae_flux2", flux2_vae)]),
+        Model("FLUX.2-klein-base-4B" + tag, "flux2", klein4, [("Qwen3-4B", "qwen3lm", qwen3_4b),
+                                                              ("VAE", "vae_flux2", flux2_vae)]),
+        Model("FLUX.2-klein-base-9B" + tag, "flux2", klein9, [("Qwen3-8B", "qwen3lm", qwen3_8b),
+                                                              ("VAE", "vae_flux2", flux2_vae)]),
+        Model("Z-Image" + tag, "zimage", zimage, [("Qwen3-4B", "qwen3", qwen3_4b), ("VAE", "vae", vae_16)]),
     ]  # fmt: skip
 
 
@@ -115,7 +136,25 @@ def build(kind: str, config: dict):
         return (CLIPTextModel if kind == "clip" else CLIPTextModelWithProjection)(CLIPTextConfig(**config))
     if kind == "vae":
         return AutoencoderKL(**config)
+    if kind in LLM_ENCODERS:  # the 2026 families' LLM text encoders, the classes their pipelines load
+        import transformers
+
+        model_cls, config_cls = LLM_ENCODERS[kind]
+        return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
+    if kind in ("vae_qwen", "vae_flux2"):
+        import diffusers
+
+        name = {"vae_qwen": "AutoencoderKLQwenImage", "vae_flux2": "AutoencoderKLFlux2"}[kind]
+        return getattr(diffusers, name)(**config)
     return denoiser_class(kind)(**config)
+
+
+LLM_ENCODERS = {
+    "qwen25vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLConfig"),
+    "mistral3": ("Mistral3ForConditionalGeneration", "Mistral3Config"),
+    "qwen3lm": ("Qwen3ForCausalLM", "Qwen3Config"),  # FLUX.2 [klein]
+    "qwen3": ("Qwen3Model", "Qwen3Config"),  # Z-Image
+}
 
 
 def measure(model: Model) -> None:
@@ -173,6 +212,19 @@ def _inputs(model: Model, rows: int, dtype=torch.bfloat16) -> dict:
         return dict(hidden_states=e(rows, c["in_channels"], 128, 128), timestep=e(rows),
                     encoder_hidden_states=e(rows, 333, c["joint_attention_dim"]),
                     pooled_projections=e(rows, c["pooled_projection_dim"]), return_dict=False)  # fmt: skip
+    if model.family == "qwenimage":  # 2 x 2 patches -> 4096 tokens; the text padded to 512 tokens with its mask
+        return dict(hidden_states=e(rows, 4096, c["in_channels"]), timestep=e(rows),
+                    encoder_hidden_states=e(rows, 512, c["joint_attention_dim"]),
+                    encoder_hidden_states_mask=e(rows, 512, dt=torch.bool), img_shapes=[[(1, 64, 64)]] * rows,
+                    return_dict=False)  # fmt: skip
+    if model.family == "flux2":  # 2 x 2 patches -> 4096 tokens of 128 channels; 512 text tokens
+        return dict(hidden_states=e(rows, 4096, c["in_channels"]), timestep=e(rows),
+                    guidance=e(rows) if c["guidance_embeds"] else None,
+                    encoder_hidden_states=e(rows, 512, c["joint_attention_dim"]),
+                    txt_ids=e(rows, 512, 4, dt=torch.long), img_ids=e(rows, 4096, 4, dt=torch.long), return_dict=False)  # fmt: skip
+    if model.family == "zimage":  # lists: one (16, 1, 128, 128) latent and 512 caption tokens per row
+        return dict(x=[e(c["in_channels"], 1, 128, 128) for _ in range(rows)], t=e(rows),
+                    cap_feats=[e(512, c["cap_feat_dim"]) for _ in range(rows)], return_dict=False)  # fmt: skip
     pooled = c["projection_class_embeddings_input_dim"] - 6 * c["addition_time_embed_dim"]
     return dict(
         sample=e(rows, c["in_channels"], 128, 128),
@@ -304,6 +356,12 @@ def print_plan(model: Model, gpu_gb: float, pair_counts: list[int]) -> None:
             fits = "yes" if total <= 0.9 * gpu_gb else "no"
             print(f"| {strategy} | {gpus} | {optimizer} | " + " | ".join(f"{row[c] / GB:.1f}" for c in cols)
                   + f" | {total:.1f} | {fits} |")  # fmt: skip
+    cached = []
+    for strategy, gpus, shard in STRATEGIES:  # --precomputed: neither the text encoders nor the VAE are loaded
+        row = plan(model, strategy, gpus, shard, "AdamW", 1, True)
+        total = (sum(row.values()) - row["encoders"]) / GB
+        cached.append(f"{strategy} x{gpus} {total:.1f} {'yes' if total <= 0.9 * gpu_gb else 'no'}")
+    print("with a latent/text cache (no encoders), AdamW, 1 pair + AC, GB and fits: " + " | ".join(cached))
     print("\nHSDP 2x8 + AdamW, pairs per GPU -> total GB (with / without activation checkpointing):")
     for pairs in pair_counts:
         on = sum(plan(model, "HSDP 2x8", 16, 8, "AdamW", pairs, True).values()) / GB
@@ -362,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pairs", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--cross-check", action="store_true", help="also compare the arithmetic with real FSDP2 shards")
     args = parse(p, argv)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # casting meta modules to bf16 warns about fp32 modules none of them has
     if args.cross_check and not cross_check():
         sys.exit(1)
     for model in models(args.quick):

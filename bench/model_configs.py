@@ -57,3 +57,83 @@ FLUX_DEV_QUICK = dict(FLUX_DEV, num_layers=1, num_single_layers=1, attention_hea
 SD35_LARGE_QUICK = dict(SD35_LARGE, num_layers=2, attention_head_dim=8, num_attention_heads=4,
                         joint_attention_dim=TEXT_QUICK, caption_projection_dim=32, pooled_projection_dim=2 * TEXT_QUICK)  # fmt: skip
 SD_VAE_QUICK = dict(SD_VAE, block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=8)
+
+# --------------------------------------------------------------------------- the 2026 families
+# Denoisers: Qwen-Image's and Z-Image's are diffusers 0.42's class defaults, which are the released
+# transformer/config.json values (QwenImageTransformer2DModel: Qwen/Qwen-Image; ZImageTransformer2DModel:
+# Tongyi-MAI/Z-Image[-Turbo]); FLUX.2's are diffusers' scripts/convert_flux2_to_diffusers.py
+# (get_flux2_transformer_config: flux2-dev, klein-4b, klein-9b).
+QWEN_IMAGE = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+)  # fmt: skip
+FLUX2_DEV = dict(
+    patch_size=1, in_channels=128, num_layers=8, num_single_layers=48, attention_head_dim=128, num_attention_heads=48,
+    joint_attention_dim=15360, timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
+    rope_theta=2000, eps=1e-6, guidance_embeds=True,
+)  # fmt: skip
+FLUX2_KLEIN_4B = dict(FLUX2_DEV, num_layers=5, num_single_layers=20, num_attention_heads=24, joint_attention_dim=7680,
+                      guidance_embeds=False)  # fmt: skip
+FLUX2_KLEIN_9B = dict(FLUX2_DEV, num_layers=8, num_single_layers=24, num_attention_heads=32, joint_attention_dim=12288,
+                      guidance_embeds=False)  # fmt: skip
+Z_IMAGE = dict(
+    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2, n_heads=30,
+    n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
+    axes_dims=(32, 48, 48), axes_lens=(1024, 512, 512),
+)  # fmt: skip
+# Text encoders, as transformers' config classes take them; values of the released config.json files:
+# Qwen/Qwen2.5-VL-7B-Instruct (Qwen-Image's text_encoder), mistralai/Mistral-Small-3.1-24B-Instruct-2503 (FLUX.2
+# [dev]'s: 23.57B text + 0.44B vision parameters), Qwen/Qwen3-4B (Z-Image, FLUX.2 [klein] 4B) and Qwen/Qwen3-8B
+# ([klein] 9B; the transformer's joint_attention_dim is three of its hidden states stacked: 3 x 4096 = 12288).
+QWEN25_VL_7B = dict(
+    text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                     num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                     rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, tie_word_embeddings=False),
+    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                       fullatt_block_indexes=[7, 15, 23, 31]),
+    vocab_size=152064, tie_word_embeddings=False,
+)  # fmt: skip
+MISTRAL_SMALL_31 = dict(
+    text_config=dict(model_type="mistral", vocab_size=131072, hidden_size=5120, intermediate_size=32768,
+                     num_hidden_layers=40, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     max_position_embeddings=131072, sliding_window=None, tie_word_embeddings=False),
+    vision_config=dict(model_type="pixtral", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                       num_attention_heads=16, head_dim=64, image_size=1540, patch_size=14),
+    spatial_merge_size=2, multimodal_projector_bias=False, projector_hidden_act="gelu", tie_word_embeddings=False,
+)  # fmt: skip
+QWEN3_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)  # fmt: skip
+QWEN3_8B = dict(QWEN3_4B, hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False)
+# VAEs: diffusers' class defaults are the released ones (AutoencoderKLQwenImage: Qwen/Qwen-Image/vae;
+# AutoencoderKLFlux2: the FLUX.2 VAE, 32 channels); Z-Image uses FLUX.1's 16-channel AutoencoderKL.
+QWEN_VAE: dict = {}
+FLUX2_VAE: dict = {}
+
+# --quick stand-ins of the above: one or two blocks, a few channels, the same classes and layout.
+QWEN_IMAGE_QUICK = dict(QWEN_IMAGE, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+                        joint_attention_dim=TEXT_QUICK, axes_dims_rope=(4, 6, 6))  # fmt: skip
+FLUX2_DEV_QUICK = dict(FLUX2_DEV, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                       joint_attention_dim=3 * TEXT_QUICK, axes_dims_rope=(4, 4, 4, 4))  # fmt: skip
+FLUX2_KLEIN_4B_QUICK = dict(FLUX2_DEV_QUICK, guidance_embeds=False)
+Z_IMAGE_QUICK = dict(Z_IMAGE, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=TEXT_QUICK,
+                     axes_dims=(8, 4, 4), axes_lens=(1024, 64, 64))  # fmt: skip
+QWEN25_VL_QUICK = dict(
+    QWEN25_VL_7B, vocab_size=1000,
+    text_config=dict(QWEN25_VL_7B["text_config"], vocab_size=1000, hidden_size=TEXT_QUICK, intermediate_size=64,
+                     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                     rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+    vision_config=dict(QWEN25_VL_7B["vision_config"], depth=1, hidden_size=TEXT_QUICK, intermediate_size=64,
+                       num_heads=2, out_hidden_size=TEXT_QUICK, fullatt_block_indexes=[0]),
+)  # fmt: skip
+MISTRAL_QUICK = dict(
+    MISTRAL_SMALL_31,
+    text_config=dict(MISTRAL_SMALL_31["text_config"], vocab_size=1000, hidden_size=TEXT_QUICK, intermediate_size=64,
+                     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16),
+    vision_config=dict(MISTRAL_SMALL_31["vision_config"], hidden_size=TEXT_QUICK, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=2, head_dim=16),
+)  # fmt: skip
+QWEN3_QUICK = dict(QWEN3_4B, vocab_size=1000, hidden_size=TEXT_QUICK, intermediate_size=64, num_hidden_layers=1,
+                   num_attention_heads=2, num_key_value_heads=1, head_dim=16)  # fmt: skip
+QWEN_VAE_QUICK = dict(base_dim=8, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
+FLUX2_VAE_QUICK = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=8)

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Shared body of test_sd15.sh / test_sdxl.sh / test_sd3.sh / test_flux.sh: generate the prompt sets
+# Shared body of test_sd15.sh / test_sdxl.sh / test_sd3.sh / test_flux.sh and the later image families'
+# test_<family>.sh (test_qwenimage.sh, test_flux2.sh, test_zimage.sh): generate the prompt sets
 # for one checkpoint, score them with the five reward models, print a set x metric table, and write
 # an HTML report of the sets beside them (<output>/report_<size>/report.html; its path is printed).
 # Not meant to be called directly.
 #
-#   KIND=sd15|sdxl|sd3|flux joint_test.sh [--dry-run] <unet.pth | transformer.pth | checkpoint folder>
+#   KIND=sd15|sdxl|sd3|flux|<family> joint_test.sh [--dry-run] <unet.pth | transformer.pth | checkpoint folder>
 #   LORA_PATH=<LoRA run folder | checkpoint | .safetensors> KIND=... joint_test.sh [--dry-run] [<weights>]
 #
 # Environment (defaults are the paper's settings):
 #   PRETRAIN_PATH  base model id or folder    VAE_PATH  VAE id or folder (SDXL: fp16-fix VAE)
 #   SIZE (512 / 1024)  STEPS (50)  SEED (0)  CFG (SD1.5/SDXL: 7.5, reference formula = diffusers
-#   guidance CFG+1; SD3/FLUX: 3.5, the pipeline's own guidance, FLUX's a distilled embedding)
+#   guidance CFG+1; SD3/FLUX: 3.5, the pipeline's own guidance, FLUX's a distilled embedding; any other
+#   family: its own default_resolution, sampling_guidance and default_model, from sdpo/families/<family>.py)
 #   BATCH_SIZE (1; does not change the images)  DTYPE (auto)  SETS ("papv2 hpsv2 partiprompts";
 #   names under prompts/ or paths to prompt files)  OUTPUT (default: the folder holding unet.pth)
 #   LAUNCH ("python"; e.g. "accelerate launch --num_processes 8")  GEN_ARGS (extra generate flags)
@@ -20,7 +22,7 @@
 #              the results go beside the LoRA when no weights are given
 set -euo pipefail
 
-KIND="${KIND:?KIND must be sd15, sdxl, sd3 or flux}"
+KIND="${KIND:?KIND must be sd15, sdxl, sd3, flux or another image family (--model_family)}"
 DRY_RUN="${DRY_RUN:-0}"
 MODEL_PATH=""
 for arg in "$@"; do
@@ -62,6 +64,13 @@ elif [[ "$KIND" == flux || "$KIND" == sd3 ]]; then
   VAE_PATH="${VAE_PATH:-}"
   KIND_ARGS=(--model_family "$KIND")
   DEFAULT_CFG=3.5
+elif [[ "$KIND" != sd15 ]]; then  # a later family: what it evaluates at is the family's own, not this script's
+  FAMILY_DEFAULTS="$("${PYTHON:-python}" -m sdpo.families.eval_defaults "$KIND")" || exit 2
+  read -r FAMILY_SIZE DEFAULT_CFG DEFAULT_BASE <<< "$FAMILY_DEFAULTS"
+  SIZE="${SIZE:-$FAMILY_SIZE}"
+  PRETRAIN_PATH="${PRETRAIN_PATH:-$DEFAULT_BASE}"
+  VAE_PATH="${VAE_PATH:-}"
+  KIND_ARGS=(--model_family "$KIND")
 else
   SIZE="${SIZE:-512}"
   PRETRAIN_PATH="${PRETRAIN_PATH:-stable-diffusion-v1-5/stable-diffusion-v1-5}"

@@ -14,12 +14,17 @@ from sdpo.errors import UserError
 from sdpo.families.base import ModelFamily
 from sdpo.families.cogvideox import CogVideoX
 from sdpo.families.flux import Flux
+from sdpo.families.flux2 import Flux2
+from sdpo.families.qwenimage import QwenImage
 from sdpo.families.sd3 import SD3
 from sdpo.families.sd15 import SD15
 from sdpo.families.sdxl import SDXL
 from sdpo.families.wan import Wan
+from sdpo.families.zimage import ZImage
 
-FAMILIES: dict[str, type[ModelFamily]] = {f.name: f for f in (SD15, SDXL, SD3, Flux, CogVideoX, Wan)}
+FAMILIES: dict[str, type[ModelFamily]] = {
+    f.name: f for f in (SD15, SDXL, SD3, Flux, CogVideoX, Wan, QwenImage, Flux2, ZImage)
+}
 CHOICES = ("auto", *FAMILIES)
 DEFAULT_FAMILY = "sd15"  # the paper's main model: evaluation's default when no base model is named
 

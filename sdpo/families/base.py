@@ -144,24 +144,34 @@ class ModelFamily:
                 and not any(k.startswith(e) for k in keys for e in cls.weights_excludes))  # fmt: skip
 
     @classmethod
+    def owner_of(cls, keys) -> type[ModelFamily] | None:
+        """The family whose denoiser a state dict with these keys is: of the families whose markers all match, the
+        one with the most markers (a later model may keep an earlier one's block names and add its own: FLUX.2 keeps
+        FLUX.1's ``single_transformer_blocks``), so no family needs to know the families that came after it."""
+        keys = list(keys)
+        owners = [fam for fam in ModelFamily._registry.values() if fam.owns_weights(keys)]
+        return max(owners, key=lambda fam: len(fam.weights_markers), default=None)
+
+    @classmethod
     def describe_weights(cls, keys) -> str:
         """A human name for the denoiser a set of state-dict keys belongs to, with the flag that selects it."""
-        keys = list(keys)
-        for fam in ModelFamily._registry.values():
-            if fam.owns_weights(keys):
-                return f"{fam.weights_label} (use {fam.flag_hint()})"
-        return "no denoiser of a supported family"
+        fam = cls.owner_of(keys)
+        return f"{fam.weights_label} (use {fam.flag_hint()})" if fam else "no denoiser of a supported family"
 
     @classmethod
     def describe_lora(cls, keys) -> str:
         """What a LoRA file's keys (``<denoiser folder>.<layer>.lora_...``) were trained on; a LoRA covers only its
         target layers, so families whose markers it lacks are named by the denoiser kind alone."""
         keys = list(keys)
+        owners = []
         for fam in ModelFamily._registry.values():
             prefix = fam.denoiser_folder + "."
             mine = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
             if mine and fam.owns_weights(mine):
-                return fam.lora_label or fam.weights_label
+                owners.append(fam)
+        if owners:  # the most specific, as owner_of
+            fam = max(owners, key=lambda f: len(f.weights_markers))
+            return fam.lora_label or fam.weights_label
         kinds = sorted({k.split(".", 1)[0] for k in keys})
         return f"a {'/'.join(kinds)} of a family not recognised from its LoRA keys" if kinds else "no denoiser"
 
@@ -412,6 +422,16 @@ class ModelFamily:
             else None
         )
         return from_pretrained(cls.vae_class(), path, "VAE", subfolder=sub, torch_dtype=dtype)
+
+    @classmethod
+    def decode_latent(cls, vae, latent: torch.Tensor) -> torch.Tensor:
+        """One sampled latent (batch axis of one, as ``sample_latents`` returns it) -> the VAE's pixels in [-1, 1],
+        ``(1, 3, H, W)``: SD-style VAEs undo ``(z - shift_factor) * scaling_factor``; a family whose VAE normalises
+        otherwise (per-channel statistics, a frame axis, patches) overrides this with its pipeline's own decode."""
+        x = latent.to(vae.dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None) is not None:
+            x = x + vae.config.shift_factor
+        return vae.decode(x, return_dict=False)[0]
 
     @classmethod
     def encode_sampling_prompt(cls, comp, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:

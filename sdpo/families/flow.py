@@ -165,21 +165,38 @@ class FlowFamily(ModelFamily):
         return cls.prompt_embeds(pipe or cls.sampling_pipeline(comp), [prompt], comp.device, comp.max_sequence_length)
 
     @classmethod
+    def sampling_prompt(cls, comp: Components, prompt: str, pipe) -> dict[str, torch.Tensor]:
+        """One prompt's conditioning as keyword arguments of the family's pipeline (``prompt_embeds=...``); the
+        default is the embeddings and pooled embeddings of ``encode_sampling_prompt``."""
+        embeds, pooled = cls.encode_sampling_prompt(comp, prompt, pipe)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    @classmethod
+    def join_prompts(cls, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The conditioning of several prompts for one pipeline call: rows stacked (a family whose embeddings differ
+        in length per prompt pads them as its pipeline pads a batch)."""
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    @classmethod
+    def sampling_latent_channels(cls, vae) -> int:
+        """Channels of the initial latent (the protocol draws it at 1/8 of the image size)."""
+        return vae.config.latent_channels
+
+    @classmethod
     @torch.no_grad()
     def sample_latents(cls, comp: Components, prompts: list[str], height: int, width: int, steps: int,
                        guidance: float, seed, sampler: str = "reference") -> torch.Tensor:  # fmt: skip
-        """Denoised ``(N, C, h, w)`` latents through the family's pipeline; ``guidance`` is the pipeline's own
-        scale (``sample`` says what it means for the family); ``sampler`` has no other choice here."""
+        """Denoised latents through the family's pipeline (what its ``decode_latent`` takes); ``guidance`` is the
+        pipeline's own scale (``sample`` says what it means for the family); ``sampler`` has no other choice here."""
         pipe = cls.sampling_pipeline(comp)
-        enc = [cls.encode_sampling_prompt(comp, p, pipe) for p in prompts]
-        embeds, pooled = torch.cat([e for e, _ in enc]), torch.cat([p for _, p in enc])
-        lat = initial_latents(comp, len(prompts), height, width, seed, comp.vae.config.latent_channels)
-        negative = functools.cache(lambda: cls.encode_sampling_prompt(comp, "", pipe))  # encoded once, if used
+        enc = [cls.sampling_prompt(comp, p, pipe) for p in prompts]
+        lat = initial_latents(comp, len(prompts), height, width, seed, cls.sampling_latent_channels(comp.vae))
+        negative = functools.cache(lambda: cls.sampling_prompt(comp, "", pipe))  # encoded once, if used
         step = prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per transformer call
         return torch.cat([
-            cls.sample(pipe, lat[i : i + step], negative, prompt_embeds=embeds[i : i + step],
-                       pooled_prompt_embeds=pooled[i : i + step], num_inference_steps=steps, guidance_scale=guidance,
-                       height=height, width=width, output_type="latent", max_sequence_length=comp.max_sequence_length)
+            cls.sample(pipe, lat[i : i + step], negative, **cls.join_prompts(enc[i : i + step]),
+                       num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
+                       output_type="latent", max_sequence_length=comp.max_sequence_length)
             for i in range(0, len(prompts), step)
         ])  # fmt: skip
 
@@ -204,7 +221,7 @@ class FlowFamily(ModelFamily):
 
     @classmethod
     def sample(cls, pipe, latents: torch.Tensor, negative, **kw) -> torch.Tensor:
-        """Run the pipeline from ``(N, C, h, w)`` initial ``latents`` and return ``(N, C, h, w)`` denoised ones;
-        ``negative()`` gives the empty prompt's ``(embeds, pooled)`` when the family uses classifier-free
-        guidance; ``kw`` are the pipeline's own arguments (prompt embeddings, steps, guidance, size)."""
+        """Run the pipeline from ``(N, C, h, w)`` initial ``latents`` and return ``(N, ...)`` denoised ones (what
+        ``decode_latent`` takes); ``negative()`` gives the empty prompt's ``sampling_prompt`` when the family uses
+        classifier-free guidance; ``kw`` are the pipeline's own arguments (prompt embeddings, steps, guidance, size)."""
         raise NotImplementedError

@@ -56,9 +56,9 @@ class SD3(FlowFamily):
     @classmethod
     def sample(cls, pipe, latents, negative, **kw):
         """Classifier-free guidance with the empty prompt's encoding as the negative."""
-        neg_e, neg_p = negative()
-        n = latents.shape[0]
-        kw.update(negative_prompt_embeds=neg_e.expand(n, -1, -1), negative_pooled_prompt_embeds=neg_p.expand(n, -1))
+        neg, n = negative(), latents.shape[0]
+        kw.update(negative_prompt_embeds=neg["prompt_embeds"].expand(n, -1, -1),
+                  negative_pooled_prompt_embeds=neg["pooled_prompt_embeds"].expand(n, -1))  # fmt: skip
         return pipe(latents=latents, **kw).images
 
     def predict(self, module, noisy, t, cond: Conditioning):

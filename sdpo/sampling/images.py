@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -63,6 +63,9 @@ class Components:
     tokenizers: list
     text_encoders: list
     max_sequence_length: int | None = None  # text tokens, for families with a T5-style encoder
+    # Pipeline settings the family read from the model folder (its model_index.json), for a family whose one
+    # class covers several pipelines (FLUX.2's [dev] and [klein], [klein]'s ``is_distilled``).
+    options: dict = field(default_factory=dict)
 
     @property
     def unet(self) -> torch.nn.Module:  # the SD-era name of the denoiser
@@ -160,11 +163,7 @@ def decode_latents(comp: Components, latents: torch.Tensor) -> list[Image.Image]
 
 
 def _decode_one(comp: Components, latent: torch.Tensor) -> Image.Image:
-    vae = comp.vae
-    x = latent.to(vae.dtype) / vae.config.scaling_factor
-    if getattr(vae.config, "shift_factor", None) is not None:
-        x = x + vae.config.shift_factor
-    x = vae.decode(x, return_dict=False)[0]
+    x = comp.family.decode_latent(comp.vae, latent)  # the family's own decode: SD-style scale/shift or its pipeline's
     x = (x.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
     return Image.fromarray((x[0] * 255).round().astype("uint8"))
 

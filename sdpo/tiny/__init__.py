@@ -4,12 +4,13 @@ Every test and the CPU demo use these: a *real* diffusers folder (same layout, s
 loadable with ``from_pretrained``) whose networks are a few thousand parameters, and a real
 Pick-a-Pic-format parquet dataset with JPEG bytes.  Nothing here touches the network.
 
-    python -m sdpo.tiny model --kind sd15|sdxl|sd3|flux|cogvideox|wan --out DIR [--seed 0]
+    python -m sdpo.tiny model --kind sd15|sdxl|sd3|flux|cogvideox|wan|qwenimage|flux2|flux2-klein|zimage --out DIR
     python -m sdpo.tiny pairs --out DIR --n 32 [--size 64] [--seed 0]
     python -m sdpo.tiny pairs --video --out DIR [--n 16 --size 32 --frames 9 --format parquet|videodpo|videoalign]
 
 Modules: ``models`` (image pipelines), ``video`` (video pipelines and clips), ``images`` (pair data),
-``text`` (tokenizers and text encoders), ``rewards`` (reward-model roots).
+``text`` (tokenizers and text encoders), ``llm`` (the LLM tokenizers and encoders of ``qwenimage``, ``flux2``,
+``zimage``: one builder module each), ``rewards`` (reward-model roots).
 """
 
 from sdpo.tiny.images import COLOURS, SHAPES, build_tiny_pairs, draw_shape, jpeg_bytes, tiny_pair_rows, write_pairs

@@ -8,14 +8,14 @@ import numpy as np
 
 import sdpo.tiny as tiny
 from sdpo.tiny.images import build_tiny_pairs
-from sdpo.tiny.models import build_tiny_model
+from sdpo.tiny.models import KINDS, build_tiny_model
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m sdpo.tiny", description=tiny.__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     m = sub.add_parser("model", help="write a tiny diffusers pipeline folder")
-    m.add_argument("--kind", choices=["sd15", "sdxl", "sd3", "flux", "cogvideox", "wan"], default="sd15")
+    m.add_argument("--kind", choices=KINDS, default="sd15")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("pairs", help="write a tiny Pick-a-Pic-format parquet dataset")

@@ -109,8 +109,11 @@ def tiny_unet_config(kind: str, block_out_channels: tuple[int, int] = (16, 32)) 
     return cfg
 
 
+KINDS = ("sd15", "sdxl", "sd3", "flux", "cogvideox", "wan", "qwenimage", "flux2", "flux2-klein", "zimage")
+
+
 def build_tiny_model(kind: str, out: str | Path, seed: int = 0, block_out_channels: tuple[int, int] = (16, 32)) -> Path:
-    """Write a tiny diffusers pipeline folder of ``kind`` (sd15, sdxl, sd3, flux) and return its path.
+    """Write a tiny diffusers pipeline folder of ``kind`` (one of ``KINDS``) and return its path.
 
     For sd3/flux, ``block_out_channels`` other than the default widens the transformer the same way
     (``block_out_channels[0] // 8`` heads, two blocks of each kind)."""
@@ -118,6 +121,14 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0, block_out_channe
         from sdpo.tiny.video import build_tiny_video_model
 
         return build_tiny_video_model(kind, out, seed)
+    if kind in ("qwenimage", "flux2", "flux2-klein", "zimage"):  # LLM text encoders: a builder module each
+        from sdpo.tiny.flux2 import build as flux2
+        from sdpo.tiny.qwenimage import build as qwenimage
+        from sdpo.tiny.zimage import build as zimage
+
+        builders = {"qwenimage": qwenimage, "flux2": flux2, "zimage": zimage,
+                    "flux2-klein": lambda out, seed: flux2(out, seed, klein=True)}  # fmt: skip
+        return builders[kind](out, seed)
     if kind in ("sd3", "flux"):
         wide = tuple(block_out_channels) != (16, 32)
         return build_tiny_flow_model(kind, out, seed, *((block_out_channels[0] // 8, 2) if wide else ()))

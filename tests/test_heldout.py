@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -151,8 +152,8 @@ def test_lora_reference_is_the_base_model_with_adapters_off(runs, tiny_sd15, tin
 
 
 def test_split_rows_never_trained_on_across_a_two_to_one_process_resume(tiny_sd15, tiny_pairs, tmp_path):
-    """torchrun: 2 processes x batch 1 with split:6, 4 steps over 15 training pairs (an epoch boundary inside);
-    then checkpoint-2 resumed on 1 process (accumulation 2).  No batch of either ever holds a held-back row; the
+    """torchrun: 2 processes x batch 1 with split:6, 8 steps over 15 training pairs (an epoch boundary inside);
+    then checkpoint-4 resumed on 1 process (accumulation 2).  No batch of either ever holds a held-back row; the
     resumed run trains the samples the 2-process run trained; the 2-process held-out values are those of one
     process scoring the same weights, exactly."""
     from dist_helpers import COMMON as DDP
@@ -179,7 +180,7 @@ def test_split_rows_never_trained_on_across_a_two_to_one_process_resume(tiny_sd1
     trained = [i for r in first + resumed for i in r["indices"]]
     assert len(trained) == 16 + 8 and not set(trained) & set(held)
     assert set(trained) <= set(range(21)) - set(held) and len(set(trained)) >= 14  # an epoch: 7 global batches of 2
-    for step in (5, 6, 7, 8):
+    for step in (5, 6, 7):  # step 8: one process takes the epoch's 15th sample, the 2 x 1 layout's dropped tail
         assert step_indices(resumed, step) == step_indices(first, step)
 
     rows = {r["step"]: r for r in heldout_rows(two)}
@@ -221,6 +222,88 @@ def test_split_rows_are_a_pure_function_of_the_seed():
     assert [i for b in whole for _, i in b] == torch.randperm(100, generator=g).tolist()
 
 
+# ----------------------------------------------------------------------------- KTO, the cache, every family
+
+
+def test_kto_on_labelled_images_logs_the_desirable_undesirable_analogue(tiny_sd15, tmp_path, run_train):
+    """KTO on labelled images: a held-out sample is one image; winner = desirable, loser = undesirable, no lambda;
+    the held-back images leave the pools training draws from."""
+    from types import SimpleNamespace
+
+    from test_kto import labelled_rows
+
+    from sdpo.data import kto
+    from sdpo.tiny import write_pairs
+    from sdpo.training.setup import make_loader
+
+    images = write_pairs(labelled_rows(24, seed=5), tmp_path / "images")
+    out = tmp_path / "kto"
+    flags = tiny_flags(tiny_sd15, images, out, "--train_method", "kto", "--kto_label_column", "desirable",
+                       "--max_train_steps", 2, "--heldout_pairs", "split:8", "--heldout_steps", 2)  # fmt: skip
+    run_train(*flags)
+    rows = heldout_rows(out)
+    assert [r["step"] for r in rows] == [0, 2] and all("lambda" not in r for r in rows)
+    assert rows[0]["win_diff"] == rows[0]["lose_diff"] == 0.0 and rows[1]["win_diff"] != 0.0
+    assert rows[1]["margin"] == rows[1]["win_diff"] - rows[1]["lose_diff"] and 0.0 <= rows[1]["implicit_acc"] <= 1
+    cfg = parse_args([str(a) for a in flags])
+    hf = kto.load(cfg.data)
+    held = holdout.prepare(cfg, hf, None)
+    desirable = [bool(hf[i]["desirable"]) for i in held.rows]
+    assert any(desirable) and not all(desirable)  # both classes held out: the two curves exist
+    loader, _, sampler = make_loader(cfg, hf, SimpleNamespace(process_index=0, num_processes=1), held.train_rows)
+    pool = loader.dataset.hf
+    assert sampler.n == len(hf) - 8 and sampler.rows is None  # a sample draws its image from the pools
+    assert len(pool) == len(hf) - 8 and pool["caption"] == [hf[i]["caption"] for i in held.train_rows]
+
+
+def test_precomputed_run_holds_out_cache_rows_like_the_uncached_run(tiny_sd15, tiny_pairs, tmp_path, run_train):
+    """split:N of the cache holds back the rows split:N holds back from the pairs, and scores them like the
+    uncached run (an fp32 cache trains like no cache, to float rounding); a held-out cache made for another
+    resolution is refused in one line."""
+    from test_cache import SHARDS, precompute
+
+    extra = ["--resolution", 32, "--max_train_steps", 2, "--heldout_pairs", "split:4", "--heldout_steps", 2]
+    cache = precompute(*tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "unused", *extra), "--out", tmp_path / "c32",
+                       *SHARDS)  # fmt: skip
+    run_train(*tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "plain", *extra))
+    run_train(*tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "cached", *extra, "--precomputed", cache))
+    plain, cached = heldout_rows(tmp_path / "plain"), heldout_rows(tmp_path / "cached")
+    assert [r["step"] for r in cached] == [0, 2]
+    for a, b in zip(plain, cached, strict=True):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-9)
+    rows = lambda out: json.loads((out / "heldout" / "rows.json").read_text())["rows"]  # noqa: E731
+    assert rows(tmp_path / "plain") == rows(tmp_path / "cached")
+
+    c64 = precompute(*tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "unused", "--resolution", 64), "--out",
+                     tmp_path / "c64", *SHARDS)  # fmt: skip
+    with pytest.raises(UserError, match=r"--heldout_pairs .*c64 \(held-out cache of a --precomputed .*c32 run\): "
+                                        r".*c64: the cache was made for resolution 64 but this run has 32"):  # fmt: skip
+        run_train(*tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "o", *extra, "--precomputed", cache,
+                              "--heldout_pairs", c64))  # fmt: skip
+    cfg = parse_args([str(a) for a in tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "o", *extra, "--precomputed",
+                                                 cache, "--heldout_pairs", cache)])  # fmt: skip
+    held = holdout.prepare(cfg, None, "no")  # a cache of the run's own models is taken, whatever its pairs
+    assert held.kind == "cache" and held.rows == list(range(21)) and held.train_rows is None
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "cogvideox", "wan"])
+def test_every_family_logs_heldout_values(family, request, tiny_pairs, tmp_path, run_train):
+    """SD1.5 and FLUX (tests/test_sharding.py) are covered above; the others, one step each."""
+    from conftest import flow_flags, video_flags
+
+    model = request.getfixturevalue(f"tiny_{family}")
+    video = family in ("cogvideox", "wan")
+    data = request.getfixturevalue("tiny_video_pairs") if video else tiny_pairs
+    make = video_flags if video else flow_flags if family == "sd3" else tiny_flags
+    extra = [] if video or family == "sd3" else ["--resolution", 32, "--train_batch_size", 1, "--max_train_steps", 1,
+                                                 "--no-gradient_checkpointing"]  # fmt: skip
+    out = tmp_path / family
+    run_train(*make(model, data, out, *extra, "--heldout_pairs", "split:2"))
+    rows = heldout_rows(out)
+    assert [r["step"] for r in rows] == [0, 1] and rows[0]["win_diff"] == 0.0 and rows[1]["win_diff"] != 0.0
+    assert all(math.isfinite(v) for r in rows for v in r.values())
+
+
 # ----------------------------------------------------------------------------- the guard
 
 
@@ -229,7 +312,7 @@ def test_guard_stops_diffusion_dpo_at_a_large_lr_and_not_with_the_safeguard(tiny
     """From the tiny random model at lr 3e-3, Diffusion-DPO raises the held-out winner loss above the reference
     (the loser's more): the guard stops it, with a checkpoint and exit status 3.  The same run with the safeguard
     lowers the winner loss and trains to the end."""
-    flags = ["--train_batch_size", 4, "--learning_rate", 3e-3, "--beta_dpo", 5000, "--max_train_steps", 10,
+    flags = ["--train_batch_size", 4, "--learning_rate", 3e-3, "--beta_dpo", 5000, "--max_train_steps", 8,
              "--checkpointing_steps", 100, "--heldout_pairs", "split:8", "--heldout_steps", 2, "--winner_guard",
              "stop", "--winner_guard_patience", 2, "--mixed_precision", "no"]  # fmt: skip
     dpo = tmp_path / "dpo"
@@ -249,7 +332,7 @@ def test_guard_stops_diffusion_dpo_at_a_large_lr_and_not_with_the_safeguard(tiny
     run_train(*tiny_flags(tiny_sd15, tiny_pairs, safe, *flags, "--use_winner_preserving", "--winner_preserving_mu",
                           0.9))  # fmt: skip
     rows = heldout_rows(safe)
-    assert [r["step"] for r in rows] == [0, 2, 4, 6, 8, 10] and (safe / "unet.pth").is_file()
+    assert [r["step"] for r in rows] == [0, 2, 4, 6, 8] and (safe / "unet.pth").is_file()
     assert all(r["win_diff"] < 0 for r in rows[1:]) and not (safe / "heldout" / "guard_stop.json").exists()
 
 

@@ -154,7 +154,7 @@ def plot_runs(
 def plot_heldout(run_dirs: list[str | Path], out: str | Path) -> Path:
     """The paper's Figure 1 panels from the ``heldout/*`` scalars of each run (one colour per run)."""
     runs = [(Path(d).name or str(d), load_run(d)) for d in run_dirs]
-    for (name, rows), d in zip(runs, run_dirs):
+    for (_, rows), d in zip(runs, run_dirs):
         if not any(f"{HELDOUT}win_diff" in r for r in rows):
             raise UserError(f"{d}: no {HELDOUT}* values in {JSONL_NAME}; train with --heldout_pairs")
     plt = pyplot()

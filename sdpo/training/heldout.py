@@ -60,6 +60,7 @@ from types import SimpleNamespace
 import torch
 
 from sdpo.atomic import atomic_path, write_json
+from sdpo.checkpoint.store import STATE_FILE
 from sdpo.config.sections import RunConfig
 from sdpo.data import holdout
 from sdpo.data.seeding import sample_seed
@@ -439,7 +440,9 @@ class HeldOutMonitor:
             if acc.is_main_process:
                 log.warning(line)
             return
-        path = self.save_checkpoint(run)
+        path = Path(run.cfg.output.output_dir) / f"checkpoint-{run.step}"
+        if not (path / STATE_FILE).is_file():  # not a checkpointing step: save this one
+            path = self.save_checkpoint(run)
         if acc.is_main_process:
             log.warning(line)
             write_json(self.path.parent / STOP_FILE, {"step": run.step, "checkpoint": path.name, "line": line})

@@ -393,6 +393,16 @@ def test_bad_heldout_flags_are_one_line(flags, message, tiny_sd15):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_heldout_set_for_another_family_is_refused_before_any_model_loads(tiny_sd15, tiny_pairs, tiny_video_pairs,
+                                                                           tmp_path, run_train, monkeypatch):  # fmt: skip
+    import sdpo.families as families
+
+    monkeypatch.setattr(families.ModelFamily, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(UserError, match=r"--heldout_pairs .*video_pairs: dataset .* lacks column\(s\) \['jpg_0', "
+                                        r"'jpg_1'\]; a Pick-a-Pic pair needs"):  # fmt: skip
+        run_train(*tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "o", "--heldout_pairs", tiny_video_pairs))
+
+
 def test_heldout_source_must_match_the_precomputed_setting(tiny_sd15, tiny_pairs, tmp_path):
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "plan.json").write_text("{}")

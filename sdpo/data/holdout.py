@@ -85,16 +85,20 @@ def prepare(cfg, train_data, mixed_precision: str | None) -> HeldOutData | None:
     data = eval_data(d, h.heldout_pairs)
     if kind == "cache":
         source = open_heldout_cache(cfg, mixed_precision)
-    elif kind == "images":
-        from sdpo.data import kto
-
-        source = kto.load(data)
     else:
-        from sdpo.data import pairs
-
-        source = pairs.clean_pairs(pairs.load_pairs(data), data)
+        source = _read(data, kind, h.heldout_pairs)
     desc = f"{len(source)} {'images' if kind == 'images' else 'pairs'} from {h.heldout_pairs}"
     return HeldOutData(kind, source, list(range(len(source))), None, desc, data)
+
+
+def _read(data, kind: str, spec: str):
+    """A held-out pair (or labelled image) dataset, checked like training data; its problems name the flag."""
+    from sdpo.data import kto, pairs
+
+    try:
+        return kto.load(data) if kind == "images" else pairs.clean_pairs(pairs.load_pairs(data), data)
+    except UserError as e:
+        raise UserError(f"--heldout_pairs {spec}: {e}") from None
 
 
 def open_heldout_cache(cfg, mixed_precision: str | None):

@@ -379,7 +379,7 @@ class HeldOutMonitor:
         need_ref = self.reference is None
         models = _Models(run.family, denoiser, run.family.reference if need_ref else None)
         mine, real = padded_shard(self.set.num_batches, acc.process_index, acc.num_processes)
-        table = torch.zeros(self.set.num_batches, len(_SUMS), dtype=torch.float64, device=acc.device)
+        table = torch.zeros(self.set.num_batches, len(_SUMS), dtype=torch.float64)  # CPU: float64 on any device
         refs = []
         with untouched_rng(acc.device), eval_mode(denoiser), torch.no_grad():
             for pos, k in enumerate(mine):
@@ -394,7 +394,7 @@ class HeldOutMonitor:
         if need_ref:
             self._keep_reference(acc, refs)
         if acc.num_processes > 1:
-            table = acc.reduce(table, reduction="sum")
+            table = acc.reduce(table.to(acc.device), reduction="sum").cpu()
         values = summarise(table.tolist(), self.set.pairs)
         if log_values:
             self._log(run, step, values, time.perf_counter() - start)

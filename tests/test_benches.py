@@ -31,12 +31,16 @@ MEMORY_ROW = (
 )
 SAFEGUARD_ROW = rf"^(dpo|fixed|output|param) +{R} +{R} +{R} +{R}"
 STATE_ROW = rf"^(SDXL UNet \(--quick stand-in\) parameters|fp32|AdamW|Adafactor|bf16) .* +{R}$"
+HELDMEM_ROW = rf"^(peak of the run \(steps 2\.\., evals\)|added by a step \(max\)) +{R} MiB +{R} MiB +{R}$"
+HELDMEM_EVAL = rf"^added by (the step-0|a later) evaluation.* +- +{R} MiB$"
+HELDMEM_BOUND = rf"^quick: run peak raised by -?{R} MiB; bound .*: {R} MiB; within the bound: (yes|no)$"
 VALMEM_ROW = rf"^(peak of the step|added by the step|at the step's start) \((max|median)\) +{R} MiB +{R} MiB +{R}$"
 
 # (script, extra flags, [(line regex, how many lines match)])
 CASES = [
     ("cache_speedup", [], [(CACHE_FLOPS, 3), (CACHE_STEP, 2), (rf"FLOP bound at 32 px: {X}$", 1),
                            (rf"^(sd15|sdxl|sd3|flux) +{R} B parameters", 4), (r"^(sd15|sdxl|sd3|flux) +\d+ +\d+x", 4)]),
+    ("heldout_memory", [], [(HELDMEM_ROW, 2), (HELDMEM_EVAL, 2), (HELDMEM_BOUND, 1)]),
     ("generation_throughput", [], [(r"^tiny sd15, 32x32", 1), (rf"batch 2 / batch 1 throughput ratio: {X}$", 1)]),
     ("generation_throughput", ["--real-arch", "sd15"], [(r"^SD1\.5 layout, --quick stand-in, 32x32", 1),
                                                         (rf"batch 2 / batch 1 throughput ratio: {X}$", 1)]),

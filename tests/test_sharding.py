@@ -56,10 +56,15 @@ def _run(cmd: list, trace: Path | None = None, ok: bool = True, **extra) -> subp
 
 @pytest.fixture(scope="module")
 def runs(tiny_flux, tiny_pairs, tmp_path_factory):
-    """One process x batch 2 (DDP code path) and 2 processes x batch 1 under FSDP, 2 steps each."""
+    """One process x batch 2 (DDP code path) and 2 processes x batch 1 under FSDP, 2 steps each; both evaluate 3
+    held-out pairs at every step (one pair per forward)."""
+    from sdpo.tiny import build_tiny_pairs
+
     root = tmp_path_factory.mktemp("sharding")
+    held = build_tiny_pairs(root / "heldout", n=3, size=32, seed=9)
     base = ["--pretrained_model_name_or_path", tiny_flux, "--dataset_name", tiny_pairs, "--resolution", "32",
-            "--beta_dpo", "500", "--max_train_steps", "2", "--checkpointing_steps", "1", *COMMON]  # fmt: skip
+            "--beta_dpo", "500", "--max_train_steps", "2", "--checkpointing_steps", "1", *COMMON,
+            "--heldout_pairs", held, "--heldout_batch_size", "1"]  # fmt: skip
     _train_in_process([*base, "--train_batch_size", "2", "--no-gradient_checkpointing", "--output_dir",
                        root / "single"], root / "single_trace")  # fmt: skip
     fsdp = [*base, "--train_batch_size", "1", "--sharding", "fsdp", "--gradient_checkpointing"]
@@ -82,6 +87,17 @@ def test_fsdp_two_processes_match_one_process(runs, tiny_flux):
     ckpt = root / "fsdp" / "checkpoint-1"
     assert sorted(p.name for p in (ckpt / "model").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not (ckpt / "transformer.pth").exists()  # no process gathers the model to checkpoint it
+
+
+def test_fsdp_heldout_evaluation_matches_one_process(runs):
+    """The held-out pairs dealt over the two FSDP processes (each forward a collective: padded to the same count)
+    give the numbers one process gives (sdpo/training/heldout.py)."""
+    root, _, _ = runs
+    rows = {name: [r for r in read_jsonl(root / name) if "heldout/win_diff" in r] for name in ("single", "fsdp")}
+    assert [r["step"] for r in rows["fsdp"]] == [r["step"] for r in rows["single"]] == [0, 1, 2]
+    for a, b in zip(rows["single"], rows["fsdp"]):  # the weights agree to 1e-6 (relative): so do the losses
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-6)
+    assert rows["fsdp"][0]["heldout/win_diff"] == 0.0 and rows["fsdp"][2]["heldout/win_diff"] != 0.0
 
 
 def test_export_loads_strictly_into_the_family_class(runs):
@@ -136,7 +152,8 @@ def test_sigkill_in_a_sharded_checkpoint_then_resume_is_bit_exact(runs):
     _run(cmd)  # resumes from checkpoint-1 on the same two processes
     a, b = load(root / "fsdp" / "transformer.pth"), load(out / "transformer.pth")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed sharded run differs from the uninterrupted one"
-    assert [r["step"] for r in read_jsonl(out)] == [1, 2] and not list(out.glob("*.partial"))
+    assert [r["step"] for r in read_jsonl(out) if "train_loss" in r] == [1, 2] and not list(out.glob("*.partial"))
+    assert [r["step"] for r in read_jsonl(out) if "heldout/win_diff" in r] == [0, 1, 2]  # step 1's kept, 2 redone
 
 
 def test_resume_two_processes_on_one_keeps_position_and_global_batch(runs):

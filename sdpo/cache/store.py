@@ -106,10 +106,11 @@ def precision_name(mixed_precision: str | None) -> str:
     return {"no": "fp32", None: "fp32"}.get(mixed_precision, mixed_precision)
 
 
-def open_cache(cfg, mixed_precision: str | None) -> CacheIndex:
-    """(``cfg``: the resolved run config.)"""
+def open_cache(cfg, mixed_precision: str | None, compare_data: bool = True) -> CacheIndex:
     """The cache named by ``--precomputed``, refused with one line if it is unfinished, damaged, or made
-    for anything this run would compute differently.  ``mixed_precision``: the run's (accelerate's)."""
+    for anything this run would compute differently (``cfg``: the resolved run config).  ``mixed_precision``:
+    the run's (accelerate's).  ``compare_data=False``: a cache of other pairs made for this run's models
+    (held-out pairs, ``sdpo.data.holdout``)."""
     root = Path(cfg.data.precomputed).expanduser()
     if not (root / INDEX).is_file():
         hint = "rerun python -m sdpo.precompute with the same flags to finish it" if (root / PLAN).is_file() else (
@@ -118,7 +119,8 @@ def open_cache(cfg, mixed_precision: str | None) -> CacheIndex:
     index = read_json(root / INDEX)
     if index.get("format") != FORMAT:
         raise UserError(f"--precomputed {root}: cache format {index.get('format')} is not {FORMAT}; rebuild it")
-    check_identity(root, index["identity"], cache_identity(cfg))
+    current = cache_identity(cfg)
+    check_identity(root, index["identity"], current if compare_data else {**current, "data": index["identity"]["data"]})
     cache = CacheIndex(root, index)
     if not cfg.data.no_hflip and cache.flips < 2:
         raise UserError(f"--precomputed {root}: made with --no_hflip (no flipped latents); add --no_hflip or rebuild")

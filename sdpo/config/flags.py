@@ -247,6 +247,30 @@ def build_parser() -> argparse.ArgumentParser:
     a("--validation_seed", type=int, default=None, help="seed of the initial latent every prompt starts from (0)")
     a("--validation_batch_size", type=int, default=None, help="prompts per sampler call on each process (4)")
 
+    a = p.add_argument_group("held-out dynamics, the paper's Figure 1 (sdpo/training/heldout.py)").add_argument
+    a(
+        "--heldout_pairs",
+        default=None,
+        metavar="PATH|split:N",
+        help="turns it on: a pair dataset (with --precomputed: a cache of one, made by python -m sdpo.precompute), "
+        "or split:N, N pairs held back from the training data and never trained on; logged as heldout/<name>",
+    )
+    a("--heldout_steps", type=int, default=None, help="evaluate every N optimizer steps, at 0 and the end "
+      "(default: --checkpointing_steps)")  # fmt: skip
+    a("--heldout_repeats", type=int, default=None, help="fixed (timestep, noise) draws per held-out pair (1)")
+    a("--heldout_batch_size", type=int, default=None, help="pairs per forward on each process (--train_batch_size)")
+    a(
+        "--winner_guard",
+        default="off",
+        choices=["off", "warn", "stop"],
+        help="needs --heldout_pairs: when the held-out winner loss stays more than --winner_guard_threshold above "
+        "the reference's for --winner_guard_patience evaluations, print one line (warn), or also checkpoint and "
+        "exit with status 3 (stop)",
+    )
+    a("--winner_guard_threshold", type=float, default=None, help="relative rise (L_w - L_ref_w) / L_ref_w that "
+      "counts (0.01)")  # fmt: skip
+    a("--winner_guard_patience", type=int, default=None, help="evaluations in a row above the threshold (3)")
+
     a = p.add_argument_group("output").add_argument
     a("--output_dir", default="sdpo-model")
     a("--logging_dir", default="logs", help="tensorboard folder, relative to --output_dir")

@@ -15,8 +15,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from sdpo.config.sections import (
+    SPLIT_PREFIX,
     DataConfig,
     DistConfig,
+    HeldoutConfig,
     ModelConfig,
     ObjectiveConfig,
     OptimConfig,
@@ -58,6 +60,7 @@ def resolve(ns: argparse.Namespace) -> RunConfig:
     family = _resolve_family(ns)  # before the data is read
     _check_family(ns, family, objective)
     validation = _validation(ns, family)  # prompts and metrics: before any model loads
+    heldout = _heldout(ns)
     return RunConfig(
         model=_section(ModelConfig, ns),
         data=_section(
@@ -73,6 +76,7 @@ def resolve(ns: argparse.Namespace) -> RunConfig:
         dist=_section(DistConfig, ns),
         validation=validation,
         output=_section(OutputConfig, ns),
+        heldout=heldout,
     )
 
 
@@ -314,3 +318,70 @@ def _validation(ns: argparse.Namespace, family) -> ValidationConfig:
         raise UserError(f"--validation_resolution must be a positive multiple of 16 (the sampler's latent grid), "
                         f"got {out.resolution}; pass --validation_resolution")  # fmt: skip
     return out
+
+
+_HELDOUT_FLAGS = ("heldout_steps", "heldout_repeats", "heldout_batch_size")
+_GUARD_FLAGS = ("winner_guard_threshold", "winner_guard_patience")
+HELDOUT_DEFAULTS = dict(repeats=1, threshold=0.01, patience=3)
+
+
+def _heldout(ns: argparse.Namespace) -> HeldoutConfig:
+    """``--heldout_pairs`` and the winner guard: the spec parsed and every number checked; the data itself is read
+    (and ``split:N`` checked against its size) by ``sdpo.data.holdout`` before any model loads."""
+    spec = ns.heldout_pairs
+    flags = [f"--{f}" for f in _HELDOUT_FLAGS if given(ns, f)]
+    flags += ["--winner_guard"] if ns.winner_guard != "off" else []
+    if spec is None:
+        flags += [f"--{f}" for f in _GUARD_FLAGS if given(ns, f)]
+        if flags:
+            raise UserError(f"{', '.join(flags)} only act with --heldout_pairs; add it or drop them")
+        return HeldoutConfig(None, 0, 0, 0, "off", 0.0, 0)
+    guard = [f"--{f}" for f in _GUARD_FLAGS if given(ns, f)]
+    if guard and ns.winner_guard == "off":
+        raise UserError(f"{', '.join(guard)} only act with --winner_guard warn or stop; add it or drop them")
+    if spec.startswith(SPLIT_PREFIX):
+        count = spec.removeprefix(SPLIT_PREFIX)
+        if not count.isdigit() or int(count) < 1:
+            raise UserError(f"--heldout_pairs {spec}: split:N needs a whole number of pairs N >= 1, e.g. split:500")
+        if ns.streaming:
+            raise UserError(f"--heldout_pairs {spec} with --streaming: a stream is read in buffer-shuffled order, so "
+                            "held-back rows cannot be kept out of training exactly; drop --streaming or pass a "
+                            "separate held-out dataset (--heldout_pairs PATH)")  # fmt: skip
+    else:
+        _check_heldout_path(spec, ns.precomputed)
+    d = HELDOUT_DEFAULTS
+    out = HeldoutConfig(
+        heldout_pairs=spec,
+        heldout_steps=ns.checkpointing_steps if ns.heldout_steps is None else ns.heldout_steps,
+        heldout_repeats=d["repeats"] if ns.heldout_repeats is None else ns.heldout_repeats,
+        heldout_batch_size=ns.train_batch_size if ns.heldout_batch_size is None else ns.heldout_batch_size,
+        winner_guard=ns.winner_guard,
+        winner_guard_threshold=d["threshold"] if ns.winner_guard_threshold is None else ns.winner_guard_threshold,
+        winner_guard_patience=d["patience"] if ns.winner_guard_patience is None else ns.winner_guard_patience,
+    )  # fmt: skip
+    for name in ("heldout_steps", "heldout_repeats", "heldout_batch_size", "winner_guard_patience"):
+        if getattr(out, name) < 1:
+            raise UserError(f"--{name} must be >= 1, got {getattr(out, name)}")
+    if not out.winner_guard_threshold >= 0.0:
+        raise UserError(f"--winner_guard_threshold must be >= 0 (a relative rise, 0.01 = 1%), got "
+                        f"{out.winner_guard_threshold}")  # fmt: skip
+    return out
+
+
+def _check_heldout_path(spec: str, precomputed: str | None) -> None:
+    """A held-out path is pair data, or with ``--precomputed`` a finished cache (whose identity setup checks)."""
+    path = Path(spec).expanduser()
+    is_cache = (path / "plan.json").is_file()
+    if precomputed:
+        if not path.is_dir() or not is_cache:
+            raise UserError(
+                f"--heldout_pairs {spec}: a --precomputed run loads no VAE or text encoder, so its held-out pairs "
+                f"come from a cache too; pass split:N (pairs of {precomputed} held back), or a cache of the held-out "
+                "pairs made by python -m sdpo.precompute with this run's flags and --dataset_name set to them"
+            )
+        return
+    if is_cache:
+        raise UserError(f"--heldout_pairs {spec}: a latent cache; it needs --precomputed (the run's own cache), or "
+                        "pass the pair dataset it was made from")  # fmt: skip
+    if looks_local(spec) and not path.exists():
+        raise UserError(f"--heldout_pairs {spec}: no such folder or file; pass a pair dataset or split:N")

@@ -160,6 +160,33 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class HeldoutConfig:
+    """Held-out preference dynamics while training and the winner guard (``sdpo.training.heldout``);
+    ``heldout_pairs`` None when it is off."""
+
+    heldout_pairs: str | None  # a pair dataset (or, with --precomputed, a cache folder), or split:N
+    heldout_steps: int
+    heldout_repeats: int
+    heldout_batch_size: int
+    winner_guard: str  # off | warn | stop
+    winner_guard_threshold: float
+    winner_guard_patience: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.heldout_pairs is not None
+
+    @property
+    def split(self) -> int | None:
+        """N of ``split:N`` (pairs held back from the training data), None for a path or when off."""
+        spec = self.heldout_pairs or ""
+        return int(spec.removeprefix(SPLIT_PREFIX)) if spec.startswith(SPLIT_PREFIX) else None
+
+
+SPLIT_PREFIX = "split:"
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where the run writes, what it logs, and its checkpoints (``sdpo.checkpoint``)."""
 
@@ -182,13 +209,14 @@ class RunConfig:
     dist: DistConfig
     validation: ValidationConfig
     output: OutputConfig
+    heldout: HeldoutConfig
 
     def with_flags(self, **changes) -> RunConfig:
         """A copy with settings changed by flag name, in every section that holds the flag (``resolution`` is in
         ``model`` and ``data``): for derived runs (held-out evaluation, online rounds) and tests.  Nothing is
         re-validated: callers change settings to values a resolved config can hold."""
         sections = {"model": self.model, "data": self.data, "safeguard": self.safeguard, "optim": self.optim,
-                    "dist": self.dist, "output": self.output}  # fmt: skip
+                    "dist": self.dist, "output": self.output, "heldout": self.heldout}  # fmt: skip
         out, left = {}, dict(changes)
         for name, section in sections.items():
             mine = {k: v for k, v in changes.items() if k in {f.name for f in fields(section)}}
@@ -209,7 +237,7 @@ class RunConfig:
         """Every scalar setting by its flag name (the trackers' run config)."""
         out: dict = {}
         for section in (self.model, self.data, self.objective.params, self.objective, self.safeguard, self.optim,
-                        self.dist, self.output):  # fmt: skip
+                        self.dist, self.output, self.heldout):  # fmt: skip
             for k, v in vars(section).items():
                 if isinstance(v, (int, float, str, bool)):
                     out.setdefault(k, v)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -274,10 +274,19 @@ class ShardedPairSampler:
     samples, not batches, so a run resumed on another process count or batch size continues at the
     same sample (``sdpo.checkpoint.elastic``).  The incomplete tail is dropped so every process steps equally.
     ``set_epoch`` skips by index arithmetic, loading nothing.
+
+    ``rows``: the dataset rows training may use (``--heldout_pairs split:N`` holds the others back,
+    ``sdpo.data.holdout``), ``num_samples`` of them.  The permutation is over their positions and yields the
+    rows themselves, so a pair keeps its index, hence its random streams, and the rank trace names dataset
+    rows; without ``rows`` (all rows) the order is exactly the one drawn before ``rows`` existed.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, rank: int, world: int, seed: int):
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world: int, seed: int,
+                 rows: Sequence[int] | None = None):  # fmt: skip
+        if rows is not None and len(rows) != num_samples:
+            raise ValueError(f"{len(rows)} rows for {num_samples} samples")
         self.n, self.batch_size, self.rank, self.world, self.seed = num_samples, batch_size, rank, world, seed
+        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.int64)
         self.epoch, self.start = 0, 0
         if self.batches_per_epoch == 0:
             raise UserError(
@@ -299,7 +308,8 @@ class ShardedPairSampler:
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        order = torch.randperm(self.n, generator=g)
+        order = (order if self.rows is None else self.rows[order]).tolist()
         b, w = self.batch_size, self.world
         for k in range(len(self)):
             lo = self.start + k * b * w + self.rank * b

@@ -15,8 +15,8 @@ Everything runs through the real training code (``sdpo.training.loop.train`` on 
    same seed (so the same data order, noise and timesteps), lr, beta and mu;
 4. every ``eval_every`` steps a checkpoint (the real ``checkpoint-<step>/unet.pth``) is scored on
    the held-out pairs at fixed timesteps and noise (``sdpo.training.heldout``).  Evaluating the saved
-   checkpoints after each run, rather than inside the loop, leaves the training loop untouched
-   and scores exactly the files a user would evaluate;
+   checkpoints after each run scores exactly the files a user would evaluate; ``train.py
+   --heldout_pairs`` logs the same numbers from inside the loop (the tests check they are equal);
 5. ``DIR/dynamics.csv``, ``DIR/dynamics.png`` (per method: winner, loser and margin relative to the
    reference, with and without the safeguard, and the safeguard's lambda) and a printed table.
 

@@ -14,6 +14,13 @@ the reference; the paper's Figure 1 plots these curves).  Smoothing is a trailin
 Runs trained with ``--validation_prompts`` also get one panel per ``val/<metric>`` they logged
 (markers at the validation steps, never smoothed).  ``--strip`` cuts prompt ``PROMPT_INDEX``'s image
 out of every validation grid (``RUN_DIR/validation/``): one row per run, one column per step.
+
+    python -m sdpo.plot RUN_DIR [RUN_DIR ...] --heldout --out fig1.png
+
+draws the paper's Figure 1 from runs trained with ``--heldout_pairs`` (``sdpo.training.heldout``): the
+held-out winner (solid) and loser (dashed) losses minus the reference's, the margin, the implicit accuracy,
+and lambda (the per-pair lambda on the held-out pairs, markers; the lambda training applied,
+``avg_lose_l_scale``, a thin line).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from PIL import Image
 
 from sdpo.atomic import atomic_path
 from sdpo.errors import UserError, cli_main
+from sdpo.training.heldout import PREFIX as HELDOUT
 from sdpo.training.metrics import JSONL_NAME, read_jsonl
 from sdpo.training.setup import RUN_CONFIG
 from sdpo.training.validation import FOLDER, PREFIX, completed, grid_tile
@@ -164,6 +172,36 @@ def run_colours(run_dirs: list[str | Path], cycle: list[str]) -> list[str]:
     return [next(shades[bool(v)]) for v in flags]
 
 
+def plot_heldout(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """The paper's Figure 1 panels from the ``heldout/*`` scalars of each run (one colour per run, as plot_runs)."""
+    runs = [(Path(d).name or str(d), load_run(d)) for d in run_dirs]
+    for (_, rows), d in zip(runs, run_dirs):
+        if not any(f"{HELDOUT}win_diff" in r for r in rows):
+            raise UserError(f"{d}: no {HELDOUT}* values in {JSONL_NAME}; train with --heldout_pairs")
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(10.0, 6.6), squeeze=False)
+    (diff, margin), (acc, lam) = axes
+    colours = run_colours(run_dirs, plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    for (name, rows), c in zip(runs, colours):
+        for key, style, label in (("win_diff", "o-", f"{name}: winner"), ("lose_diff", "s--", f"{name}: loser")):
+            diff.plot(*series(rows, HELDOUT + key), style, color=c, lw=1.4, ms=3, label=label)
+        margin.plot(*series(rows, f"{HELDOUT}margin"), "o-", color=c, lw=1.4, ms=3, label=name)
+        acc.plot(*series(rows, f"{HELDOUT}implicit_acc"), "o-", color=c, lw=1.4, ms=3, label=name)
+        lam.plot(*series(rows, f"{HELDOUT}lambda"), "o", color=c, ms=4, label=f"{name}: held-out, per pair")
+        lam.plot(*series(rows, "avg_lose_l_scale"), "-", color=c, lw=0.8, alpha=0.7, label=f"{name}: training")
+    titles = ("held-out L - L_ref: winner (solid), loser (dashed)", "held-out margin: winner - loser",
+              "held-out implicit accuracy", "lambda (SDPO safeguard)")  # fmt: skip
+    for ax, t in zip(axes.flat, titles):
+        ax.set_title(t, fontsize=10)
+        ax.set_xlabel("step")
+    for ax in (diff, margin):
+        ax.axhline(0.0, color="black", lw=0.6)
+    lam.set_ylim(-0.05, 1.05)
+    diff.legend(fontsize=7)
+    lam.legend(fontsize=7)
+    return _save(plt, fig, out)
+
+
 def _save(plt, fig, out: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out)
@@ -236,12 +274,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strip", type=int, default=None, metavar="PROMPT_INDEX",
                    help="draw this validation prompt's images across steps instead of curves")  # fmt: skip
     p.add_argument("--strip_steps", type=int, nargs="+", default=None, help="--strip: only these steps")
+    p.add_argument("--heldout", action="store_true",
+                   help="draw the paper's Figure 1 from the runs' heldout/* scalars (train.py --heldout_pairs)")  # fmt: skip
     a = p.parse_args(argv)
     if a.smooth < 1:
         raise UserError(f"--smooth must be >= 1, got {a.smooth}")
     if Path(a.out).suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UserError(f"--out {a.out}: name a .png, .pdf or .svg file")
-    if a.strip is not None:
+    if a.heldout and (a.strip is not None or a.metrics):
+        raise UserError("--heldout draws its own panels; drop --strip / --metrics")
+    if a.heldout:
+        print(plot_heldout(a.runs, a.out))
+    elif a.strip is not None:
         print(plot_strip(a.runs, a.strip, a.out, a.strip_steps))
     else:
         print(plot_runs(a.runs, a.out, tuple(a.metrics) if a.metrics else None, a.smooth))

@@ -17,6 +17,7 @@ from sdpo.config import RunConfig
 from sdpo.distributed import sharding
 from sdpo.distributed.rank_trace import RankTrace
 from sdpo.errors import UserError
+from sdpo.training.heldout import make_heldout_monitor
 from sdpo.training.metrics import StepAverager, micro_step_scalars
 from sdpo.training.setup import Run, setup
 from sdpo.training.step import preference_forward
@@ -40,6 +41,8 @@ def train(cfg: RunConfig) -> Path:
     run = setup(cfg)
     steps, acc = run.cfg.optim.max_train_steps, run.accelerator
     averager, window_ok, trace = StepAverager(), True, RankTrace(acc)
+    monitor = make_heldout_monitor(run, save_checkpoint)  # held-out dynamics and the winner guard (if asked)
+    monitor.start(run)
     validator = make_validator(run)  # images and rewards at step 0, every N steps and at the end (if asked)
     validator.start(run)
     bar = tqdm(total=steps, initial=run.step, desc="steps", disable=not acc.is_local_main_process)
@@ -56,6 +59,7 @@ def train(cfg: RunConfig) -> Path:
                 window_ok = True
                 bar.update(1)
                 validator.after_step(run)
+                monitor.after_step(run)
                 if run.step >= steps:
                     break
         else:
@@ -107,12 +111,18 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
     run.jsonl.write(run.step, logs)
     stop = run.nonfinite_run >= opt.max_nonfinite_steps
     if stop or run.step % out.checkpointing_steps == 0 or run.step == opt.max_train_steps:
-        state = {**elastic.position_state(run.epoch, run.epoch_samples, opt, run.cfg.dist.sharding, acc.num_processes),
-                 "nonfinite_total": run.nonfinite_total}  # fmt: skip
-        path = checkpoint.save(acc, run.family.denoiser, out.output_dir, run.step, state, out.checkpoints_total_limit,
-                               weights=run.weights)  # fmt: skip
+        path = save_checkpoint(run)
         if stop:
             raise UserError(
                 f"{run.nonfinite_run} consecutive optimizer steps had a non-finite loss (up to step {run.step}); "
                 f"the last good weights are in {path}; lower --learning_rate / --beta_dpo or check the data"
             )
+
+
+def save_checkpoint(run: Run) -> Path:
+    """``checkpoint-<step>`` of the run as it stands (every process calls it; see ``sdpo.checkpoint.store``)."""
+    opt, out, acc = run.cfg.optim, run.cfg.output, run.accelerator
+    state = {**elastic.position_state(run.epoch, run.epoch_samples, opt, run.cfg.dist.sharding, acc.num_processes),
+             "nonfinite_total": run.nonfinite_total}  # fmt: skip
+    return checkpoint.save(acc, run.family.denoiser, out.output_dir, run.step, state, out.checkpoints_total_limit,
+                           weights=run.weights)  # fmt: skip

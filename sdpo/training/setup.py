@@ -15,6 +15,7 @@ from sdpo.checkpoint import elastic
 from sdpo.checkpoint import store as checkpoint
 from sdpo.checkpoint.sharded import ShardedState
 from sdpo.config import RunConfig
+from sdpo.data import holdout
 from sdpo.data import kto as kto_data
 from sdpo.data import pairs as data
 from sdpo.distributed import sharding
@@ -23,6 +24,7 @@ from sdpo.errors import UserError
 from sdpo.families import load_family
 from sdpo.lora import adapters as lora
 from sdpo.losses import get_objective
+from sdpo.training import heldout
 from sdpo.training.metrics import JsonlLog
 
 log = logging.getLogger("sdpo")
@@ -78,19 +80,22 @@ def make_optimizer(opt, params, num_processes: int):
     )
 
 
-def make_loader(cfg: RunConfig, hf, accelerator):
-    """Map-style data: a sharded sampler of ``(epoch, index)`` keys.  Streaming: a per-rank stream."""
+def make_loader(cfg: RunConfig, hf, accelerator, rows: list[int] | None = None):
+    """Map-style data: a sharded sampler of ``(epoch, index)`` keys over ``rows`` (None: every row).  Streaming:
+    a per-rank stream."""
     d, batch = cfg.data, cfg.optim.train_batch_size
     transform, dataset, collate = data.PairTransform(d), data.PairDataset, data.collate
     if kto_data.wanted(d):  # kto: single labelled images (sdpo.data.kto)
         transform, dataset, collate = kto_data.loader_parts(d)
+        if rows is not None and d.kto_label_column:  # a sample draws its image: hold rows out of the pools
+            hf, rows = hf.select(rows), None
     rank, world = accelerator.process_index, accelerator.num_processes
     collate_fn = cache.collate if d.precomputed else collate
     kw = dict(num_workers=d.dataloader_num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
     if d.streaming:
         ds = data.StreamingPairs(hf, transform, rank, world, d.streaming_buffer_size, d.seed, d.max_bad_fraction)
         return torch.utils.data.DataLoader(ds, batch_size=batch, **kw), ds, None
-    sampler = data.ShardedPairSampler(len(hf), batch, rank, world, d.seed)
+    sampler = data.ShardedPairSampler(len(hf) if rows is None else len(rows), batch, rank, world, d.seed, rows)
     pairs = cache.CachedPairs(hf, transform) if d.precomputed else dataset(hf, transform)
     return torch.utils.data.DataLoader(pairs, batch_sampler=sampler, **kw), None, sampler
 
@@ -133,6 +138,7 @@ class Run:
     weights: object  # which files hold the model: FullWeights, lora.AdapterWeights or ShardedState (sdpo.checkpoint)
     params: list  # the trained parameters (LoRA: the adapters only)
     shards: sharding.Sharding | None = None  # --sharding fsdp|hsdp: the device mesh
+    heldout: object = None  # --heldout_pairs: the held-out rows (sdpo.data.holdout.HeldOutData)
     step: int = 0
     epoch: int = 0
     epoch_samples: int = 0  # samples of this epoch consumed by all processes together
@@ -191,7 +197,10 @@ def setup(cfg: RunConfig) -> Run:
             if kto_data.wanted(cfg.data)
             else data.clean_pairs(data.load_pairs(cfg.data), cfg.data)
         )
-    steps = total_steps(cfg.optim, None if cfg.data.streaming else len(hf), accelerator.num_processes)
+    held = heldout.prepare_data(cfg, hf, accelerator, resume is not None)  # --heldout_pairs; split:N held back
+    rows = holdout.training_rows(held)
+    n_train = None if cfg.data.streaming else len(hf) if rows is None else len(rows)
+    steps = total_steps(cfg.optim, n_train, accelerator.num_processes)
     cfg = replace(cfg, optim=replace(cfg.optim, max_train_steps=steps))  # before anything is written
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +216,7 @@ def setup(cfg: RunConfig) -> Run:
     log.info("training %.2f M of the %s's %.2f M parameters%s", trained / 1e6, family.denoiser_folder, total / 1e6,
              f" (LoRA rank {cfg.model.lora_rank}; reference = adapters off)" if lora.enabled(cfg.model) else "")  # fmt: skip
     optimizer = make_optimizer(cfg.optim, params, accelerator.num_processes)
-    loader, stream, sampler = make_loader(cfg, hf, accelerator)
+    loader, stream, sampler = make_loader(cfg, hf, accelerator, rows)
     lr_scheduler = get_scheduler(cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.lr_warmup_steps,
                                  num_training_steps=cfg.optim.max_train_steps)  # fmt: skip
     optimizer, lr_scheduler, weights = prepare(cfg, accelerator, family, optimizer, lr_scheduler, shards)
@@ -221,9 +230,9 @@ def setup(cfg: RunConfig) -> Run:
     n, b, a = accelerator.num_processes, cfg.optim.train_batch_size, cfg.optim.gradient_accumulation_steps
     unit = "images" if cfg.data.single_images else "pairs"
     log.info("%s %s; %d process(es) x batch %d x accumulation %d = global batch %d; %d optimizer steps",
-             len(hf) if sampler else "streamed", unit, n, b, a, n * b * a, cfg.optim.max_train_steps)  # fmt: skip
+             n_train if sampler else "streamed", unit, n, b, a, n * b * a, cfg.optim.max_train_steps)  # fmt: skip
     run = Run(cfg, accelerator, family, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl, weights,
-              params, shards)  # fmt: skip
+              params, shards, heldout=held)  # fmt: skip
     for key in ("step", "epoch", "nonfinite_total"):
         setattr(run, key, state.get(key, 0))
     run.epoch_samples = elastic.saved_epoch_samples(state, b, n) if state else 0

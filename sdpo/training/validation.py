@@ -151,14 +151,14 @@ def log_image(accelerator, name: str, image: Image.Image, step: int) -> None:
             tracker.log_images({name: [image]}, step)
 
 
-def drop_rows(jsonl, step: int) -> None:
-    """Remove ``val/*`` rows logged at ``step`` by a validation that did not finish (it is redone)."""
+def drop_rows(jsonl, step: int, prefix: str = PREFIX) -> None:
+    """Remove ``val/*`` (``prefix``) rows logged at ``step`` by a validation that did not finish (it is redone)."""
     from sdpo.training.metrics import read_jsonl
 
     if not (jsonl.enabled and jsonl.path.is_file()):
         return
     rows = read_jsonl(jsonl.path)
-    keep = [r for r in rows if not (r["step"] == step and any(k.startswith(PREFIX) for k in r))]
+    keep = [r for r in rows if not (r["step"] == step and any(k.startswith(prefix) for k in r))]
     if len(keep) != len(rows):
         with atomic_path(jsonl.path) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))

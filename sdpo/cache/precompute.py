@@ -307,13 +307,17 @@ def _gb(n: float) -> str:
     return f"{int(n)} B"
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> Path:
-    cfg = parse_args(argv)
+def build(cfg: PrecomputeConfig) -> Path:
+    """The latent/text cache, then (``--reference_losses``) the reference losses, which read the finished cache."""
     out = precompute(cfg)
-    if cfg.reference is not None:  # the reference losses read the finished latent cache
+    if cfg.reference is not None:
         reference_precompute.precompute_reference(cfg.run, out, cfg.reference)
     return out
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> Path:
+    return build(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -124,8 +124,12 @@ def precomputed_reference(cfg: RunConfig, cache_index, objective, accelerator, s
     start = elastic.saved_epoch_samples(saved, b, n) if saved else 0
     needed = reference_cache.positions_needed(len(cache_index), b, n, (cfg.optim.max_train_steps - step) * a, epoch,
                                               start)  # fmt: skip
-    return reference_cache.open_reference_losses(cfg, cache_index.index, objective, accelerator.mixed_precision,
-                                                 needed, b, start)  # fmt: skip
+    losses = reference_cache.open_reference_losses(cfg, cache_index.index, objective, accelerator.mixed_precision,
+                                                   needed, b, start)  # fmt: skip
+    if losses is not None and accelerator.state.deepspeed_plugin is not None:
+        log.warning("DeepSpeed casts the trained denoiser, so the step would feed the reference inputs in that dtype; "
+                    "the precomputed reference losses were computed from fp32 inputs and differ by that rounding")  # fmt: skip
+    return losses
 
 
 @dataclass

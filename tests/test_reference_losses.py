@@ -21,10 +21,10 @@ from sdpo.errors import UserError
 from sdpo.training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-# sd15: batch 2, 12 steps over 21 pairs (10 micro-batches per epoch): the run crosses into epoch 1, and resuming
-# from checkpoint-8 redoes that crossing.
-SD15_EXTRA = ["--resolution", "32", "--max_train_steps", "12", "--checkpointing_steps", "4", "--use_winner_preserving",
-              "--winner_preserving_mu", "0.5"]  # fmt: skip
+# sd15: batch 4, 6 steps over 21 pairs (5 micro-batches per epoch): the run crosses into epoch 1, and resuming
+# from checkpoint-4 redoes that crossing.
+SD15_EXTRA = ["--resolution", "32", "--train_batch_size", "4", "--max_train_steps", "6", "--checkpointing_steps", "4",
+              "--use_winner_preserving", "--winner_preserving_mu", "0.5"]  # fmt: skip
 FLUX_EXTRA = ["--max_train_steps", "3", "--checkpointing_steps", "2", "--use_winner_preserving", "--winner_preserving_mu",
               "0.5"]  # fmt: skip
 
@@ -130,7 +130,7 @@ def test_reference_losses_made_for_something_else_are_refused(tiny_sd15, tiny_pa
         (["--proportion_empty_prompts", "0.5"], "made for draws.proportion_empty_prompts 0.2 but this run has 0.5"),
         (["--noise_offset", "0.1"], "made for draws.noise_offset 0.0 but this run has 0.1"),
         (["--unet_init", other / "unet"], "made for reference.unet_init None"),
-        (["--max_train_steps", "30"], "reads positions up to 20 of epoch 1, its reference losses cover 1 whole epoch(s)"
+        (["--max_train_steps", "15"], "reads positions up to 20 of epoch 1, its reference losses cover 1 whole epoch(s)"
                                       " and 4 positions of epoch 1; extend them"),
         (["--train_method", "dspo", "--precomputed_reference"], "--train_method dspo uses the reference's prediction"),
         (["--train_method", "mapo", "--precomputed_reference"], "--train_method mapo uses no reference model"),
@@ -161,7 +161,7 @@ def test_a_longer_run_extends_the_set_and_a_dspo_run_keeps_its_reference(tiny_sd
     shutil.copytree(sd15_cache, cache)
     (folder,) = ref.reference_sets(cache)
     kept = {p.name: p.stat().st_ino for p in (folder / "epoch-00000").iterdir()}
-    precompute(*tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "u", *SD15_EXTRA, "--max_train_steps", "30"), "--out",
+    precompute(*tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "u", *SD15_EXTRA, "--max_train_steps", "15"), "--out",
                cache, "--reference_losses", "--reference_shard_size", "8")  # fmt: skip
     assert ref.reference_sets(cache) == [folder]  # the same draws: the same set, extended
     index = json.loads((folder / "index.json").read_text())
@@ -216,7 +216,7 @@ def test_interrupted_reference_precompute_resumes_to_the_files_of_a_two_process_
     assert (folder / "epoch-00000" / "losses-00000.safetensors").stat().st_ino == first  # finished files kept
     assert files(resumed) == files(whole)  # the rest recomputed to the same bytes; no temporary file left
     index = json.loads((folder / "index.json").read_text())
-    assert index["coverage"] == [21, 21] and len(index["files"]) == 8
+    assert index["coverage"] == [21, 21] and len(index["files"]) == 6  # files of 8 pairs (6 rounded up to batches)
 
 
 def run_cli_setup(flags: list[str], cache: Path) -> None:

@@ -239,7 +239,9 @@ def print_arms(args, device, row: dict) -> dict[int, dict]:
     if any(m["sgd"] for m in results.values()):
         notes.append("SGD (no optimizer state) to fit a CPU machine's memory; the same update in every arm")
     if any(m["shared"] for m in results.values()):
-        notes.append("the reference forward runs on the policy's weights (same compute), its copy counted by arithmetic")
+        notes.append(
+            "the reference forward runs on the policy's weights (same compute), its copy counted by arithmetic"
+        )
     for note in notes:
         print(f"note: {note}")
     return results
@@ -256,7 +258,9 @@ def print_sweep(results: dict[int, dict]) -> None:
           f"pairs read ({pairs_read / PICKAPIC_PAIRS:.2f} epochs of {PICKAPIC_PAIRS:,} pairs); the latent pass encodes "
           "every pair once, the reference pass every pair read once; per-pair seconds as measured above; in units of "
           "one uncached run")  # fmt: skip
-    print(f"{'px':>5}{'no cache':>10}{'latent (pass)':>16}{'latent + ref (passes)':>24}{'vs none':>10}{'vs latent':>11}")
+    print(
+        f"{'px':>5}{'no cache':>10}{'latent (pass)':>16}{'latent + ref (passes)':>24}{'vs none':>10}{'vs latent':>11}"
+    )
     for res, m in results.items():
         t = {a: m["time"][a] / m["batch"] for a in ARMS}  # seconds per pair
         unit = pairs_read * t["uncached"]
@@ -265,7 +269,9 @@ def print_sweep(results: dict[int, dict]) -> None:
         run = {a: pairs_read * t[a] / unit for a in ARMS}
         none = runs * run["uncached"]
         latent = lat_pass + runs * run["latent cache"]
-        both = lat_pass + ref_pass + losses_runs * run["latent + ref losses"] + (runs - losses_runs) * run["latent cache"]
+        both = (
+            lat_pass + ref_pass + losses_runs * run["latent + ref losses"] + (runs - losses_runs) * run["latent cache"]
+        )
         print(f"{res:>5}{none:>10.2f}{latent:>9.2f} ({lat_pass:.2f}){both:>15.2f} ({lat_pass + ref_pass:.2f})"
               f"{none / both:>9.3f}x{latent / both:>10.3f}x")  # fmt: skip
         saves = run["latent cache"] - run["latent + ref losses"]
@@ -276,7 +282,9 @@ def print_sweep(results: dict[int, dict]) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", choices=["mid", "sd15"], default="mid", help="UNet: SD1.5's layout at 0.4x width, or SD1.5's")
+    p.add_argument(
+        "--arch", choices=["mid", "sd15"], default="mid", help="UNet: SD1.5's layout at 0.4x width, or SD1.5's"
+    )
     p.add_argument("--resolutions", type=int, nargs="+", default=[128, 256])
     p.add_argument("--batch", type=int, default=1, help="pairs per step")
     p.add_argument("--steps", type=int, default=3, help="timed steps per arm")

@@ -29,9 +29,7 @@ CACHE_STEP = rf"^(SD1\.5 layout, --quick stand-in\*|tiny sd15 \(sdpo\.tiny\)) +\
 MEMORY_ROW = (
     rf"^\| (DDP|ZeRO-2|FSDP|HSDP 2x8|LoRA r16 \(DDP\)) \| \d+ \| (AdamW|Adafactor) \|( {R} \|){{8}} (yes|no) \|$"
 )
-MEMORY_PRE_ROW = (
-    rf"^\| (DDP|ZeRO-2|FSDP|HSDP 2x8|LoRA r16 \(DDP\)) \| \d+ \| (AdamW|Adafactor) \|( {R} \|){{8}} (yes|no) \| {R} \+ {R} GB \|$"
-)
+MEMORY_PRE_ROW = rf"^\| (DDP|ZeRO-2|FSDP|HSDP 2x8|LoRA r16 \(DDP\)) \| \d+ \| (AdamW|Adafactor) \|( {R} \|){{8}} (yes|no) \| {R} \+ {R} GB \|$"
 REF_ARM = rf"^ +32 (uncached|latent cache|latent \+ ref losses) +{R} +{X}( +{R}){{3}}$"
 SAFEGUARD_ROW = rf"^(dpo|fixed|output|param) +{R} +{R} +{R} +{R}"
 STATE_ROW = rf"^(SDXL UNet \(--quick stand-in\) parameters|fp32|AdamW|Adafactor|bf16) .* +{R}$"

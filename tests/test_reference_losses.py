@@ -76,8 +76,13 @@ def test_precomputed_reference_losses_train_bit_identically(family, tiny_sd15, t
         "sd15": (tiny_sd15, tiny_flags, SD15_EXTRA, "unet.pth"),
         "flux": (tiny_flux, flow_flags, FLUX_EXTRA, "transformer.pth"),
     }[family]
-    cache = sd15_cache if family == "sd15" else precompute(
-        *make(model, tiny_pairs, tmp_path / "unused", *extra), "--out", tmp_path / "cache", "--reference_losses")
+    cache = (
+        sd15_cache
+        if family == "sd15"
+        else precompute(
+            *make(model, tiny_pairs, tmp_path / "unused", *extra), "--out", tmp_path / "cache", "--reference_losses"
+        )
+    )
     in_step = tmp_path / "in_step"
     run_train(*make(model, tiny_pairs, in_step, *extra, "--precomputed", cache, "--no-precomputed_reference"))
     denoisers_made.clear()
@@ -185,7 +190,9 @@ def test_interrupted_reference_precompute_resumes_to_the_files_of_a_two_process_
     rerun that keeps the finished files and ends with the two-process run's bytes."""
 
     def files(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "reference").rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "reference").rglob("*")) if p.is_file()
+        }
 
     run_flags = [str(a) for a in tiny_flags(tiny_sd15, tiny_pairs, tmp_path / "u", *SD15_EXTRA)]
     flags = [*run_flags, "--reference_losses", "--epochs", "2", "--reference_shard_size", "6"]

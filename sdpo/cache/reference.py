@@ -250,5 +250,7 @@ def open_reference_losses(cfg, latent_index: dict, objective, mixed_precision: s
 
 def _why_not(use: str) -> str:
     if use == "prediction":
-        return "uses the reference's prediction itself, not only its losses: precomputed reference losses cannot stand in"
+        return (
+            "uses the reference's prediction itself, not only its losses: precomputed reference losses cannot stand in"
+        )
     return "uses no reference model: there are no reference losses to precompute"

@@ -127,7 +127,9 @@ def _check_paths(ns: argparse.Namespace) -> None:
         raise UserError(f"{flag} cannot be combined with --precomputed ({why}); drop {flag}")
     if ns.precomputed_reference is not None and not ns.precomputed:
         flag = "--precomputed_reference" if ns.precomputed_reference else "--no-precomputed_reference"
-        raise UserError(f"{flag} only acts with --precomputed (the cache holds the reference losses); add it or drop it")
+        raise UserError(
+            f"{flag} only acts with --precomputed (the cache holds the reference losses); add it or drop it"
+        )
     if ns.precomputed_reference and reference_use(LOSSES[ns.train_method]) != "losses":
         why = ("uses the reference's prediction itself, not only its losses"
                if reference_use(LOSSES[ns.train_method]) == "prediction" else "uses no reference model")  # fmt: skip

@@ -39,7 +39,7 @@ from bench.quick import parse  # noqa: E402
 from bench.safeguard_overhead import CpuPeak, _rss_kb  # noqa: E402
 
 GiB = 2**30
-MID_UNET = dict(mc.SD15_UNET, block_out_channels=(128, 256, 512, 512))  # SD1.5's layout at 0.4x width: 142 M
+MID_UNET = mc.SD15_UNET_MID  # SD1.5's layout at 0.4x width: 142 M
 SD_VAE = dict(mc.SD_VAE, latent_channels=4, sample_size=1024)
 # --arch: (denoiser, text encoders (the second one with projection), VAE); and their --quick stand-ins
 ARCHS = {

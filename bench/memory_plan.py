@@ -310,8 +310,11 @@ STRATEGIES = [("DDP", 8, None), ("ZeRO-2", 8, None), ("FSDP", 8, 8), ("FSDP", 16
               (f"LoRA r{LORA_RANK} (DDP)", 1, None)]  # fmt: skip
 
 
-def plan(model: Model, strategy: str, gpus: int, shard: int | None, optimizer: str, pairs: int, checkpointing: bool):
-    """Per-GPU bytes by component; ``None`` for a combination that does not run."""
+def plan(model: Model, strategy: str, gpus: int, shard: int | None, optimizer: str, pairs: int, checkpointing: bool,
+         precomputed: bool = False):  # fmt: skip
+    """Per-GPU bytes by component; ``None`` for a combination that does not run.  ``precomputed``: the run reads
+    latents, text and the reference's per-sample losses from a cache (``train.py --precomputed`` after
+    ``sdpo.precompute --reference_losses``): neither the reference copy nor any encoder is loaded."""
     p, shapes = model.params, model.shapes
     if strategy.startswith("LoRA"):  # the frozen bf16 base is also the reference; AdamW on the adapters
         if optimizer != "AdamW":
@@ -332,8 +335,11 @@ def plan(model: Model, strategy: str, gpus: int, shard: int | None, optimizer: s
         weights, grads, extra, ref, optim = 4 * s, 4 * s, 0, 2 * s, 8 * s
         gathered = 2 * 2 * unit + 4 * unit
     act = model.act_inputs + 2 * model.act_block_max + model.act_outside if checkpointing else model.act_all
+    encoders = 2 * model.frozen_params
+    if precomputed:
+        ref, encoders = 0, 0
     return dict(weights=weights, grads=grads + extra, optim=optim, reference=ref, gathered=gathered,
-                encoders=2 * model.frozen_params, activations=act * pairs)  # fmt: skip
+                encoders=encoders, activations=act * pairs)  # fmt: skip
 
 
 def print_plan(model: Model, gpu_gb: float, pair_counts: list[int]) -> None:
@@ -342,31 +348,44 @@ def print_plan(model: Model, gpu_gb: float, pair_counts: list[int]) -> None:
     print(f"activations per pair at 1024 px: {model.act_all / GB:.1f} GB without checkpointing, "
           f"{(model.act_inputs + 2 * model.act_block_max + model.act_outside) / GB:.1f} GB with per-block checkpointing "
           f"(block inputs {model.act_inputs / GB:.2f}, largest block {model.act_block_max / GB:.2f})")  # fmt: skip
-    cols = ["weights", "grads", "optim", "reference", "gathered", "encoders", "activations"]
-    print(f"\n| strategy | GPUs | optimizer | {' | '.join(cols)} | total, 1 pair + AC | fits {gpu_gb:.0f} GB |")
-    print("|" + "---|" * (len(cols) + 5))
-    for strategy, gpus, shard in STRATEGIES:
-        for optimizer in ("AdamW",) if strategy.startswith("LoRA") else ("AdamW", "Adafactor"):
-            row = plan(model, strategy, gpus, shard, optimizer, 1, True)
-            if row is None:
-                print(f"| {strategy} | {gpus} | {optimizer} | " + " | ".join("-" * len(cols)) +
-                      " | not runnable: transformers' Adafactor fails on sharded parameters | |")  # fmt: skip
-                continue
-            total = sum(row.values()) / GB
-            fits = "yes" if total <= 0.9 * gpu_gb else "no"
-            print(f"| {strategy} | {gpus} | {optimizer} | " + " | ".join(f"{row[c] / GB:.1f}" for c in cols)
-                  + f" | {total:.1f} | {fits} |")  # fmt: skip
+    print_table(model, gpu_gb, precomputed=False)
     cached = []
     for strategy, gpus, shard in STRATEGIES:  # --precomputed: neither the text encoders nor the VAE are loaded
         row = plan(model, strategy, gpus, shard, "AdamW", 1, True)
         total = (sum(row.values()) - row["encoders"]) / GB
         cached.append(f"{strategy} x{gpus} {total:.1f} {'yes' if total <= 0.9 * gpu_gb else 'no'}")
     print("with a latent/text cache (no encoders), AdamW, 1 pair + AC, GB and fits: " + " | ".join(cached))
+    print("\n### with precomputed reference losses (train.py --precomputed after python -m sdpo.precompute "
+          "--reference_losses: latents, text and L_ref from the cache; no reference copy, no encoders)")  # fmt: skip
+    print_table(model, gpu_gb, precomputed=True)
     print("\nHSDP 2x8 + AdamW, pairs per GPU -> total GB (with / without activation checkpointing):")
     for pairs in pair_counts:
         on = sum(plan(model, "HSDP 2x8", 16, 8, "AdamW", pairs, True).values()) / GB
         off = sum(plan(model, "HSDP 2x8", 16, 8, "AdamW", pairs, False).values()) / GB
         print(f"  {pairs} pair(s): {on:.1f} / {off:.1f}")
+
+
+def print_table(model: Model, gpu_gb: float, precomputed: bool) -> None:
+    cols = ["weights", "grads", "optim", "reference", "gathered", "encoders", "activations"]
+    print(f"\n| strategy | GPUs | optimizer | {' | '.join(cols)} | total, 1 pair + AC | fits {gpu_gb:.0f} GB |"
+          + (" saved: reference + encoders |" if precomputed else ""))  # fmt: skip
+    print("|" + "---|" * (len(cols) + 5 + precomputed))
+    for strategy, gpus, shard in STRATEGIES:
+        for optimizer in ("AdamW",) if strategy.startswith("LoRA") else ("AdamW", "Adafactor"):
+            row = plan(model, strategy, gpus, shard, optimizer, 1, True, precomputed)
+            if row is None:
+                print(f"| {strategy} | {gpus} | {optimizer} | " + " | ".join("-" * len(cols)) +
+                      " | not runnable: transformers' Adafactor fails on sharded parameters | |"
+                      + (" |" if precomputed else ""))  # fmt: skip
+                continue
+            total = sum(row.values()) / GB
+            fits = "yes" if total <= 0.9 * gpu_gb else "no"
+            saved = ""
+            if precomputed:
+                before = plan(model, strategy, gpus, shard, optimizer, 1, True)
+                saved = f" {before['reference'] / GB:.1f} + {before['encoders'] / GB:.1f} GB |"
+            print(f"| {strategy} | {gpus} | {optimizer} | " + " | ".join(f"{row[c] / GB:.1f}" for c in cols)
+                  + f" | {total:.1f} | {fits} |{saved}")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- cross-check

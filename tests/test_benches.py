@@ -29,6 +29,8 @@ CACHE_STEP = rf"^(SD1\.5 layout, --quick stand-in\*|tiny sd15 \(sdpo\.tiny\)) +\
 MEMORY_ROW = (
     rf"^\| (DDP|ZeRO-2|FSDP|HSDP 2x8|LoRA r16 \(DDP\)) \| \d+ \| (AdamW|Adafactor) \|( {R} \|){{8}} (yes|no) \|$"
 )
+MEMORY_PRE_ROW = rf"^\| (DDP|ZeRO-2|FSDP|HSDP 2x8|LoRA r16 \(DDP\)) \| \d+ \| (AdamW|Adafactor) \|( {R} \|){{8}} (yes|no) \| {R} \+ {R} GB \|$"
+REF_ARM = rf"^ +32 (uncached|latent cache|latent \+ ref losses) +{R} +{X}( +{R}){{3}}$"
 SAFEGUARD_ROW = rf"^(dpo|fixed|output|param) +{R} +{R} +{R} +{R}"
 STATE_ROW = rf"^(SDXL UNet \(--quick stand-in\) parameters|fp32|AdamW|Adafactor|bf16) .* +{R}$"
 HELDMEM_ROW = rf"^(peak of the run \(steps 2\.\., evals\)|added by a step \(max\)) +{R} MiB +{R} MiB +{R}$"
@@ -48,8 +50,13 @@ CASES = [
                          (rf"^total at 1024 px, 1 pair per step: {R} \+ {R} = {R} GB", 1)]),
     ("lora_vs_full", [], [(rf"^  (full|lora) +trained .* total {R} GiB; median {R} s/step$", 2),
                           (rf"^LoRA / full: peak memory {X} \(target <= 0\.55\), step time {X}", 1)]),
-    ("memory_plan", [], [(MEMORY_ROW, 8 * 8), (rf"^  \d pair\(s\): {R} / {R}$", 8 * 3),
+    ("memory_plan", [], [(MEMORY_ROW, 8 * 8), (MEMORY_PRE_ROW, 8 * 8), (r"^### with precomputed reference losses", 8),
+                         (rf"^  \d pair\(s\): {R} / {R}$", 8 * 3),
                          (rf"^with a latent/text cache .*(\| LoRA r16 \(DDP\) x1 {R} (yes|no))$", 8)]),
+    ("reference_losses", [], [(REF_ARM, 3), (rf"latent \+ ref losses / uncached: time {X} \(FLOP floor {X}; latent "
+                                             rf"cache alone {X}, floor {X}\); peak memory {X} uncached", 1),
+                              (r"equal the step's bit for bit: yes$", 1),
+                              (rf"^ +32 +{R} +{R} \({R}\) +{R} \({R}\) +{X} +{X}$", 1)]),
     ("safeguard_overhead", [], [(r"^small UNet", 1), (SAFEGUARD_ROW, 4)]),
     ("safeguard_overhead", ["--real-arch", "sd15", "--lora_rank", "4", "--gradient_checkpointing"],
      [(r"^SD1\.5 UNet config \(--quick stand-in\).*LoRA rank 4", 1), (SAFEGUARD_ROW, 4)]),

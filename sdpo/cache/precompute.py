@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from sdpo.atomic import atomic_path, write_json
+from sdpo.cache import reference_precompute
 from sdpo.cache import store as cache
 from sdpo.cache.identity import cache_identity, first_difference
 from sdpo.checkpoint.store import crash_point
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--shard_size", type=int, default=256, help="pairs per latent shard (the unit of resumption)")
     a("--text_shard_size", type=int, default=256, help="captions per text shard (FLUX fp32: 8.4 MB each)")
     a("--encode_batch_size", type=int, default=8, help="pairs (or captions) per encoder call")
+    reference_precompute.add_arguments(p)
     return p
 
 
@@ -76,6 +78,7 @@ class PrecomputeConfig:
     shard_size: int
     text_shard_size: int
     encode_batch_size: int
+    reference: reference_precompute.ReferenceOptions | None = None  # --reference_losses (sdpo.cache.reference)
 
 
 def parse_args(argv: list[str] | None = None) -> PrecomputeConfig:
@@ -92,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> PrecomputeConfig:
     for name in ("shard_size", "text_shard_size", "encode_batch_size"):
         if getattr(ns, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(ns, name)}")
-    return PrecomputeConfig(run, ns.out, ns.cache_dtype, ns.shard_size, ns.text_shard_size, ns.encode_batch_size)
+    return PrecomputeConfig(run, ns.out, ns.cache_dtype, ns.shard_size, ns.text_shard_size, ns.encode_batch_size,
+                            reference_precompute.options(ns, run))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -303,9 +307,17 @@ def _gb(n: float) -> str:
     return f"{int(n)} B"
 
 
+def build(cfg: PrecomputeConfig) -> Path:
+    """The latent/text cache, then (``--reference_losses``) the reference losses, which read the finished cache."""
+    out = precompute(cfg)
+    if cfg.reference is not None:
+        reference_precompute.precompute_reference(cfg.run, out, cfg.reference)
+    return out
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> Path:
-    return precompute(parse_args(argv))
+    return build(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train from VAE latents and text encodings precomputed by python -m sdpo.precompute (same flags); "
         "the VAE and text encoders are not loaded",
     )
+    a(
+        "--precomputed_reference",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --precomputed: take the reference's per-sample losses from the cache (python -m sdpo.precompute "
+        "--reference_losses) and load no reference denoiser; default: when the cache holds a set for this run",
+    )
 
     a = p.add_argument_group("video families").add_argument
     a("--num_frames", type=int, default=None, help="frames per video (default: the model's, cogvideox 49, wan 81)")

@@ -29,7 +29,7 @@ from sdpo.config.sections import (
 )
 from sdpo.errors import UserError
 from sdpo.families import FAMILIES, get_family, requested_family, resolve_family
-from sdpo.losses import LOSSES, processes
+from sdpo.losses import LOSSES, processes, reference_use
 
 DEFAULT_STEPS = 2000  # --max_train_steps when neither it nor --num_train_epochs is given (the reference's)
 VALIDATION_DEFAULTS = dict(steps=100, num_inference_steps=50, seed=0, batch_size=4)  # the protocol: 50 steps
@@ -129,6 +129,15 @@ def _check_paths(ns: argparse.Namespace) -> None:
         flag = "--random_crop" if ns.random_crop else "--streaming"
         why = "a cache holds centre crops only" if ns.random_crop else "the cache is read by index"
         raise UserError(f"{flag} cannot be combined with --precomputed ({why}); drop {flag}")
+    if ns.precomputed_reference is not None and not ns.precomputed:
+        flag = "--precomputed_reference" if ns.precomputed_reference else "--no-precomputed_reference"
+        raise UserError(
+            f"{flag} only acts with --precomputed (the cache holds the reference losses); add it or drop it"
+        )
+    if ns.precomputed_reference and reference_use(LOSSES[ns.train_method]) != "losses":
+        why = ("uses the reference's prediction itself, not only its losses"
+               if reference_use(LOSSES[ns.train_method]) == "prediction" else "uses no reference model")  # fmt: skip
+        raise UserError(f"--precomputed_reference: --train_method {ns.train_method} {why}; drop the flag")
     if ns.precomputed and ns.train_method == "kto":
         raise UserError("--precomputed caches preference pairs; --train_method kto draws single images: drop one")
     if ns.precomputed and not Path(ns.precomputed).expanduser().is_dir():

@@ -64,6 +64,7 @@ class DataConfig:
     data_check: bool
     max_bad_fraction: float
     precomputed: str | None
+    precomputed_reference: bool | None  # reference losses from the cache (sdpo.cache.reference); None: when there
     seed: int
     joint_augment: bool  # one crop/flip for winner and loser (the family's rule)
     video: bool  # frame stacks instead of images (the family's)

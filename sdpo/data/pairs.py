@@ -265,6 +265,13 @@ class StreamingPairs(IterableDataset):
 # ----------------------------------------------------------------------------- batching
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The sample indices of ``epoch`` by position: the permutation every process count and batch size shares
+    (``ShardedPairSampler``; ``sdpo.cache.reference_precompute`` walks the same positions)."""
+    g = torch.Generator().manual_seed(seed + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
 class ShardedPairSampler:
     """Batches of ``(epoch, index)`` keys for one process.
 
@@ -307,9 +314,8 @@ class ShardedPairSampler:
         return max(0, (self.n - self.start) // (self.batch_size * self.world))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g)
-        order = (order if self.rows is None else self.rows[order]).tolist()
+        order = epoch_order(self.n, self.seed, self.epoch)
+        order = order if self.rows is None else self.rows[order].tolist()
         b, w = self.batch_size, self.world
         for k in range(len(self)):
             lo = self.start + k * b * w + self.rank * b

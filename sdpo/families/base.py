@@ -84,6 +84,9 @@ class ModelFamily:
     shard_blocks: ClassVar[tuple[str, ...]] = ()  # denoiser classes that are FSDP units (sdpo.distributed)
     video: ClassVar[bool] = False  # samples are frame stacks (F, 3, H, W) rather than images (3, H, W)
     channel_axis: ClassVar[int] = 0  # the axis of one sample's latent that holds the channels (noise offset)
+    # Model flags (``ModelConfig`` fields) beyond the latents and the text that change a training draw or the
+    # denoiser's input: a precomputed reference loss (``sdpo.cache.reference``) depends on them.
+    forward_flags: ClassVar[tuple[str, ...]] = ()
     # LoRA (``sdpo.lora.adapters``): peft ``target_modules`` names per preset of ``--lora_target_modules``;
     # ``attn`` (the attention projections) is the default, ``ff`` adds the feed-forward layers.
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -247,6 +250,17 @@ class ModelFamily:
         fam.denoiser.train()
         if cfg.gradient_checkpointing:
             fam.denoiser.enable_gradient_checkpointing()
+        return fam
+
+    @classmethod
+    def load_reference(cls, cfg, device: torch.device, weight_dtype: torch.dtype) -> ModelFamily:
+        """The frozen reference alone (weight dtype, as ``load`` makes it) and the scheduler: what computing
+        reference losses from cached latents and text needs (``sdpo.cache.reference_precompute``).  No trained
+        copy and no encoders; with LoRA the reference is the base with its adapters off, i.e. this module."""
+        fam = cls(cfg, device, weight_dtype)
+        fam.scheduler = fam.load_scheduler()
+        fam.reference = freeze(fam.load_denoiser(), device, weight_dtype)
+        fam.after_load()
         return fam
 
     @classmethod

@@ -66,6 +66,7 @@ class FlowFamily(ModelFamily):
         "dmpo": (1000.0, 0.99, ("--dmpo_alpha", "0.01")),  # our choice: Appendix B's beta and mu
     }
     heavy: ClassVar[bool] = True  # gradient checkpointing on by default
+    forward_flags: ClassVar[tuple[str, ...]] = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale")  # draw_u
     joint_augment: ClassVar[bool] = True  # one crop/flip per pair, as the SDXL reference script
     # MM-DiT joint attention: image-stream and text-stream (add_*) projections, as diffusers' SD3/FLUX
     # DreamBooth LoRA scripts; feed-forward of both streams.

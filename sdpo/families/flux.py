@@ -40,6 +40,7 @@ class Flux(FlowFamily):
     default_max_sequence_length: ClassVar[int] = 512
     # FLUX.1-dev is guidance-distilled: the number feeds its guidance embedding (paper, Appendix B: 3.5).
     sampling_guidance: ClassVar[float] = 3.5
+    forward_flags: ClassVar[tuple[str, ...]] = (*FlowFamily.forward_flags, "flux_guidance")  # the guidance input
     guidance_kind: ClassVar[str | None] = "distilled guidance embedding (no CFG)"
     # FLUX's single-stream blocks add their MLP input projection to the feed-forward preset.
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {

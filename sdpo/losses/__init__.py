@@ -34,6 +34,16 @@ def processes(objective: ModuleType) -> tuple[str, ...]:
     return getattr(objective, "PROCESSES", ("ddpm", "flow"))
 
 
+def reference_use(objective: ModuleType) -> str:
+    """What an objective reads from the frozen reference: ``none`` (mapo, sft), ``losses`` (the per-sample
+    ``L_ref_w`` / ``L_ref_l`` only: dpo, dmpo, dpop, dpo-cm, sipo, kto) or ``prediction`` (the reference's
+    output itself: dspo, ``REFERENCE_PREDICTION``).  Only ``losses`` objectives can train from precomputed
+    reference losses (``sdpo.cache.reference``)."""
+    if not objective.NEEDS_REFERENCE:
+        return "none"
+    return "prediction" if getattr(objective, "REFERENCE_PREDICTION", False) else "losses"
+
+
 def get_objective(name: str) -> ModuleType:
     try:
         return LOSSES[name]
@@ -41,4 +51,4 @@ def get_objective(name: str) -> ModuleType:
         raise ValueError(f"unknown --train_method {name!r}; choose one of: {', '.join(LOSSES)}") from None
 
 
-__all__ = ["LOSSES", "LossOutput", "PreferenceTerms", "get_objective", "inside_term", "processes"]
+__all__ = ["LOSSES", "LossOutput", "PreferenceTerms", "get_objective", "inside_term", "processes", "reference_use"]

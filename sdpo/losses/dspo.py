@@ -19,6 +19,9 @@ from sdpo.losses.dpo import Params  # noqa: F401  (beta_dpo only, as Diffusion-D
 from sdpo.losses.terms import LossOutput, PreferenceTerms, at_least_fp32, inside_term
 
 NEEDS_REFERENCE = True
+# The reference's prediction itself (pred_w - ref_pred_w), not only its per-sample losses: precomputed
+# reference losses (sdpo.cache.reference) cannot stand in for the reference model.
+REFERENCE_PREDICTION = True
 USES_LOSER = True
 PROCESSES = (
     "ddpm",

@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 from sdpo.atomic import write_json
+from sdpo.cache import reference as reference_cache
 from sdpo.cache import store as cache
+from sdpo.cache.reference import ReferenceLossLoader
 from sdpo.checkpoint import elastic
 from sdpo.checkpoint import store as checkpoint
 from sdpo.checkpoint.sharded import ShardedState
@@ -121,6 +123,22 @@ def total_steps(opt, num_samples: int | None, num_processes: int) -> int:
     return steps
 
 
+def precomputed_reference(cfg: RunConfig, cache_index, objective, accelerator, saved: dict):
+    """The cache's reference losses for this run (``sdpo.cache.reference``), or None: checked against the
+    positions the run will read from its start (or resume) point to its last step."""
+    b, n, a = cfg.optim.train_batch_size, accelerator.num_processes, cfg.optim.gradient_accumulation_steps
+    step, epoch = saved.get("step", 0), saved.get("epoch", 0)
+    start = elastic.saved_epoch_samples(saved, b, n) if saved else 0
+    needed = reference_cache.positions_needed(len(cache_index), b, n, (cfg.optim.max_train_steps - step) * a, epoch,
+                                              start)  # fmt: skip
+    losses = reference_cache.open_reference_losses(cfg, cache_index.index, objective, accelerator.mixed_precision,
+                                                   needed, b, start)  # fmt: skip
+    if losses is not None and accelerator.state.deepspeed_plugin is not None:
+        log.warning("DeepSpeed casts the trained denoiser, so the step would feed the reference inputs in that dtype; "
+                    "the precomputed reference losses were computed from fp32 inputs and differ by that rounding")  # fmt: skip
+    return losses
+
+
 @dataclass
 class Run:
     """Everything the loop touches, and the position it has reached."""
@@ -202,12 +220,18 @@ def setup(cfg: RunConfig) -> Run:
     n_train = None if cfg.data.streaming else len(hf) if rows is None else len(rows)
     steps = total_steps(cfg.optim, n_train, accelerator.num_processes)
     cfg = replace(cfg, optim=replace(cfg.optim, max_train_steps=steps))  # before anything is written
+    ref_losses = precomputed_reference(cfg, hf, objective, accelerator, saved) if cfg.data.precomputed else None
+    if ref_losses is not None and rows is not None:  # the set was computed on the epochs of every pair
+        raise UserError(f"--heldout_pairs {cfg.heldout.heldout_pairs}: a split of the training data changes the run's "
+                        "batches, which the precomputed reference losses do not follow; pass "
+                        "--no-precomputed_reference, or hold out a separate set (--heldout_pairs PATH)")  # fmt: skip
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / RUN_CONFIG, cfg.flat())  # what this run is: sdpo.plot colours runs by it
     weight_dtype = _DTYPES.get(accelerator.mixed_precision, torch.float32)
     sharded = cfg.dist.sharded
-    family = load_family(cfg.model, accelerator.device, weight_dtype, objective.NEEDS_REFERENCE, shard_later=sharded)
+    needs_reference = objective.NEEDS_REFERENCE and ref_losses is None  # precomputed: the reference is never made
+    family = load_family(cfg.model, accelerator.device, weight_dtype, needs_reference, shard_later=sharded)
     shards = sharding.Sharding(cfg.dist, accelerator) if sharded else None
     if shards is not None:
         shards.shard_family(family, weight_dtype)  # before the optimizer: it must see the sharded parameters
@@ -217,6 +241,8 @@ def setup(cfg: RunConfig) -> Run:
              f" (LoRA rank {cfg.model.lora_rank}; reference = adapters off)" if lora.enabled(cfg.model) else "")  # fmt: skip
     optimizer = make_optimizer(cfg.optim, params, accelerator.num_processes)
     loader, stream, sampler = make_loader(cfg, hf, accelerator, rows)
+    if ref_losses is not None:
+        loader = ReferenceLossLoader(loader, sampler, ref_losses)
     lr_scheduler = get_scheduler(cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.lr_warmup_steps,
                                  num_training_steps=cfg.optim.max_train_steps)  # fmt: skip
     optimizer, lr_scheduler, weights = prepare(cfg, accelerator, family, optimizer, lr_scheduler, shards)

@@ -121,9 +121,7 @@ def preference_forward(
     if not uses_loser:
         ref_pred = ref_w = None
         if family.reference is not None:  # kto: the reference denoises the same single images
-            with torch.no_grad():
-                ref_pred = family.predict(family.reference, noisy, timesteps, cond)
-                ref_w = per_sample_mse(ref_pred, target)
+            ref_pred, ref_w = reference_losses(family, noisy, timesteps, cond, target)
         labels = batch["labels"].to(device) if "labels" in batch else None  # kto: True = desirable
         return PreferenceTerms(model_pred=model_pred, target=target, timesteps=timesteps, model_w=losses,
                                ref_pred=ref_pred, ref_w=ref_w, labels=labels)  # fmt: skip
@@ -137,9 +135,10 @@ def preference_forward(
         model_l = scale_loser(model_l, lam)
     ref_pred = ref_w = ref_l = None
     if family.reference is not None:
-        with torch.no_grad():
-            ref_pred = family.predict(family.reference, noisy, timesteps, cond)
-            ref_w, ref_l = per_sample_mse(ref_pred, target).chunk(2)
+        ref_pred, ref = reference_losses(family, noisy, timesteps, cond, target)
+        ref_w, ref_l = ref.chunk(2)
+    elif "ref_losses" in batch:  # precomputed (sdpo.cache.reference): these very numbers, no reference loaded
+        ref_w, ref_l = batch["ref_losses"].to(device).t().contiguous()
     return PreferenceTerms(
         model_pred=model_pred,
         target=target,
@@ -157,6 +156,26 @@ def preference_forward(
         logs=logs,
         **process,
     )
+
+
+def reference_losses(family: ModelFamily, noisy, timesteps, cond: Conditioning, target):
+    """The frozen reference's prediction and per-sample losses, without gradients.  The step and the
+    precompute of reference losses (``reference_pair_losses``) both call this, so they do the same arithmetic."""
+    with torch.no_grad():
+        ref_pred = family.predict(family.reference, noisy, timesteps, cond)
+        return ref_pred, per_sample_mse(ref_pred, target)
+
+
+def reference_pair_losses(batch: dict, family: ModelFamily, cfg: RunConfig, device,
+                          dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+    """``(B, 2)`` reference losses ``[L_ref_w, L_ref_l]`` of one micro-batch of pairs, as ``preference_forward``
+    computes them: the same draws, latents, conditioning and reference call, without the policy.  ``dtype``: the
+    denoiser's input dtype, the trained parameters' (fp32 unless DeepSpeed has cast the module)."""
+    bsz = len(batch["sample_seeds"])
+    _, noisy, target, timesteps = noised_latents(batch, 2 * bsz, family, cfg.objective, 2, device)
+    cond = conditioning(family, batch, 2, dtype, device)
+    _, losses = reference_losses(family, noisy.to(dtype), timesteps, cond, target)
+    return torch.stack(losses.chunk(2), dim=1)
 
 
 def _rows(family: ModelFamily, module, noisy, timesteps, cond: Conditioning, rows: slice) -> torch.Tensor:

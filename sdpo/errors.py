@@ -10,8 +10,16 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+EXIT_STOPPED = 75  # a run stopped by a signal after writing its checkpoint (sysexits.h EX_TEMPFAIL: retry resumes)
+
+
 class UserError(Exception):
     """Bad input: the message says what is wrong, where, and what to do. Printed without a traceback."""
+
+
+class Stopped(Exception):
+    """A requested stop (``sdpo.training.preemption``): the message says what was saved.  Printed as one
+    ``stopped:`` line; exit status ``EXIT_STOPPED``."""
 
 
 def one_line(message: str) -> str:
@@ -24,7 +32,8 @@ def one_line(message: str) -> str:
 
 
 def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
-    """Run ``fn``; a ``UserError`` becomes ``error: <message>`` on stderr and exit status 2."""
+    """Run ``fn``; a ``UserError`` becomes ``error: <message>`` on stderr and exit status 2, a ``Stopped``
+    ``stopped: <message>`` and exit status ``EXIT_STOPPED``."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -33,5 +42,8 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
         except UserError as e:
             print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except Stopped as e:
+            print(f"stopped: {e}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_STOPPED)
 
     return wrapper

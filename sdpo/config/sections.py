@@ -64,6 +64,7 @@ class DataConfig:
     data_check: bool
     max_bad_fraction: float
     precomputed: str | None
+    verify_cache: str  # open | full | size: when the cache's content hashes are checked
     seed: int
     joint_augment: bool  # one crop/flip for winner and loser (the family's rule)
     video: bool  # frame stacks instead of images (the family's)
@@ -170,6 +171,8 @@ class OutputConfig:
     checkpointing_steps: int
     checkpoints_total_limit: int | None
     resume_from_checkpoint: str | None
+    allow_changed_flags: tuple[str, ...]  # run settings a resume may change (sdpo.checkpoint.identity)
+    stop_signals: tuple[str, ...]  # signal names that stop the run cleanly (sdpo.training.preemption)
 
 
 @dataclass(frozen=True)

@@ -145,11 +145,13 @@ class ModelFamily:
 
     @classmethod
     def describe_weights(cls, keys) -> str:
-        """A human name for the denoiser a set of state-dict keys belongs to, with the flag that selects it."""
+        """A human name for the denoiser a set of state-dict keys belongs to, and its family.  No flag: which one
+        fixes a mismatch (the base model's path, ``--model_family``, ``--sdxl``) depends on the command and on how
+        its family was chosen, and naming a flag that was never given misleads."""
         keys = list(keys)
         for fam in ModelFamily._registry.values():
             if fam.owns_weights(keys):
-                return f"{fam.weights_label} (use {fam.flag_hint()})"
+                return f"{fam.weights_label} (family {fam.name})"
         return "no denoiser of a supported family"
 
     @classmethod

@@ -37,6 +37,11 @@ VALMEM_ROW = rf"^(peak of the step|added by the step|at the step's start) \((max
 CASES = [
     ("cache_speedup", [], [(CACHE_FLOPS, 3), (CACHE_STEP, 2), (rf"FLOP bound at 32 px: {X}$", 1),
                            (rf"^(sd15|sdxl|sd3|flux) +{R} B parameters", 4), (r"^(sd15|sdxl|sd3|flux) +\d+ +\d+x", 4)]),
+    ("checkpoint_hashing", [], [(r"^SD1\.5 UNet layout, --quick stand-in: \d+\.\d M parameters; checkpoint ", 1),
+                                (rf"^checkpoint write with(out)? manifest: +{R} s \(median of 2\)$", 2),
+                                (rf"^with / without: {X} \([+-]{R} s per checkpoint\)$", 1),
+                                (rf"^hashing alone: {R} s for .* \({R} GB/s\)$", 1),
+                                (rf"^resume: verify {R} s, load {R} s; verify / load: {X}$", 1)]),
     ("generation_throughput", [], [(r"^tiny sd15, 32x32", 1), (rf"batch 2 / batch 1 throughput ratio: {X}$", 1)]),
     ("generation_throughput", ["--real-arch", "sd15"], [(r"^SD1\.5 layout, --quick stand-in, 32x32", 1),
                                                         (rf"batch 2 / batch 1 throughput ratio: {X}$", 1)]),

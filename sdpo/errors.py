@@ -31,6 +31,15 @@ def one_line(message: str) -> str:
     return message
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars the error interrupted (training steps, precompute shards, generation): an open
+    bar has not ended its line, and the error line must start one of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
     """Run ``fn``; a ``UserError`` becomes ``error: <message>`` on stderr and exit status 2, a ``Stopped``
     ``stopped: <message>`` and exit status ``EXIT_STOPPED``."""
@@ -40,9 +49,11 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
+            _end_progress_bars()
             print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
             sys.exit(2)
         except Stopped as e:
+            _end_progress_bars()
             print(f"stopped: {e}", file=sys.stderr, flush=True)
             sys.exit(EXIT_STOPPED)
 

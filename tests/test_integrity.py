@@ -232,3 +232,42 @@ def test_leftovers_of_live_writers_are_kept(tmp_path):
         sleeper.kill()
         sleeper.wait()
     assert checkpoint.remove_leftovers(tmp_path) == [(f".unet.pth.tmp-{sleeper.pid}", 1)]
+
+
+def test_a_flipped_bit_in_a_cache_shard_is_refused_and_redone(tiny_sd15, tiny_pairs, tmp_path, monkeypatch, capsys):
+    """One flipped bit used to train silently on the wrong value (the index recorded sizes only); now the shard
+    is hashed when the run's batches first reach it (or every file first with --verify_cache full), and
+    ``--redo_shard`` rewrites exactly that file."""
+    from test_cache import _cli, files_of, precompute
+
+    import train
+    from sdpo.cache import store as cache
+
+    shard = "--shard_size", "24", "--text_shard_size", "4", "--encode_batch_size", "1"  # one latent shard: every batch
+    base = ("--pretrained_model_name_or_path", tiny_sd15, "--dataset_name", tiny_pairs, "--resolution", "32",
+            "--no_hflip")  # fmt: skip
+    root = precompute(*base, *shard, "--out", tmp_path / "cache")
+    index = cache.read_json(root / cache.INDEX)
+    assert all(len(f[manifest.HASH]) == 32 for f in index["files"])
+    assert {f["path"]: f[manifest.HASH] for f in index["files"]} == {
+        n: r[manifest.HASH] for n, r in manifest.records(root, [f["path"] for f in index["files"]]).items()
+    }
+    good = files_of(root)
+    latents, text = cache.latent_file(0), cache.text_file(0)
+    _flip_a_bit(latents)(root)
+    train_flags = [*base, "--output_dir", tmp_path / "o", "--report_to", "none", "--precomputed", root,
+                   "--train_batch_size", "2", "--max_train_steps", "2", "--checkpointing_steps", "2"]  # fmt: skip
+    line = _cli(train.main, train_flags, monkeypatch, capsys)
+    assert line == (
+        f"error: --precomputed {root}: {latents} does not match its content hash in index.json (it changed after "
+        f"precompute wrote it); rewrite it with python -m sdpo.precompute <this run's flags> --out {root} "
+        f"--redo_shard {latents}"
+    )
+    assert not (tmp_path / "o" / "unet.pth").exists() and not list((tmp_path / "o").glob("checkpoint-*"))
+
+    precompute(*base, *shard, "--out", root, "--redo_shard", latents)
+    assert files_of(root) == good  # the same bytes as the first time, index included
+
+    _flip_a_bit(text)(root)
+    line = _cli(train.main, [*train_flags, "--verify_cache", "full"], monkeypatch, capsys)
+    assert line.startswith(f"error: --precomputed {root}: {text} does not match its content hash"), line

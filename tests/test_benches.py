@@ -40,6 +40,7 @@ CASES = [
     ("checkpoint_hashing", [], [(r"^SD1\.5 UNet layout, --quick stand-in: \d+\.\d M parameters; checkpoint ", 1),
                                 (rf"^checkpoint write with(out)? manifest: +{R} s \(median of 2\)$", 2),
                                 (rf"^with / without: {X} \([+-]{R} s per checkpoint\)$", 1),
+                                (rf"^hashing inside the write: {R} s, {R}% of the write \(median of 2\)$", 1),
                                 (rf"^hashing alone: {R} s for .* \({R} GB/s\)$", 1),
                                 (rf"^resume: verify {R} s, load {R} s; verify / load: {X}$", 1)]),
     ("generation_throughput", [], [(r"^tiny sd15, 32x32", 1), (rf"batch 2 / batch 1 throughput ratio: {X}$", 1)]),

@@ -265,8 +265,11 @@ def test_a_flipped_bit_in_a_cache_shard_is_refused_and_redone(tiny_sd15, tiny_pa
     )
     assert not (tmp_path / "o" / "unet.pth").exists() and not list((tmp_path / "o").glob("checkpoint-*"))
 
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (root / "latents" / f".latents-00001.safetensors.tmp-{dead.pid}").write_bytes(b"x")  # a killed precompute's
     precompute(*base, *shard, "--out", root, "--redo_shard", latents)
-    assert files_of(root) == good  # the same bytes as the first time, index included
+    assert files_of(root) == good  # the same bytes as the first time, index included, the leftover gone
 
     _flip_a_bit(text)(root)
     line = _cli(train.main, [*train_flags, "--verify_cache", "full"], monkeypatch, capsys)

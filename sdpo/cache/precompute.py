@@ -35,7 +35,7 @@ from sdpo.atomic import atomic_path, write_json
 from sdpo.cache import store as cache
 from sdpo.cache.identity import cache_identity, first_difference
 from sdpo.checkpoint import manifest
-from sdpo.checkpoint.store import crash_point
+from sdpo.checkpoint.store import crash_point, remove_leftovers
 from sdpo.config import RunConfig, resolve
 from sdpo.config import build_parser as train_parser
 from sdpo.data import pairs as data
@@ -235,6 +235,8 @@ def precompute(cfg: PrecomputeConfig) -> Path:
     encoder_dtype = cache.precision_name(acc.mixed_precision)
     plan = _plan(cfg, len(hf), len(captions), encoder_dtype)
     state = _check_out(out, plan)
+    if acc.is_main_process and state != "new":  # shards a killed precompute was writing (before anyone writes)
+        remove_leftovers(out)
     acc.wait_for_everyone()
     if cfg.redo_shard:
         state = _redo(out, cfg.redo_shard, state, acc)

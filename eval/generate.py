@@ -86,6 +86,8 @@ from eval.outputs import (  # noqa: E402
 )
 from eval.video_generate import add_video_arguments, main_video, validate_video  # noqa: E402
 from sdpo.atomic import atomic_path, write_json  # noqa: E402
+from sdpo.checkpoint.weights import check_readable  # noqa: E402
+from sdpo.diskspace import reporting_disk_full  # noqa: E402
 from sdpo.errors import UserError, cli_main  # noqa: E402
 from sdpo.families import (  # noqa: E402
     DEFAULT_FAMILY,
@@ -421,6 +423,8 @@ def main(argv: list[str] | None = None) -> Path:
         "layout": args.layout,
     }
     check_settings(image_dir, settings)
+    if args.unet_path:
+        check_readable(args.unet_path, "--weights_path")  # a damaged file is refused before the folder is made
     image_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -481,7 +485,8 @@ def _generate(args, entries, todo, paths, dtype, vae_dtype, state) -> tuple[int,
         seeds = [sample_seed(args.seed, k) for _, k in batch]
         images = generate_images(comp, prompts, args.height, args.width, args.steps, args.cfg, seeds, args.sampler)
         for it, prompt, image in zip(batch, prompts, images):
-            save_png(image, paths[it], prompt)
+            with reporting_disk_full(paths[it].parent, "images", after=f"; {written} written by this process are kept"):
+                save_png(image, paths[it], prompt)
             written += 1
             if kill_after and written >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)

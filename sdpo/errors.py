@@ -10,16 +10,20 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+EXIT_STOPPED = 75  # a run stopped by a signal after writing its checkpoint (sysexits.h EX_TEMPFAIL: retry resumes)
+
+
 class UserError(Exception):
     """Bad input: the message says what is wrong, where, and what to do. Printed without a traceback."""
 
 
 class RunStopped(Exception):
-    """A run that stopped on purpose before its last step, its state saved (e.g. the winner guard,
-    ``sdpo.training.guard``); the CLI exits with ``exit_code`` so a launcher can tell it from a crash (1) or
-    from bad input (2).  Codes in use: 3, the winner guard."""
+    """A run that stopped on purpose before its last step, its state saved: a stop signal
+    (``sdpo.training.preemption``; ``EXIT_STOPPED``, so a retry resumes) or the winner guard
+    (``sdpo.training.guard``; 3).  Printed as one ``stopped:`` line; the exit status tells a launcher it from a
+    crash (1) or from bad input (2)."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int = EXIT_STOPPED):
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -33,6 +37,15 @@ def one_line(message: str) -> str:
     return message
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars the error interrupted (training steps, precompute shards, generation): an open
+    bar has not ended its line, and the error line must start one of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
     """Run ``fn``; a ``UserError`` becomes ``error: <message>`` on stderr and exit status 2, a ``RunStopped``
     ``stopped: <message>`` and its own exit status."""
@@ -42,9 +55,11 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
+            _end_progress_bars()
             print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
             sys.exit(2)
         except RunStopped as e:
+            _end_progress_bars()
             print(f"stopped: {e}", file=sys.stderr, flush=True)
             sys.exit(e.exit_code)
 

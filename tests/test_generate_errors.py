@@ -37,7 +37,9 @@ def test_sdxl_weights_without_sdxl_flag(models, tmp_path, capsys):
         str(prompts),
     ]
     err = _fails([*argv, "--output_path", str(tmp_path), "--height", str(SIZE), "--width", str(SIZE)], capsys)
-    assert "looks like an SDXL UNet" in err and "use --sdxl" in err
+    # no flag in the hint: --sdxl with this SD1.5 base would be refused too (the base model is what must change)
+    assert "looks like an SDXL UNet (family sdxl), the model is an SD1.5/SD2-style UNet: give the base model" in err
+    assert "--sdxl" not in err
     assert " missing, " in err and " unexpected, " in err and "wrong-shape" in err
     assert not any(tmp_path.glob("p_seed0*/*.png"))
 

@@ -3,6 +3,8 @@ with the adapters off, files load into diffusers pipelines, resume is exact, the
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -129,27 +131,30 @@ def test_lora_run_writes_adapters_only_resumes_bit_identically_and_merges(tiny_s
     assert final == out / lora.LORA_WEIGHTS
     ckpt = out / "checkpoint-2"
     # Adapters and optimizer state only: no model.safetensors, no unet.pth.
-    expected = [lora.LORA_WEIGHTS, "optimizer.bin", "random_states_0.pkl", "scheduler.bin", "training_state.json"]
+    expected = [lora.LORA_WEIGHTS, "manifest.json", "optimizer.bin", "random_states_0.pkl", "scheduler.bin",
+                "training_state.json"]  # fmt: skip
     assert sorted(p.name for p in ckpt.iterdir()) == sorted(expected)
     straight = load_file(final)
     assert all(".lora." in k for k in straight) and (out / "unet.pth").is_file()
 
-    # Resume from checkpoint-2 after losing the rest: the same adapters, bit for bit.
-    import shutil
-
-    shutil.rmtree(out / "checkpoint-4")
+    # checkpoint-4's adapters cut short: the run resumes from checkpoint-2 (the newest that verifies) and ends
+    # with the same adapters, bit for bit.
+    adapters = out / "checkpoint-4" / lora.LORA_WEIGHTS
+    os.truncate(adapters, adapters.stat().st_size // 2)
     final.unlink()
     run_train(*flags)
     resumed = load_file(final)
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
 
-    # Resuming with another rank, or as a full fine-tune, stops with one line.
+    # Resuming with another rank, or as a full fine-tune, stops with one line (sdpo.checkpoint.identity).
     i = flags.index("--lora_rank")
     other_rank = [*flags[: i + 1], "8", *flags[i + 2 :]]
-    with pytest.raises(UserError, match="adapters do not fit this run's LoRA .*--lora_rank"):
+    with pytest.raises(UserError, match="a run with --lora_rank 4, this launch has 8: .*--allow_changed_flags lora_r"):
         run_train(*other_rank)
-    with pytest.raises(UserError, match="was written by a LoRA run"):
+    with pytest.raises(UserError, match="a run with --lora_rank 4, this launch has not set"):
         run_train(*tiny_flags(tiny_sd15, tiny_pairs, out))
+    with pytest.raises(UserError, match="adapters do not fit this run's LoRA .*--lora_rank"):  # when allowed anyway
+        run_train(*other_rank, "--allow_changed_flags", "lora_rank")
 
     # --save_merged and the merge CLI write the same full weights; they predict what base + LoRA predicts.
     from sdpo.lora.__main__ import main as lora_cli

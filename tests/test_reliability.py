@@ -214,6 +214,10 @@ def test_tampered_checkpoint_is_refused_on_resume(tiny_sd15, tiny_pairs, tmp_pat
     run_train(*tiny_flags(tiny_sd15, tiny_pairs, out, "--max_train_steps", "2", "--train_method", "sft"))
     marker = tmp_path / "pwned"
     torch.save({"state": _Evil(marker)}, out / "checkpoint-2" / "optimizer.bin")
+    from sdpo.checkpoint import manifest
+
+    folder = out / "checkpoint-2"  # a tamperer rewrites the manifest too: the safe loader must still refuse
+    manifest.write(folder, manifest.records(folder, manifest.listing(folder)))
     with pytest.raises(UserError, match="refused to load a checkpoint file"):
         run_train(*tiny_flags(tiny_sd15, tiny_pairs, out, "--max_train_steps", "4", "--train_method", "sft"))
     assert not marker.exists()

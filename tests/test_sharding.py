@@ -8,6 +8,7 @@ torchrun start costs seconds on two cores.
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import subprocess
@@ -154,6 +155,26 @@ def test_sigkill_in_a_sharded_checkpoint_then_resume_is_bit_exact(runs):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed sharded run differs from the uninterrupted one"
     assert [r["step"] for r in read_jsonl(out) if "train_loss" in r] == [1, 2] and not list(out.glob("*.partial"))
     assert [r["step"] for r in read_jsonl(out) if "heldout/win_diff" in r] == [0, 1, 2]  # step 1's kept, 2 redone
+
+
+def test_a_damaged_shard_is_named_and_the_checkpoint_before_it_taken(runs, tmp_path):
+    """The manifest of a sharded checkpoint covers every process's DCP file (each process hashed its share)."""
+    from sdpo.checkpoint import manifest
+    from sdpo.checkpoint.store import resume_point
+
+    root, _, _ = runs
+    for step in (1, 2):
+        shutil.copytree(root / "fsdp" / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    names = sorted(manifest.read(tmp_path / "checkpoint-2"))
+    assert {"model/__0_0.distcp", "model/__1_0.distcp", "optimizer/__1_0.distcp", "model/.metadata"} <= set(names)
+    shard = tmp_path / "checkpoint-2" / "model" / "__1_0.distcp"
+    size = shard.stat().st_size
+    os.truncate(shard, size - 1)
+    found, notes = resume_point(tmp_path, "latest")
+    assert found == tmp_path / "checkpoint-1"
+    assert notes == [f"{tmp_path / 'checkpoint-2'} is damaged, skipped: model/__1_0.distcp: {size - 1} bytes, the "
+                     f"manifest records {size} (truncated or replaced)",
+                     "resuming from checkpoint-1, the newest checkpoint that verifies"]  # fmt: skip
 
 
 def test_resume_two_processes_on_one_keeps_position_and_global_batch(runs):

@@ -35,10 +35,12 @@ from sdpo.atomic import atomic_path, write_json
 from sdpo.cache import reference_precompute
 from sdpo.cache import store as cache
 from sdpo.cache.identity import cache_identity, first_difference
-from sdpo.checkpoint.store import crash_point
+from sdpo.checkpoint import manifest
+from sdpo.checkpoint.store import crash_point, remove_leftovers
 from sdpo.config import RunConfig, resolve
 from sdpo.config import build_parser as train_parser
 from sdpo.data import pairs as data
+from sdpo.diskspace import reporting_disk_full, shortfall
 from sdpo.errors import UserError, cli_main
 from sdpo.families import get_family
 
@@ -65,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--text_shard_size", type=int, default=256, help="captions per text shard (FLUX fp32: 8.4 MB each)")
     a("--encode_batch_size", type=int, default=8, help="pairs (or captions) per encoder call")
     reference_precompute.add_arguments(p)
+    a(
+        "--redo_shard",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="rewrite this file of a finished cache (its path in index.json, e.g. latents/latents-00003.safetensors, "
+        "as a failed hash check names it) and the index; repeatable",
+    )
     return p
 
 
@@ -79,6 +89,7 @@ class PrecomputeConfig:
     text_shard_size: int
     encode_batch_size: int
     reference: reference_precompute.ReferenceOptions | None = None  # --reference_losses (sdpo.cache.reference)
+    redo_shard: tuple[str, ...] = ()
 
 
 def parse_args(argv: list[str] | None = None) -> PrecomputeConfig:
@@ -96,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> PrecomputeConfig:
         if getattr(ns, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(ns, name)}")
     return PrecomputeConfig(run, ns.out, ns.cache_dtype, ns.shard_size, ns.text_shard_size, ns.encode_batch_size,
-                            reference_precompute.options(ns, run))  # fmt: skip
+                            reference_precompute.options(ns, run), tuple(ns.redo_shard))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -175,7 +186,9 @@ def _save(tensors: dict, out: Path, name: str, meta: dict | None = None) -> None
 
     path = out / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    need = sum(v.numel() * v.element_size() for v in tensors.values())
+    with reporting_disk_full(out, name, need, after="; the finished shards are kept"), \
+            atomic_path(path) as tmp:  # fmt: skip
         # One metadata key: safetensors writes several in hash order, and the files must not depend on it.
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata={"sdpo": json.dumps(meta, sort_keys=True)} if meta else None)  # fmt: skip
@@ -225,7 +238,11 @@ def precompute(cfg: PrecomputeConfig) -> Path:
     encoder_dtype = cache.precision_name(acc.mixed_precision)
     plan = _plan(cfg, len(hf), len(captions), encoder_dtype)
     state = _check_out(out, plan)
+    if acc.is_main_process and state != "new":  # shards a killed precompute was writing (before anyone writes)
+        remove_leftovers(out)
     acc.wait_for_everyone()
+    if cfg.redo_shard:
+        state = _redo(out, cfg.redo_shard, state, acc)
     if state == "finished":
         log.info("%s is already a finished cache for these flags", out)
         return out
@@ -263,8 +280,14 @@ def precompute(cfg: PrecomputeConfig) -> Path:
                  "+ %s of text; %d of %d shards already done, the rest dealt over %d process(es); %s free there",
                  out, len(hf), len(captions), flips, plan["layout"]["dtype"], _gb(size["latents"]),
                  _gb(size["per_pair"]), _gb(size["text"]), done, len(units), acc.num_processes, _gb(free))  # fmt: skip
-        if size["latents"] + size["text"] > free:
-            log.warning("the cache may not fit: %s estimated, %s free", _gb(size["latents"] + size["text"]), _gb(free))
+        left = [u for u in units if not (out / u[0]).is_file()]
+        need = (size["latents"] + size["text"]) * sum(u[1] for u in left) // max(1, sum(u[1] for u in units))
+        refusal = shortfall(out, need, f"the {len(left)} shard(s) left to write", "the estimate above")
+    else:
+        refusal = None
+    refusal = _from_main(acc, refusal)
+    if refusal:
+        raise UserError(refusal)
 
     caption_ids = {c: i for i, c in enumerate(captions)}
     bar = tqdm(total=sum(u[1] for u in mine), initial=sum(u[1] for u in mine if (out / u[0]).is_file()),
@@ -288,12 +311,55 @@ def precompute(cfg: PrecomputeConfig) -> Path:
         missing = [u[0] for u in units if not (out / u[0]).is_file()]
         if missing:
             raise UserError(f"{out}: {len(missing)} shard(s) were not written (first: {missing[0]}); rerun to finish")
-        files = [{"path": u[0], "bytes": (out / u[0]).stat().st_size} for u in units]
+    # Every file's size and content hash (sdpo.checkpoint.manifest), each process hashing the files it was dealt
+    # (just written: still in the page cache); training checks them when it first reads a file (sdpo.cache.store).
+    mine_records = manifest.records(out, [u[0] for u in mine])
+    records = {k: v for part in _gathered(acc, mine_records) for k, v in part.items()}
+    if acc.is_main_process:
+        files = [{"path": u[0], **records[u[0]]} for u in units]
         plan["layout"].update(latent_shape=latent_shape, latent_axis_order=axis_order, text_shapes=text_shapes)
         write_json(out / cache.INDEX, {**plan, "files": files})
         log.info("cache %s finished: %s in %d files", out, _gb(sum(f["bytes"] for f in files)), len(files))
     acc.wait_for_everyone()
     return out
+
+
+def _redo(out: Path, names: tuple[str, ...], state: str, acc) -> str:
+    """``--redo_shard``: remove the named files (and ``index.json``, so that no training reads the cache
+    meanwhile); the run then writes what is missing, as after a crash, and a new index."""
+    if state == "new":
+        raise UserError(f"--redo_shard: --out {out} holds no cache yet; drop --redo_shard to build it")
+    known = {f["path"] for f in cache.read_json(out / cache.INDEX)["files"]} if state == "finished" else None
+    for name in names:
+        if (known is not None and name not in known) or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise UserError(f"--redo_shard {name}: not a file of the cache in {out} (give its path there, as in "
+                            f"{cache.INDEX}: e.g. {cache.latent_file(0)})")  # fmt: skip
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        for name in names:
+            (out / name).unlink(missing_ok=True)
+        (out / cache.INDEX).unlink(missing_ok=True)
+        log.info("redoing %s in %s", ", ".join(names), out)
+    acc.wait_for_everyone()
+    return "resume"
+
+
+def _from_main(acc, value):
+    if acc.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _gathered(acc, value) -> list:
+    if acc.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
 
 
 def _chunks(n: int, size: int) -> list[range]:

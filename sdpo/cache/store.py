@@ -23,8 +23,15 @@ Layout of CACHE/ (every file written under a temporary name and renamed when com
     latents/latents-00000.safetensors   pairs [k*S, (k+1)*S) in dataset order (ties and broken rows
                                     dropped): mean, std (S, 2 [winner, loser], flips, *latent),
                                     caption_id (S,), source_row (S,)
-    index.json                      written last: the plan, shapes, and every file with its size;
-                                    a cache without it is unfinished and refused
+    index.json                      written last: the plan, shapes, and every file with its size and
+                                    content hash (xxh3_128); a cache without it is unfinished and refused
+
+Integrity: every file's size is checked when the cache is opened, and its content hash when this process's
+batches first reach it (``--verify_cache open``, the default: the main process checks the files a batch will
+read before handing the batch to the DataLoader workers, so each file is hashed once per process, while the
+epoch goes on; no extra pass before training), or every file before training starts (``full``), or never
+(``size``).  A file that fails is named, with the command that rewrites it (``python -m sdpo.precompute ...
+--redo_shard FILE``).  A cache written before hashes existed is checked by size only.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sdpo.cache.identity import cache_identity, first_difference
+from sdpo.checkpoint import manifest
 from sdpo.data.pairs import PairTransform, flip_draws, keeps_caption
 from sdpo.data.seeding import sample_seed
 from sdpo.errors import UserError
@@ -85,10 +93,12 @@ def read_json(path: Path) -> dict:
 
 
 class CacheIndex:
-    """A finished cache, checked against this run's flags."""
+    """A finished cache, checked against this run's flags.  ``verify``: ``--verify_cache``."""
 
-    def __init__(self, root: Path, index: dict):
-        self.root, self.index = root, index
+    def __init__(self, root: Path, index: dict, verify: str = "open"):
+        self.root, self.index, self.verify = root, index, verify
+        self.hashes: dict[str, str] = {f["path"]: f[manifest.HASH] for f in index["files"] if manifest.HASH in f}
+        self._verified: set[str] = set()
         layout = index["layout"]
         self.pairs: int = layout["pairs"]
         self.shard_size: int = layout["shard_size"]
@@ -99,6 +109,30 @@ class CacheIndex:
 
     def __len__(self) -> int:
         return self.pairs
+
+    def check_file(self, name: str) -> None:
+        """Hash ``name`` once (in this process) against the index; a mismatch is one line naming the file and
+        the command that rewrites it."""
+        if name in self._verified or name not in self.hashes:
+            return
+        if manifest.file_hash(self.root / name) != self.hashes[name]:
+            raise UserError(
+                f"--precomputed {self.root}: {name} does not match its content hash in {INDEX} (it changed after "
+                f"precompute wrote it); rewrite it with python -m sdpo.precompute <this run's flags> --out {self.root} "
+                f"--redo_shard {name}"
+            )
+        self._verified.add(name)
+
+    def check_batch(self, keys, caption_ids) -> None:
+        """Before a batch of ``(epoch, index)`` keys is read: its latent shards, then the text shards of its
+        captions (``caption_ids(index)``) and the empty prompt's."""
+        if self.verify != "open":
+            return
+        for _, index in keys:
+            self.check_file(latent_file(index // self.shard_size))
+        self.check_file(EMPTY)
+        for _, index in keys:
+            self.check_file(text_file(caption_ids(index) // self.text_shard_size))
 
 
 def precision_name(mixed_precision: str | None) -> str:
@@ -121,13 +155,20 @@ def open_cache(cfg, mixed_precision: str | None, compare_data: bool = True) -> C
         raise UserError(f"--precomputed {root}: cache format {index.get('format')} is not {FORMAT}; rebuild it")
     current = cache_identity(cfg)
     check_identity(root, index["identity"], current if compare_data else {**current, "data": index["identity"]["data"]})
-    cache = CacheIndex(root, index)
+    cache = CacheIndex(root, index, cfg.data.verify_cache)
     if not cfg.data.no_hflip and cache.flips < 2:
         raise UserError(f"--precomputed {root}: made with --no_hflip (no flipped latents); add --no_hflip or rebuild")
     for f in index["files"]:
         p = root / f["path"]
         if not p.is_file() or p.stat().st_size != f["bytes"]:
             raise UserError(f"--precomputed {root}: {f['path']} is missing or has the wrong size; rerun precompute")
+    if not cache.hashes:
+        log.warning("--precomputed %s: its index records no content hashes (written by an older version): only the "
+                    "files' sizes are checked", root)  # fmt: skip
+    elif cfg.data.verify_cache == "full":
+        for f in index["files"]:
+            cache.check_file(f["path"])
+        log.info("--verify_cache full: the %d files of %s match their hashes", len(index["files"]), root)
     layout = index["layout"]
     ours = precision_name(mixed_precision)
     if layout["encoder_dtype"] != ours:
@@ -172,6 +213,10 @@ class CachedPairs(Dataset):
             self._files.popitem(last=False)
         return f
 
+    def caption_id(self, index: int) -> int:
+        shard, row = divmod(index, self.cache.shard_size)
+        return int(self._open(latent_file(shard)).get_slice("caption_id")[row : row + 1][0])
+
     def text(self, caption_id: int | None) -> dict[str, torch.Tensor]:
         """One caption's conditioning (no batch axis); ``None``: the empty prompt."""
         if caption_id is None:
@@ -199,6 +244,22 @@ class CachedPairs(Dataset):
             "index": index,
             "axis_order": self.cache.axis_order,
         }
+
+
+class CheckedBatches:
+    """A batch sampler that has the cache check the files of each batch (``CacheIndex.check_batch``) in the
+    process that draws the batches, before any DataLoader worker reads them; otherwise it is ``sampler``."""
+
+    def __init__(self, sampler, pairs: CachedPairs):
+        self.sampler, self.pairs = sampler, pairs
+
+    def __iter__(self):
+        for batch in self.sampler:
+            self.pairs.cache.check_batch(batch, self.pairs.caption_id)
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def collate(samples: list[dict]) -> dict:

@@ -124,6 +124,8 @@ def _dcp_load(state: dict, folder: Path) -> None:
 class ShardedState:
     """The trained (sharded) denoiser, its optimizer and lr scheduler, saved and loaded with DCP."""
 
+    model_copies = 1  # the model's DCP shards (a checkpoint's size estimate: sdpo.checkpoint.store)
+
     def __init__(self, model: torch.nn.Module, optimizer, scheduler, name: str = "unet"):
         self.model, self.name = model, name
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer

@@ -38,9 +38,14 @@ def load_tensor_dict(path: str | Path, label: str = "") -> dict[str, torch.Tenso
     path = Path(path)
     where = f"{label}: {path}" if label else str(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:  # truncated, or not safetensors at all
+            raise UserError(f"{where}: not a readable safetensors file ({_first_line(e)}); it may be cut short: copy "
+                            "or download it again") from None  # fmt: skip
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -49,12 +54,18 @@ def load_tensor_dict(path: str | Path, label: str = "") -> dict[str, torch.Tenso
             "run code; re-save it as a plain state_dict or as safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{where}: not a readable PyTorch file ({str(e).splitlines()[0][:160]})") from None
+        raise UserError(f"{where}: not a readable PyTorch file ({_first_line(e)}); it may be cut short: copy or "
+                        "download it again") from None  # fmt: skip
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{where}: expected a state_dict (a dict of tensors), found {type(obj).__name__}")
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    """The first sentence of a library's message (torch's zip reader appends a paragraph of advice)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:160]
 
 
 _NAMES = ("unet", "transformer")
@@ -94,6 +105,38 @@ def resolve_unet_file(path: str | Path) -> Path:
     raise UserError(f"{p}: no such file or folder; pass a unet.pth/transformer.pth, a checkpoint or a diffusers folder")
 
 
+def check_readable(path: str | Path, label: str = "") -> Path:
+    """Fail now, in one line, if the weights at ``path`` (any accepted source) cannot be read, without reading
+    the tensors: a safetensors header is checked against the file's length, a torch file's zip directory (at its
+    end) is opened lazily.  For commands that write an output folder before loading the model."""
+    f = resolve_unet_file(path)
+    where = f"{label}: {f}" if label else str(f)
+    files = [f]
+    if f.name == _INDEX:
+        import json
+
+        files = [f.parent / s for s in sorted(set(json.loads(f.read_text())["weight_map"].values()))]
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                with safe_open(str(file), framework="pt") as st:
+                    st.keys()
+            except (SafetensorError, OSError) as e:
+                raise UserError(f"{where}: not a readable safetensors file ({_first_line(e)}); it may be cut short: "
+                                "copy or download it again") from None  # fmt: skip
+        else:  # torch's zip format keeps its directory at the end: a file cut short has none
+            import zipfile
+
+            with open(file, "rb") as fh:
+                zipped = fh.read(4) == b"PK\x03\x04"
+            if zipped and not zipfile.is_zipfile(file):
+                raise UserError(f"{where}: not a readable PyTorch file (a zip archive without its directory); it may be "
+                                "cut short: copy or download it again")  # fmt: skip
+    return f
+
+
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
     if path.name == _INDEX:  # sharded safetensors: every shard the index names
         import json
@@ -122,6 +165,8 @@ def load_denoiser_weights(model: torch.nn.Module, path: str | Path, describe=Non
     if missing or unexpected or bad_shape:
         looks = f"; the file looks like {describe(sd)}" if describe else ""
         model_is = f", the model is {model_label}" if model_label else ""
+        if describe and model_label:
+            model_is += ": give the base model these weights were trained from, or weights trained from this one"
         raise UserError(
             f"{path}: weights do not fit this {'UNet' if 'UNet' in type(model).__name__ else 'model'} ({len(missing)} "
             f"missing, {len(unexpected)} unexpected, {len(bad_shape)} wrong-shape keys){looks}{model_is}"

@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--max_bad_fraction", type=float, default=0.1, help="abort when more than this fraction of rows is broken")
     a(
+        "--verify_cache",
+        default="open",
+        choices=["open", "full", "size"],
+        help="--precomputed: check each cache file's content hash when training first reads it (open), every file "
+        "before training starts (full), or only the files' sizes (size)",
+    )
+    a(
         "--precomputed",
         default=None,
         metavar="CACHE",
@@ -285,7 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     a("--tracker_project_name", default="sdpo")
     a("--checkpointing_steps", type=int, default=500)
     a("--checkpoints_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
-    a("--resume_from_checkpoint", default="latest", help="'latest', a checkpoint folder, or 'none'")
+    a(
+        "--resume_from_checkpoint",
+        default="latest",
+        help="'latest' (the newest checkpoint that verifies against its manifest), a checkpoint folder, or 'none'",
+    )
+    a(
+        "--allow_changed_flags",
+        default=None,
+        metavar="NAME[,NAME]",
+        help="resume even though these settings differ from the checkpoint's run (as the refusal names them, e.g. "
+        "train_method,resolution), or all; by default a resumed run must keep the settings that define it",
+    )
+    a(
+        "--stop_signals",
+        default="SIGTERM,SIGINT,SIGUSR1",
+        help="signals that stop the run cleanly: finish the optimizer step, write a checkpoint, exit with status 75 "
+        "(a second signal stops at once); none: the signals' default actions",
+    )
     return p
 
 

@@ -14,6 +14,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
+from sdpo.checkpoint.identity import parse_allowed
 from sdpo.config.sections import (
     SPLIT_PREFIX,
     DataConfig,
@@ -61,6 +62,7 @@ def resolve(ns: argparse.Namespace) -> RunConfig:
     _check_family(ns, family, objective)
     validation = _validation(ns, family)  # prompts and metrics: before any model loads
     heldout = _heldout(ns)
+    allowed = tuple(sorted(parse_allowed(ns.allow_changed_flags)))
     return RunConfig(
         model=_section(ModelConfig, ns),
         data=_section(
@@ -75,9 +77,26 @@ def resolve(ns: argparse.Namespace) -> RunConfig:
         optim=_section(OptimConfig, ns),
         dist=_section(DistConfig, ns),
         validation=validation,
-        output=_section(OutputConfig, ns),
+        output=_section(OutputConfig, ns, stop_signals=_stop_signals(ns.stop_signals), allow_changed_flags=allowed),
         heldout=heldout,
     )
+
+
+def _stop_signals(spec: str | None) -> tuple[str, ...]:
+    """``--stop_signals``: a comma list of signal names (``SIGTERM`` or ``TERM``), or ``none``."""
+    import signal
+
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return ()
+    names = []
+    for part in spec.split(","):
+        name = part.strip().upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        if not isinstance(getattr(signal, name, None), signal.Signals) or name in ("SIGKILL", "SIGSTOP"):
+            raise UserError(f"--stop_signals {spec}: {part.strip()!r} is not a signal that can be caught; use names "
+                            "such as SIGTERM,SIGINT,SIGUSR1, or none")  # fmt: skip
+        names.append(name)
+    return tuple(dict.fromkeys(names))
 
 
 def _section(cls, ns: argparse.Namespace, **extra):
@@ -154,11 +173,28 @@ def _check_paths(ns: argparse.Namespace) -> None:
         raise UserError(f"--dataset_name {ns.dataset_name}: no such folder or file")
 
 
+def unreachable_model(path: str, revision: str | None, flag: str = "--pretrained_model_name_or_path") -> str | None:
+    """The one-line refusal for a model that is neither a local folder nor a hub model this machine can read (a
+    mistyped relative path looks like an 'org/name' hub id); None when it is one of them.  Reads only
+    ``model_index.json`` (from the hub or its cache for an id)."""
+    import os
+
+    from sdpo.families import read_model_index
+
+    if Path(path).expanduser().exists() or read_model_index(path, revision) is not None:
+        return None
+    offline = any(os.environ.get(v, "") not in ("", "0", "false") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    hub = "not in the local hub cache (offline mode)" if offline else "not found on the hub (no model_index.json)"
+    return f"{flag} {path}: no such folder (relative to {Path.cwd()}), and as a hub model id {hub}; check the path"
+
+
 def _resolve_family(ns: argparse.Namespace):
     """``--model_family`` (or a family's alias flag) against the folder or hub config, before any weights load."""
     path = ns.pretrained_model_name_or_path
     requested, flag = requested_family(ns)
     root = Path(path).expanduser()
+    if requested == "auto" and (missing := unreachable_model(path, ns.revision)):
+        raise UserError(missing)
     if requested != "auto" and root.is_dir():
         get_family(requested).check_folder(root, flag)
     ns.model_family = resolve_family(path, requested, ns.revision, flag)

@@ -65,6 +65,7 @@ class DataConfig:
     max_bad_fraction: float
     precomputed: str | None
     precomputed_reference: bool | None  # reference losses from the cache (sdpo.cache.reference); None: when there
+    verify_cache: str  # open | full | size: when the cache's content hashes are checked
     seed: int
     joint_augment: bool  # one crop/flip for winner and loser (the family's rule)
     video: bool  # frame stacks instead of images (the family's)
@@ -198,6 +199,8 @@ class OutputConfig:
     checkpointing_steps: int
     checkpoints_total_limit: int | None
     resume_from_checkpoint: str | None
+    allow_changed_flags: tuple[str, ...]  # run settings a resume may change (sdpo.checkpoint.identity)
+    stop_signals: tuple[str, ...]  # signal names that stop the run cleanly (sdpo.training.preemption)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def load_pairs(cfg, required: tuple[str, ...] = REQUIRED_COLUMNS, what: str = "a
 
     kw = dict(split=cfg.split, cache_dir=cfg.cache_dir, streaming=cfg.streaming)
     source = cfg.train_data_dir or cfg.dataset_name
+    _refuse_empty_parquet(cfg)
     try:
         if cfg.train_data_dir:
             ds = load_dataset("parquet", data_files={cfg.split: _data_files(Path(cfg.train_data_dir))}, **kw)
@@ -65,8 +66,9 @@ def load_pairs(cfg, required: tuple[str, ...] = REQUIRED_COLUMNS, what: str = "a
     except UserError:
         raise
     except Exception as e:  # hub unreachable, unknown split, unreadable shard...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"could not load dataset {source!r} split {cfg.split!r}: {first[:300]}") from None
+        raise UserError(_load_failure(cfg, e)) from None
+    if hasattr(ds, "__len__") and len(ds) == 0:
+        raise UserError(f"{_flag(cfg)} {source}: split {cfg.split!r} has 0 rows; point it at the pairs to train on")
     columns = ds.column_names if ds.column_names is not None else list(next(iter(ds)).keys())
     missing = [c for c in required if c not in columns]
     if missing:
@@ -75,6 +77,60 @@ def load_pairs(cfg, required: tuple[str, ...] = REQUIRED_COLUMNS, what: str = "a
             f"(found {sorted(columns)[:10]})"
         )
     return ds
+
+
+def _flag(cfg) -> str:
+    return "--train_data_dir" if cfg.train_data_dir else "--dataset_name"
+
+
+def _refuse_empty_parquet(cfg) -> None:
+    """Local parquet files with no rows make ``datasets`` fail with "An error occurred while generating the
+    dataset" (the cause only in an ERROR log line above it): count the rows from the files' footers first."""
+    given = cfg.train_data_dir or cfg.dataset_name
+    source = Path(given).expanduser()
+    if not source.exists():
+        return
+    files = [source] if source.is_file() else sorted(source.rglob("*.parquet"))
+    if not files or any(f.suffix != ".parquet" for f in files):
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except Exception:  # unreadable: datasets says what is wrong with it
+        return
+    if rows == 0:
+        raise UserError(f"{_flag(cfg)} {given}: its {len(files)} parquet file(s) hold 0 rows; point it at the pairs "
+                        "to train on")  # fmt: skip
+
+
+def _load_failure(cfg, e: BaseException) -> str:
+    """One line for a ``load_dataset`` failure: a name that is neither a local path nor a hub dataset says so (a
+    mistyped relative path used to read as an unreachable hub); otherwise the innermost cause, which is where
+    ``datasets`` keeps it."""
+    import os
+
+    source = cfg.train_data_dir or cfg.dataset_name
+    text = " ".join(f"{type(x).__name__} {x}" for x in _chain(e))
+    hub_miss = any(t in text for t in ("OfflineModeIsEnabled", "Couldn't reach", "DatasetNotFound", "doesn't exist"))
+    if hub_miss and not Path(source).expanduser().exists():
+        offline = any(
+            os.environ.get(v, "") not in ("", "0", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        )
+        hub = "not in the local datasets cache (offline mode)" if offline else "not found on the hub"
+        return (f"{_flag(cfg)} {source}: no such folder or file (relative to {Path.cwd()}), and as a hub dataset id "
+                f"{hub}; check the path")  # fmt: skip
+    root = _chain(e)[-1]
+    first = (str(root).strip().splitlines() or [""])[0][:300]
+    return f"could not load dataset {source!r} split {cfg.split!r}: {type(root).__name__}: {first}"
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
 
 
 def clean_pairs(ds, cfg):

@@ -157,9 +157,11 @@ class ModelFamily:
 
     @classmethod
     def describe_weights(cls, keys) -> str:
-        """A human name for the denoiser a set of state-dict keys belongs to, with the flag that selects it."""
+        """A human name for the denoiser a set of state-dict keys belongs to, and its family.  No flag: which one
+        fixes a mismatch (the base model's path, ``--model_family``, ``--sdxl``) depends on the command and on how
+        its family was chosen, and naming a flag that was never given misleads."""
         fam = cls.owner_of(keys)
-        return f"{fam.weights_label} (use {fam.flag_hint()})" if fam else "no denoiser of a supported family"
+        return f"{fam.weights_label} (family {fam.name})" if fam else "no denoiser of a supported family"
 
     @classmethod
     def describe_lora(cls, keys) -> str:

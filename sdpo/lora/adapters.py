@@ -192,7 +192,8 @@ def load_adapters(family, module: torch.nn.Module, directory: str | Path) -> Non
 
     path = Path(directory) / LORA_WEIGHTS
     if not path.is_file():
-        raise UserError(f"{directory}: no {LORA_WEIGHTS}; was this checkpoint written by a LoRA run?")
+        raise UserError(f"{directory}: no {LORA_WEIGHTS}: a full fine-tune wrote it; resume it without --lora_rank, "
+                        "or start the LoRA run in another --output_dir")  # fmt: skip
     prefix = family.denoiser_folder + "."
     sd = {k[len(prefix) :]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
     model = unwrap(module)
@@ -212,6 +213,8 @@ class AdapterWeights(FullWeights):
     """What a LoRA run writes (``sdpo.checkpoint.store``'s weights interface): adapters only, in checkpoints and at
     the end (``--save_merged``: also the merged full weights).  Accelerate's own checkpoint gets no model
     weights at all (its save hook drops them); its load hook puts the adapters back."""
+
+    model_copies = 1  # the adapters (accelerate's state holds no model)
 
     def __init__(self, family, cfg):
         super().__init__(family.denoiser_folder)

@@ -13,13 +13,29 @@ When none works the error is one line naming the file and every place it was loo
 
 from __future__ import annotations
 
+import contextvars
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdpo.errors import UserError
 
 ROOT_ENV = "SDPO_REWARD_ROOT"
+# The flag that sets the model root in the running command, for messages: eval/score.py's --model_root, train.py's
+# --validation_model_root (``root_flag``).
+_ROOT_FLAG: contextvars.ContextVar[str] = contextvars.ContextVar("reward_root_flag", default="--model_root")
+
+
+@contextmanager
+def root_flag(flag: str) -> Iterator[None]:
+    """Name ``flag`` as the model root's flag in the errors raised inside."""
+    token = _ROOT_FLAG.set(flag)
+    try:
+        yield
+    finally:
+        _ROOT_FLAG.reset(token)
 
 
 @dataclass(frozen=True)
@@ -59,7 +75,7 @@ def describe(src: Source, root: Path | None) -> str:
 def _looked(src: Source, root: Path | None) -> str:
     places = [f"${src.env} ({os.environ.get(src.env) or 'unset'})"]
     cand = _root_candidate(src, root)
-    places.append(str(cand) if cand is not None else f"${ROOT_ENV}/--model_root (unset)")
+    places.append(str(cand) if cand is not None else f"${ROOT_ENV}/{_ROOT_FLAG.get()} (unset)")
     if src.on_hub:
         places.append(f"the Hugging Face hub/cache for {src.repo}")
     return ", ".join(places)
@@ -70,7 +86,7 @@ def _missing(src: Source, root: Path | None, what: str, why: str = "") -> UserEr
     why = f" ({why})" if why else ""
     return UserError(
         f"{src.metric}: {what} not found{why}; looked in {_looked(src, root)}{hint}; "
-        f"put it under --model_root/${ROOT_ENV} as <root>/{src.repo}"
+        f"put it under {_ROOT_FLAG.get()}/${ROOT_ENV} as <root>/{src.repo}"
         f"{'/' + src.filename if src.filename else ''} or set {src.env}"
     )
 

@@ -11,14 +11,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sdpo.atomic import removed_if_left_empty
 from sdpo.checkpoint import elastic
 from sdpo.checkpoint import store as checkpoint
 from sdpo.config import RunConfig
 from sdpo.distributed import sharding
 from sdpo.distributed.rank_trace import RankTrace
-from sdpo.errors import UserError
+from sdpo.errors import RunStopped, UserError
 from sdpo.training.heldout import make_heldout_monitor
 from sdpo.training.metrics import StepAverager, micro_step_scalars
+from sdpo.training.preemption import Preemption
 from sdpo.training.setup import Run, setup
 from sdpo.training.step import preference_forward
 from sdpo.training.validation import make_validator
@@ -37,7 +39,13 @@ def set_position(sampler, stream, epoch: int, start_sample: int, num_processes: 
 
 def train(cfg: RunConfig) -> Path:
     """Run (or resume) training; returns the path of the final weights (``unet.pth``, ``transformer.pth``;
-    LoRA: ``pytorch_lora_weights.safetensors``)."""
+    LoRA: ``pytorch_lora_weights.safetensors``).  A run refused before it wrote anything leaves no output folder
+    behind; a stop signal ends it at the next step boundary with a checkpoint (``sdpo.training.preemption``)."""
+    with removed_if_left_empty(cfg.output.output_dir), Preemption(cfg.output.stop_signals) as preemption:
+        return _train(cfg, preemption)
+
+
+def _train(cfg: RunConfig, preemption: Preemption) -> Path:
     run = setup(cfg)
     steps, acc = run.cfg.optim.max_train_steps, run.accelerator
     averager, window_ok, trace = StepAverager(), True, RankTrace(acc)
@@ -55,7 +63,7 @@ def train(cfg: RunConfig) -> Path:
             window_ok &= finite
             averager.add(acc, scalars)
             if acc.sync_gradients:
-                finish_step(run, window_ok, averager.pop())
+                finish_step(run, window_ok, averager.pop(), stop=preemption.agreed(acc))
                 window_ok = True
                 bar.update(1)
                 validator.after_step(run)
@@ -90,8 +98,9 @@ def micro_step(run: Run, batch: dict) -> tuple[dict, bool]:
     return micro_step_scalars(terms, out), ok
 
 
-def finish_step(run: Run, ok: bool, logs: dict) -> None:
-    """Optimizer step (or its skip), logging and checkpointing at an accumulation boundary."""
+def finish_step(run: Run, ok: bool, logs: dict, stop: str | None = None) -> None:
+    """Optimizer step (or its skip), logging and checkpointing at an accumulation boundary.  ``stop``: the stop
+    signal every process agreed on: checkpoint now, then end the run (``RunStopped``)."""
     opt, out, acc = run.cfg.optim, run.cfg.output, run.accelerator
     if ok:
         if opt.max_grad_norm > 0:
@@ -109,10 +118,15 @@ def finish_step(run: Run, ok: bool, logs: dict) -> None:
     logs.update(lr=run.lr_scheduler.get_last_lr()[0], nonfinite_steps=run.nonfinite_total)
     acc.log(logs, step=run.step)
     run.jsonl.write(run.step, logs)
-    stop = run.nonfinite_run >= opt.max_nonfinite_steps
-    if stop or run.step % out.checkpointing_steps == 0 or run.step == opt.max_train_steps:
+    nonfinite = run.nonfinite_run >= opt.max_nonfinite_steps
+    stop = stop if run.step < opt.max_train_steps else None  # at the last step the run ends anyway, weights written
+    if nonfinite or stop or run.step % out.checkpointing_steps == 0 or run.step == opt.max_train_steps:
         path = save_checkpoint(run)
         if stop:
+            acc.end_training()  # trackers flushed
+            raise RunStopped(f"{stop} received; {path} holds step {run.step} of {opt.max_train_steps}: rerun the same "
+                          "command to resume from it")  # fmt: skip
+        if nonfinite:
             raise UserError(
                 f"{run.nonfinite_run} consecutive optimizer steps had a non-finite loss (up to step {run.step}); "
                 f"the last good weights are in {path}; lower --learning_rate / --beta_dpo or check the data"
@@ -123,6 +137,6 @@ def save_checkpoint(run: Run) -> Path:
     """``checkpoint-<step>`` of the run as it stands (every process calls it; see ``sdpo.checkpoint.store``)."""
     opt, out, acc = run.cfg.optim, run.cfg.output, run.accelerator
     state = {**elastic.position_state(run.epoch, run.epoch_samples, opt, run.cfg.dist.sharding, acc.num_processes),
-             "nonfinite_total": run.nonfinite_total}  # fmt: skip
+             "nonfinite_total": run.nonfinite_total, "run": run.identity}  # fmt: skip
     return checkpoint.save(acc, run.family.denoiser, out.output_dir, run.step, state, out.checkpoints_total_limit,
-                           weights=run.weights)  # fmt: skip
+                           weights=run.weights, optimizer=run.optimizer)  # fmt: skip

@@ -4,7 +4,8 @@ schedule, the checkpoint format, and the position a resumed run continues from (
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,8 +16,10 @@ from sdpo.cache import store as cache
 from sdpo.cache.reference import ReferenceLossLoader
 from sdpo.checkpoint import elastic
 from sdpo.checkpoint import store as checkpoint
+from sdpo.checkpoint.identity import check_same_run, optimizer_settings, reapply_optimizer_settings, run_identity
 from sdpo.checkpoint.sharded import ShardedState
 from sdpo.config import RunConfig
+from sdpo.config.resolve import unreachable_model
 from sdpo.data import holdout
 from sdpo.data import kto as kto_data
 from sdpo.data import pairs as data
@@ -28,6 +31,8 @@ from sdpo.lora import adapters as lora
 from sdpo.losses import get_objective
 from sdpo.training import heldout
 from sdpo.training.metrics import JsonlLog
+from sdpo.training.preemption import ignore_in_worker
+from sdpo.training.validation import load_scorers
 
 log = logging.getLogger("sdpo")
 RUN_CONFIG = "run_config.json"  # every setting of the run by flag name, in its output folder
@@ -93,13 +98,15 @@ def make_loader(cfg: RunConfig, hf, accelerator, rows: list[int] | None = None):
             hf, rows = hf.select(rows), None
     rank, world = accelerator.process_index, accelerator.num_processes
     collate_fn = cache.collate if d.precomputed else collate
-    kw = dict(num_workers=d.dataloader_num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
+    kw = dict(num_workers=d.dataloader_num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+              worker_init_fn=partial(ignore_in_worker, cfg.output.stop_signals) if d.dataloader_num_workers else None)  # fmt: skip
     if d.streaming:
         ds = data.StreamingPairs(hf, transform, rank, world, d.streaming_buffer_size, d.seed, d.max_bad_fraction)
         return torch.utils.data.DataLoader(ds, batch_size=batch, **kw), ds, None
     sampler = data.ShardedPairSampler(len(hf) if rows is None else len(rows), batch, rank, world, d.seed, rows)
     pairs = cache.CachedPairs(hf, transform) if d.precomputed else dataset(hf, transform)
-    return torch.utils.data.DataLoader(pairs, batch_sampler=sampler, **kw), None, sampler
+    batches = cache.CheckedBatches(sampler, pairs) if d.precomputed else sampler  # cache files hashed on first use
+    return torch.utils.data.DataLoader(pairs, batch_sampler=batches, **kw), None, sampler
 
 
 def total_steps(opt, num_samples: int | None, num_processes: int) -> int:
@@ -157,6 +164,8 @@ class Run:
     params: list  # the trained parameters (LoRA: the adapters only)
     shards: sharding.Sharding | None = None  # --sharding fsdp|hsdp: the device mesh
     heldout: object = None  # --heldout_pairs: the held-out rows (sdpo.data.holdout.HeldOutData)
+    identity: dict = field(default_factory=dict)  # what defines the run, in every checkpoint (sdpo.checkpoint.identity)
+    scorers: dict = field(default_factory=dict)  # validation's reward models (main process), loaded first
     step: int = 0
     epoch: int = 0
     epoch_samples: int = 0  # samples of this epoch consumed by all processes together
@@ -191,12 +200,19 @@ def setup(cfg: RunConfig) -> Run:
         logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # one line per checkpoint: ours
     out_dir = Path(cfg.output.output_dir)
+    if accelerator.is_main_process:
+        checkpoint.remove_leftovers(out_dir)  # .partial folders and temporary files of a killed run
     if cfg.optim.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     objective = get_objective(cfg.objective.train_method)
     sharding.check_accelerator(cfg.dist, accelerator)
-    resume = checkpoint.find_resume_point(out_dir, cfg.output.resume_from_checkpoint)
+    if missing := unreachable_model(cfg.model.pretrained_model_name_or_path, cfg.model.revision):
+        raise UserError(missing)  # (--model_family given: the config could not ask the folder)
+    resume, notes = checkpoint.resume_point(out_dir, cfg.output.resume_from_checkpoint,
+                                            checkpoint.shared_verify(accelerator))  # fmt: skip
+    for note in notes:
+        log.warning(note)
     saved = checkpoint.read_state(resume) if resume else {}
     if resume:  # an elastic resume keeps the saved global batch: the accumulation follows the process count
         accumulation, change = elastic.adopt(cfg.optim, cfg.dist.sharding, cfg.data.streaming, saved,
@@ -225,6 +241,11 @@ def setup(cfg: RunConfig) -> Run:
         raise UserError(f"--heldout_pairs {cfg.heldout.heldout_pairs}: a split of the training data changes the run's "
                         "batches, which the precomputed reference losses do not follow; pass "
                         "--no-precomputed_reference, or hold out a separate set (--heldout_pairs PATH)")  # fmt: skip
+    identity = run_identity(cfg, None if cfg.data.streaming else len(hf))
+    if resume:  # the same run, or a deliberate change (--allow_changed_flags): before any model loads
+        for note in check_same_run(saved.get("run"), identity, frozenset(cfg.output.allow_changed_flags), resume.name):
+            log.warning(note)
+    scorers = load_scorers(cfg, accelerator)  # validation's reward models: a missing one is refused before the rest
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / RUN_CONFIG, cfg.flat())  # what this run is: sdpo.plot colours runs by it
@@ -247,9 +268,12 @@ def setup(cfg: RunConfig) -> Run:
                                  num_training_steps=cfg.optim.max_train_steps)  # fmt: skip
     optimizer, lr_scheduler, weights = prepare(cfg, accelerator, family, optimizer, lr_scheduler, shards)
 
+    fresh = optimizer_settings(optimizer)
     state = checkpoint.load(accelerator, resume, weights) if resume else {}
     if resume:
         log.info("resumed from %s at step %d", resume, state["step"])
+        for note in reapply_optimizer_settings(optimizer, lr_scheduler, fresh):  # the flags given now apply
+            log.warning("%s (flags given now apply)", note)
     if accelerator.is_main_process and cfg.output.report_to != "none":
         accelerator.init_trackers(cfg.output.tracker_project_name, config=cfg.flat())
     jsonl = JsonlLog(out_dir, resume_step=state.get("step", 0), enabled=accelerator.is_main_process)
@@ -258,7 +282,7 @@ def setup(cfg: RunConfig) -> Run:
     log.info("%s %s; %d process(es) x batch %d x accumulation %d = global batch %d; %d optimizer steps",
              n_train if sampler else "streamed", unit, n, b, a, n * b * a, cfg.optim.max_train_steps)  # fmt: skip
     run = Run(cfg, accelerator, family, objective, optimizer, lr_scheduler, loader, sampler, stream, jsonl, weights,
-              params, shards, heldout=held)  # fmt: skip
+              params, shards, heldout=held, identity=identity, scorers=scorers)  # fmt: skip
     for key in ("step", "epoch", "nonfinite_total"):
         setattr(run, key, state.get(key, 0))
     run.epoch_samples = elastic.saved_epoch_samples(state, b, n) if state else 0

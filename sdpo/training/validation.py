@@ -192,13 +192,8 @@ class Validator:
             # Training from cached latents and text needs neither: load them for sampling, kept on the CPU.
             self.parts, self.own_parts = _load_sampling_parts(family), True
         self.scheduler = self.parts.sampling_scheduler()
-        self.scorers = {}
+        self.scorers = getattr(run, "scorers", None) or load_scorers(run.cfg, acc)  # setup loads them first
         if acc.is_main_process:
-            from sdpo.rewards import RewardConfig, load_scorer
-
-            rewards = RewardConfig.make(v.model_root)
-            cpu = torch.device("cpu")
-            self.scorers = {m: load_scorer(m, cpu, rewards) for m in v.metrics}
             self.folder.mkdir(parents=True, exist_ok=True)
 
     def due(self, step: int) -> bool:
@@ -300,6 +295,21 @@ class Validator:
             "means": means, "scores": scores,
         })  # fmt: skip
         return means
+
+
+def load_scorers(cfg, accelerator) -> dict:
+    """The validation reward models (main process only; none elsewhere).  ``setup`` calls this before the trained
+    model loads, so a missing reward root is refused in one line before the long part, naming
+    ``--validation_model_root``; the global random state is put back (scorers draw initial weights)."""
+    v = cfg.validation
+    if not (v.enabled and v.metrics and accelerator.is_main_process):
+        return {}
+    from sdpo.rewards import RewardConfig, load_scorer
+    from sdpo.rewards.sources import root_flag
+
+    with untouched_rng(accelerator.device), root_flag("--validation_model_root"):
+        rewards = RewardConfig.make(v.model_root)
+        return {m: load_scorer(m, torch.device("cpu"), rewards) for m in v.metrics}
 
 
 def make_validator(run) -> Validator | NoValidation:

@@ -82,26 +82,28 @@ class OnlineOptions:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(strict: bool = True) -> argparse.ArgumentParser:
+    """The driver's flags (prefixes are not expanded: what the driver does not know exactly goes to train.py).
+    ``strict=False``: nothing required (the launch scripts check a partial command line)."""
     from sdpo.online.algorithms import ALGORITHMS
 
-    p = _Parser(prog="python -m sdpo.online", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="python -m sdpo.online", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                 epilog="Any other flag goes to train.py (python train.py --help).")  # fmt: skip
     a = p.add_argument_group("rounds").add_argument
-    a("--out", required=True, help="the run folder: round-XXX/{samples,scores.jsonl,pairs,weights,eval}, rounds.jsonl")
-    a("--rounds", type=int, required=True, help="rounds to run (a rerun with more continues the run)")
+    a("--out", required=strict, help="the run folder: round-XXX/{samples,scores.jsonl,pairs,weights,eval}, rounds.jsonl")
+    a("--rounds", type=int, required=strict, help="rounds to run (a rerun with more continues the run)")
     a("--algorithm", default="dpo", choices=sorted(ALGORITHMS), help="what a round does with its samples")
     a("--reference", default="base", choices=REFERENCES,
       help="the objective's reference model each round: the original base (the SDPO/SIPO objectives' definition) "
       "or the previous round's weights")  # fmt: skip
-    length = p.add_mutually_exclusive_group(required=True)
+    length = p.add_mutually_exclusive_group(required=strict)
     length.add_argument("--steps_per_round", type=int, default=None, help="optimizer steps per round")
     length.add_argument("--epochs_per_round", type=int, default=None, help="passes over the round's pairs")
     a = p.add_argument_group("sampling").add_argument
-    a("--prompts", required=True, help="prompt file (JSON list of {prompt} or one per line) or a set (papv2:64)")
+    a("--prompts", required=strict, help="prompt file (JSON list of {prompt} or one per line) or a set (papv2:64)")
     a("--prompts_per_round", type=int, default=None,
       help="prompts per round, taken in turn from a seeded shuffle of the file (default: all, every round)")  # fmt: skip
-    a("--samples_per_prompt", type=int, required=True, help="K >= 2 samples of each prompt per round")
+    a("--samples_per_prompt", type=int, required=strict, help="K >= 2 samples of each prompt per round")
     a("--sample_steps", type=int, default=50, help="sampler steps (the evaluation protocol's 50)")
     a("--sample_guidance", type=float, default=None, help="guidance (default: the family's evaluation value)")
     a("--sample_resolution", type=int, default=None, help="image size (default: the training --resolution)")
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="prompts per denoiser call, each with its K samples (cond and uncond rows in the same call); a "
       "sample depends on its call's rows, so this is part of the run's configuration")  # fmt: skip
     a = p.add_argument_group("rewards and pairs").add_argument
-    a("--reward", required=True, help="the reward the round ranks samples by (see the list in docs/online.md)")
+    a("--reward", required=strict, help="the reward the round ranks samples by (see the list in docs/online.md)")
     a("--reward_model_root", default=None, help="the reward models' mirror (sdpo.rewards.sources)")
     a("--pairs", default="best_worst", choices=PAIRINGS,
       help="best vs worst sample per prompt, or every pair of a prompt's samples")  # fmt: skip
@@ -128,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--stop_after", default=None, choices=STAGE_NAMES, help="end the run after this stage of its last round "
       "(inspect samples, scores or pairs before training)")  # fmt: skip
     return p
+
+
+def split_args(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``(the driver's flags, the rest)`` of a partial command line (nothing required)."""
+    return build_parser(strict=False).parse_known_args(args)
 
 
 def parse(argv: list[str]) -> tuple[OnlineOptions, RunConfig]:

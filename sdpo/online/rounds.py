@@ -19,6 +19,7 @@ from sdpo.online.divergence import warning
 from sdpo.online.media import make_media
 from sdpo.online.options import identity, parse
 from sdpo.online.procs import current
+from sdpo.online.sample import remove_stale_temps
 
 
 def say(procs, text: str) -> None:
@@ -37,12 +38,12 @@ def run_stage(ctx: RoundContext, stage) -> bool:
     if ctx.procs.is_main:
         attempts = folder.stages().get(stage.name, {}).get("attempts", 0) + 1
         folder.record(stage.name, done=False, attempts=attempts)
-    memory.reset_peak(ctx.procs.device)
+    at_start = memory.reset_peak(ctx.procs.device)
     start = time.perf_counter()
     result = stage.run(ctx)
     seconds = time.perf_counter() - start
     ctx.procs = current()  # a training stage resets accelerate's state
-    peak = memory.peak_mb(ctx.procs.device)
+    peak = memory.peak_mb(ctx.procs.device, at_start)
     if ctx.procs.is_main:
         folder.record(stage.name, done=True, seconds=round(seconds, 3), peak=peak, result=result)
         say(ctx.procs, f"[{folder.name}] {stage.name}: {seconds:.1f} s, peak {_peak_text(peak)}  {_brief(result)}")
@@ -53,6 +54,8 @@ def run_stage(ctx: RoundContext, stage) -> bool:
 
 def _peak_text(peak: dict) -> str:
     text = f"host {peak['host_mb']:.0f} MB"
+    if "host_start_mb" in peak:
+        text += f" ({peak['host_mb'] - peak['host_start_mb']:+.0f} over its start)"
     return text + (f", device {peak['device_mb']:.0f} MB" if "device_mb" in peak else "")
 
 
@@ -91,6 +94,9 @@ def summarise(ctx: RoundContext) -> dict:
 
 def run_round(ctx: RoundContext, stages, stop_after: str | None) -> bool:
     """The round's stages; returns False when ``stop_after`` ended it early."""
+    if ctx.procs.is_main:  # what a killed writer left behind (sdpo.atomic's temporary names)
+        for folder in (ctx.folder.root, ctx.folder.pairs):
+            remove_stale_temps(folder)
     for stage in stages:
         run_stage(ctx, stage)
         if stop_after == stage.name:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,20 @@ def build_parser(strict: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def command_parser() -> argparse.ArgumentParser:
+    """The driver's flags and train.py's in one parser: what a whole ``python -m sdpo.online`` command line may
+    hold, flag by flag (the docs' command checks and the launch scripts use it; the driver itself splits the two
+    and checks the combination in :func:`parse`)."""
+    from sdpo.config import build_parser as train_parser
+
+    parents = [build_parser(), train_parser()]
+    for parent in parents:  # one -h/--help between them
+        parent._actions = [a for a in parent._actions if "-h" not in a.option_strings]
+        parent._option_string_actions.pop("-h", None)
+        parent._option_string_actions.pop("--help", None)
+    return _Parser(prog="python -m sdpo.online", parents=parents, allow_abbrev=False)
+
+
 def split_args(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """``(the driver's flags, the rest)`` of a partial command line (nothing required)."""
     return build_parser(strict=False).parse_known_args(args)
@@ -180,6 +195,10 @@ def _check_numbers(ns: argparse.Namespace) -> None:
         raise UserError(f"--min_reward_gap must be >= 0, got {ns.min_reward_gap}")
     if ns.sample_resolution is not None and (ns.sample_resolution < 16 or ns.sample_resolution % 16):
         raise UserError(f"--sample_resolution must be a positive multiple of 16, got {ns.sample_resolution}")
+    from sdpo.sampling.images import DTYPES
+
+    if ns.sample_dtype not in ("auto", *DTYPES):
+        raise UserError(f"--sample_dtype {ns.sample_dtype}: use auto, {', '.join(DTYPES)}")
     if ns.reward_model_root and not Path(ns.reward_model_root).expanduser().is_dir():
         raise UserError(f"--reward_model_root {ns.reward_model_root}: no such folder")
 
@@ -227,10 +246,20 @@ def _check_train(opts: OnlineOptions, cfg: RunConfig, media: str) -> None:
                         "and --width")  # fmt: skip
 
 
-def identity(opts: OnlineOptions, cfg: RunConfig) -> dict:
-    """What ``online.json`` records: the driver's settings and train.py's resolved ones, by flag name."""
+def prompt_digest(prompts: list[str]) -> str:
+    """A prompt list by content (its file may move; an edited file is another run)."""
+    import hashlib
+
+    return f"{len(prompts)} prompts, sha256 {hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]}"
+
+
+def identity(opts: OnlineOptions, cfg: RunConfig, prompts: list[str], heldout: list[str]) -> dict:
+    """What ``online.json`` records: the driver's settings (the prompt files by content) and train.py's resolved
+    ones, by flag name; ``paths``: where the prompt files were (for people, not compared)."""
+    driver = {**opts.identity(), "prompts": prompt_digest(prompts),
+              "heldout_prompts": prompt_digest(heldout) if heldout else None}  # fmt: skip
     train = {k: v for k, v in cfg.flat().items() if k not in FREE_TRAIN}
-    return {"driver": opts.identity(), "train": train}
+    return {"driver": driver, "train": train, "paths": {"prompts": opts.prompts, "heldout_prompts": opts.heldout_prompts}}
 
 
 def mismatch(saved: dict, current: dict) -> str | None:

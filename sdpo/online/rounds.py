@@ -117,7 +117,7 @@ def run_online(argv: list[str]) -> Path:
     prompts = read_prompt_spec(opts.prompts, "--prompts")
     heldout = read_prompt_spec(opts.heldout_prompts, "--heldout_prompts") if opts.heldout_prompts else []
     procs = current()
-    existed = layout.bind(opts.out, identity(opts, cfg), write=procs.is_main)  # refuses before anything is written
+    existed = layout.bind(opts.out, identity(opts, cfg, prompts, heldout), write=procs.is_main)  # before any write
     procs.barrier()
     algorithm = ALGORITHMS[opts.algorithm]
     media = make_media(cfg, opts)

@@ -136,9 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=20, help="epochs over the round's pairs (IPO: 20)")
     ap.add_argument("--mid_size", type=int, default=128, help="the mid-size model's image size")
     ap.add_argument("--throughput_k", type=int, default=4, help="K for the throughput comparison")
+    ap.add_argument("--throughput_steps", type=int, default=None,
+                    help="sampler steps in the throughput comparison (default --steps; the ratio is per step)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    a = parse(ap, argv, k=2, prompts=2, heldout=1, steps=2, epochs=1, mid_size=32, throughput_k=2, repeats=1)
+    a = parse(ap, argv, k=2, prompts=2, heldout=1, steps=2, epochs=1, mid_size=32, throughput_k=2, throughput_steps=2, repeats=1)
     if a.threads:
         torch.set_num_threads(a.threads)
     accel = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
@@ -157,9 +159,9 @@ def main(argv: list[str] | None = None) -> None:
         what = f"mid-size UNet ({n / 1e6:.1f} M, {a.mid_size} px)"
         (tmp / "r2").mkdir()
         report_round(what, one_round(mid, tmp / "r2", a, a.mid_size))
-        ka = argparse.Namespace(**{**vars(a), "k": a.throughput_k})
+        ka = argparse.Namespace(**{**vars(a), "k": a.throughput_k, "steps": a.throughput_steps or a.steps})
         shared, separate = throughput(mid, ka, a.mid_size, device)
-    print(f"generation, {what}, K={ka.k} samples of one prompt: one shared call {shared:.2f} samples/s, "
+    print(f"generation, {what}, {ka.steps} steps, K={ka.k} samples of one prompt: one shared call {shared:.2f} samples/s, "
           f"K separate calls {separate:.2f} samples/s, ratio {shared / separate:.2f}x")  # fmt: skip
 
 

@@ -242,6 +242,49 @@ def test_video_round_samples_scores_and_pairs(tiny_cogvideox, prompt_files, tmp_
     assert all(Path(r["video_0"]) == (r1 / r["sample_0"]).resolve() for r in rows)  # resolved from the pairs file
 
 
+def test_plot_draws_rounds_of_several_runs_and_refuses_a_mix(uninterrupted, tmp_path, capsys):
+    """python -m sdpo.plot on online folders: the rounds view (one panel per logged quantity); a train.py folder
+    among them is one line."""
+    from PIL import Image
+
+    from sdpo.plot.curves import main as plot_main
+
+    png = tmp_path / "rounds.png"
+    plot_main([str(uninterrupted), str(uninterrupted), "--out", str(png)])
+    with Image.open(png) as img:
+        assert img.size == (1440, 580)  # 7 panels (no safeguard: no lambda) in 2 rows of 4, 3.6 x 2.9 in at 100 dpi
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "metrics.jsonl").write_text('{"step": 1, "train_loss": 0.5}\n')
+    with pytest.raises(SystemExit) as exc:
+        plot_main([str(uninterrupted), str(plain), "--out", str(tmp_path / "mix.png")])
+    assert exc.value.code == 2 and "not an online run folder (no rounds.jsonl)" in capsys.readouterr().err
+
+
+def test_online_demo_quick_runs_three_objectives_from_one_base(tmp_path):
+    """python -m sdpo.demo online at its --quick size: every run starts from the same SFT base, so round 0's
+    held-out scores and round 1's samples (drawn before any round trained) agree across the runs; only the
+    safeguard run logs lambda."""
+    import csv
+    import dataclasses
+
+    from sdpo.demo import online as demo
+
+    out = tmp_path / "demo"
+    rows = demo.run_demo(out, dataclasses.replace(demo.QUICK, rounds=1))
+    assert (out / "online.png").is_file()
+    with (out / "online.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [(r["run"], int(r["round"])) for r in table] == [(name, r) for name, _, _ in demo.RUNS for r in range(2)]
+    by = {(r["run"], r["round"]): r for r in rows}
+    names = [name for name, _, _ in demo.RUNS]
+    for key in ("heldout_reward_mean", "heldout_trained_reward_mean"):
+        assert len({by[n, 0][key] for n in names}) == 1
+    assert len({by[n, 1]["train_reward_mean"] for n in names}) == 1
+    assert [by[n, 1].get("mean_lambda") is not None for n in names] == [False, True, False]
+    assert 0 < by["diffusion-dpo+sdpo", 1]["mean_lambda"] <= 1
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

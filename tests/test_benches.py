@@ -63,6 +63,11 @@ CASES = [
                                              rf"cache alone {X}, floor {X}\); peak memory {X} uncached", 1),
                               (r"equal the step's bit for bit: yes$", 1),
                               (rf"^ +32 +{R} +{R} \({R}\) +{R} \({R}\) +{X} +{X}$", 1)]),
+    ("online_round", [], [(rf"^(tiny sd15 \(32 px\)|mid-size UNet .*): round {R} s: samples +{R}%  scores +{R}%  "
+                           rf"pairs +{R}%  train +{R}%  eval +{R}%$", 1),
+                          (r"^(tiny|mid-size).*: peak host MB per stage: samples \d+", 1),
+                          (rf"K=2 samples of one prompt: one shared call {R} samples/s, K separate calls {R} "
+                           rf"samples/s, ratio {X}$", 1)]),
     ("safeguard_overhead", [], [(r"^small UNet", 1), (SAFEGUARD_ROW, 4)]),
     ("safeguard_overhead", ["--real-arch", "sd15", "--lora_rank", "4", "--gradient_checkpointing"],
      [(r"^SD1\.5 UNet config \(--quick stand-in\).*LoRA rank 4", 1), (SAFEGUARD_ROW, 4)]),

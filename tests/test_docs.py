@@ -243,6 +243,10 @@ def entry_parser(kind: str, target: str, argv: list[str]) -> tuple[argparse.Argu
         from sdpo.config import build_parser
 
         return build_parser(), argv
+    if kind == "module" and target == "sdpo.online":  # its flags and train.py's, split by the driver itself
+        from sdpo.online.options import command_parser
+
+        return command_parser(), argv
     with _capture_parse(target, argv), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # runpy: "found in sys.modules" for modules the test imported already
         try:
@@ -383,6 +387,12 @@ def check_script(argv: list[str], full: bool) -> str | None:
             i += 1
         if full and "--pretrained_model_name_or_path" not in args:
             args = ["--pretrained_model_name_or_path", "MODEL", *args]
+        if script.endswith("_online.sh"):  # the round driver's flags too; the recipe sets the required ones
+            from sdpo.online.options import command_parser
+
+            needed = ["--out", "O", "--rounds", "1", "--prompts", "P", "--samples_per_prompt", "2", "--reward", "R",
+                      "--steps_per_round", "1"]  # fmt: skip
+            return check(command_parser(), [*needed, *args] if full else args, full)
         return check(train_parser(), args, full)
     if script == "scripts/eval/test_vs.sh":
         return check(*entry_parser("file", "eval/winrate.py", rest), full)

@@ -302,3 +302,25 @@ def test_flux_with_lora_runs_unsharded():
     proc = run_script("flux_diffusion_dpo", "--dry-run", "--lora_rank", "16", NUM_GPUS="8", SHARDING="fsdp")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "--lora_rank runs without sharding" in proc.stderr
+
+
+@pytest.mark.parametrize("name, method, reward", [("sd15_online", "diffusion-dpo", "pickscore"),
+                                                  ("cogvideox2b_online", "sipo", "temporal_flickering")])
+def test_online_recipes_launch_the_round_driver(name, method, reward):
+    """*_online.sh: the same launch as the offline recipes, with python -m sdpo.online in place of train.py, the
+    IPO protocol's round settings, and one constant learning rate per round (no warmup restarting each round)."""
+    from sdpo.online.options import command_parser
+
+    proc = run_script(name, "--dry-run", NUM_GPUS="8", PROMPTS="train_prompts.txt")
+    assert proc.returncode == 0, proc.stderr
+    cmd = shlex.split(proc.stdout.strip().splitlines()[-1])
+    assert cmd[:3] == ["accelerate", "launch", "--multi_gpu"] and cmd[cmd.index("--num_processes") + 1] == "8"
+    i = cmd.index("--module")
+    assert cmd[i + 1] == "sdpo.online" and "--dataset_name" not in cmd
+    ns = command_parser().parse_args(cmd[i + 2 :])
+    assert (ns.prompts, ns.rounds, ns.prompts_per_round, ns.samples_per_prompt, ns.epochs_per_round) == (
+        "train_prompts.txt", 10, 3000, 2, 20)  # fmt: skip
+    assert (ns.train_method, ns.reward, ns.lr_scheduler, ns.lr_warmup_steps) == (method, reward, "constant", 0)
+    assert ns.heldout_reward not in (None, reward)
+    missing = run_script(name, "--dry-run", NUM_GPUS="8")
+    assert missing.returncode != 0 and "set PROMPTS to the training prompt file" in missing.stderr

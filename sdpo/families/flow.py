@@ -186,14 +186,18 @@ class FlowFamily(ModelFamily):
     @classmethod
     @torch.no_grad()
     def sample_latents(cls, comp: Components, prompts: list[str], height: int, width: int, steps: int,
-                       guidance: float, seed, sampler: str = "reference") -> torch.Tensor:  # fmt: skip
+                       guidance: float, seed, sampler: str = "reference",
+                       rows_per_call: int | None = None) -> torch.Tensor:  # fmt: skip
         """Denoised latents through the family's pipeline (what its ``decode_latent`` takes); ``guidance`` is the
-        pipeline's own scale (``sample`` says what it means for the family); ``sampler`` has no other choice here."""
+        pipeline's own scale (``sample`` says what it means for the family); ``sampler`` has no other choice here;
+        ``rows_per_call``: latents per transformer call (default: ``prompts_per_call``)."""
+        from sdpo.sampling.images import encode_each
+
         pipe = cls.sampling_pipeline(comp)
-        enc = [cls.sampling_prompt(comp, p, pipe) for p in prompts]
+        enc = encode_each(prompts, lambda p: cls.sampling_prompt(comp, p, pipe))  # each distinct prompt once
         lat = initial_latents(comp, len(prompts), height, width, seed, cls.sampling_latent_channels(comp.vae))
         negative = functools.cache(lambda: cls.sampling_prompt(comp, "", pipe))  # encoded once, if used
-        step = prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per transformer call
+        step = rows_per_call or prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per transformer call
         return torch.cat([
             cls.sample(pipe, lat[i : i + step], negative, **cls.join_prompts(enc[i : i + step]),
                        num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,

@@ -37,15 +37,17 @@ def set_position(sampler, stream, epoch: int, start_sample: int, num_processes: 
         stream.set_position(epoch, start_sample // num_processes)  # rows of this process's split
 
 
-def train(cfg: RunConfig) -> Path:
+def train(cfg: RunConfig, keep_process_group: bool = False) -> Path:
     """Run (or resume) training; returns the path of the final weights (``unet.pth``, ``transformer.pth``;
     LoRA: ``pytorch_lora_weights.safetensors``).  A run refused before it wrote anything leaves no output folder
-    behind; a stop signal ends it at the next step boundary with a checkpoint (``sdpo.training.preemption``)."""
+    behind; a stop signal ends it at the next step boundary with a checkpoint (``sdpo.training.preemption``).
+    ``keep_process_group``: a caller that trains in-process and goes on working with the same launched processes
+    (``sdpo.online``'s rounds) keeps the process group, which accelerate's ``end_training`` would destroy."""
     with removed_if_left_empty(cfg.output.output_dir), Preemption(cfg.output.stop_signals) as preemption:
-        return _train(cfg, preemption)
+        return _train(cfg, preemption, keep_process_group)
 
 
-def _train(cfg: RunConfig, preemption: Preemption) -> Path:
+def _train(cfg: RunConfig, preemption: Preemption, keep_process_group: bool) -> Path:
     run = setup(cfg)
     steps, acc = run.cfg.optim.max_train_steps, run.accelerator
     averager, window_ok, trace = StepAverager(), True, RankTrace(acc)
@@ -75,7 +77,11 @@ def _train(cfg: RunConfig, preemption: Preemption) -> Path:
     bar.close()
     trace.weights(acc, run.family.denoiser)
     path = run.weights.save_final(acc, run.family.denoiser, run.cfg.output.output_dir)
-    acc.end_training()
+    if keep_process_group:
+        for tracker in acc.trackers:
+            tracker.finish()
+    else:
+        acc.end_training()
     if run.shards is not None:
         run.shards.close()
     log.info("done: %s", path)

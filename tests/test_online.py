@@ -112,6 +112,27 @@ def test_one_round_end_to_end(uninterrupted, capsys):
     assert (uninterrupted / "round-002" / "stages.json").read_text() == before
 
 
+def test_report_shows_each_round_held_out_images(uninterrupted, tmp_path, capsys):
+    """python -m eval.report ONLINE_DIR: one column per round, the held-out images as the rounds wrote them."""
+    from report_helpers import parse
+
+    from eval.report.cli import main as report_main
+
+    out = tmp_path / "rep"
+    report_main([str(uninterrupted), "--out", str(out), "--quiet"])
+    assert capsys.readouterr().out.strip() == f"report: {out / 'report.html'}"
+    page = parse((out / "report.html").read_text(encoding="utf-8"))
+    assert page.data["mode"] == "grid" and page.data["models"] == ["round 0", "round 1", "round 2"]
+    assert page.data["rows"]["prompt"] == HELDOUT and page.data["rows"]["cells"] == [[0, 0, 0]]
+    for r in range(3):
+        manifest = json.loads((out / "run_inputs" / f"round-{r:03d}" / "heldout_seed0.json").read_text())
+        rows = [json.loads(line) for line in (uninterrupted / f"round-{r:03d}" / "eval" / "scores.jsonl").open()]
+        assert [e["prompt"] for e in manifest] == [row["prompt"] for row in rows]
+        assert [Path(e["gen_image_path"]) for e in manifest] == [
+            (uninterrupted / f"round-{r:03d}" / row["path"]).resolve() for row in rows
+        ]
+
+
 def _rerun_flags(out: Path) -> list[str]:
     cfg = json.loads((out / "online.json").read_text())
     d, t = cfg["paths"], cfg["train"]

@@ -365,7 +365,7 @@ def test_report_of_a_run_shows_every_step_with_its_logged_scores(runs, tmp_path,
     assert page.data["mode"] == "grid" and page.data["models"] == [f"step {s}" for s in steps]
     for k, step in enumerate(steps):
         meta = _meta(val, step)
-        manifest = next((out / "validation_inputs" / f"step-{step:06d}").glob("*.json"))
+        manifest = next((out / "run_inputs" / f"step-{step:06d}").glob("*.json"))
         assert manifest.stem == "validation_seed0_64x64_3s_7.5cfg"
         for m in METRICS:
             assert page.num(f"summary/{k}/{manifest.stem}/{m}/mean") == pytest.approx(np.mean(meta["scores"][m]))

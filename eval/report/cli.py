@@ -2,12 +2,14 @@
 
     python -m eval.report MANIFEST [MANIFEST ...] --out DIR [--labels A B ...]
     python -m eval.report --winrate RESULTS_DIR        # beside eval/winrate.py's results (test_vs.sh does this)
-    python -m eval.report RUN_DIR --out DIR            # a training run's validation images, one column per step
+    python -m eval.report RUN_DIR --out DIR            # a training run's validations, one column per step
+    python -m eval.report ONLINE_DIR --out DIR         # an online run's held-out images, one column per round
 
 Inputs are generation manifests (their ``.scores.json`` / ``.video_scores.json`` are read from beside
 them, as eval/summary.py does), score files, and GenEval results (``<folder>.geneval.jsonl`` or
 ``.geneval.json``). One model per folder; ``--labels`` names them in order. A training run folder (or its
-``validation/``) reports its in-training validations instead, one model per step (``eval.report.validation``).
+``validation/``) reports its in-training validations instead, one model per step, and an online run folder its
+held-out evaluations, one model per round (``eval.report.runs``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m eval.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("inputs", nargs="*", help="manifests, score files, GenEval results (.geneval.jsonl / .json), "
-                    "or one training run folder (its validation images)")  # fmt: skip
+                    "or one run folder (a training run's validations, an online run's rounds)")  # fmt: skip
     ap.add_argument("--out", default=None, help="folder for report.html and report_files/ (default with --winrate: it)")
     ap.add_argument("--labels", nargs="+", default=None, help="one name per model (per folder), in order")
     ap.add_argument("--winrate", default=None, metavar="DIR", help="a results folder of eval/winrate.py: its two "
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.thumb < 16 or (args.n_boot is not None and args.n_boot < 1) or (args.page_size or 1) < 1:
         raise UserError("--thumb must be >= 16, --n_boot and --page_size >= 1")
     from eval.report.inputs import group_by_folder
-    from eval.report.validation import stage, validation_folder
+    from eval.report.runs import run_kind, stage
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     n_boot, seed, labels = args.n_boot, args.seed, args.labels
@@ -143,12 +145,11 @@ def main(argv: list[str] | None = None) -> Path:
         if not args.out:
             raise UserError("--out DIR is required (where report.html goes)")
         out = Path(args.out)
-        runs = [validation_folder(p) for p in args.inputs]
-        if any(runs):
+        if any(run_kind(p) for p in args.inputs):
             if len(args.inputs) > 1:
-                raise UserError("a training run's folder is reported on its own: pass one RUN_DIR (or manifests)")
-            groups, step_labels = stage(runs[0], out)
-            labels = labels or step_labels
+                raise UserError("a run's folder is reported on its own: pass one RUN_DIR (or manifests)")
+            groups, run_labels = stage(args.inputs[0], out)
+            labels = labels or run_labels
         else:
             groups = group_by_folder(args.inputs)
     command = "python -m eval.report " + shlex.join(sys.argv[1:] if argv is None else argv)

@@ -150,6 +150,8 @@ def run_online(argv: list[str]) -> Path:
         if heldout and _diverged(opts, rows, procs) and opts.stop_on_divergence:
             return opts.out
     say(procs, f"{opts.out}: {opts.rounds} rounds done; per-round numbers in {opts.out / layout.ROUNDS}")
+    if heldout:  # eval/ builds the page (the core never imports eval/)
+        say(procs, f"report of the held-out images per round: python -m eval.report {opts.out} --out {opts.out / 'report'}")
     return opts.out
 
 

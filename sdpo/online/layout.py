@@ -89,8 +89,6 @@ def bind(run_dir: Path, identity: dict, write: bool) -> bool:
     """Check ``run_dir`` against ``identity`` before anything is written: a folder made with other settings, or
     one this driver did not make, is refused in one line; a new one is bound (``write``: the main process).
     Returns whether the folder already held a run."""
-    from sdpo.online.options import mismatch
-
     cfg = run_dir / CONFIG
     if cfg.is_file():
         saved = read_json(cfg, {})
@@ -118,3 +116,13 @@ def write_rounds(run_dir: Path) -> list[dict]:
             rows.append(summary)
     write_jsonl(Path(run_dir) / ROUNDS, rows)
     return rows
+
+
+def mismatch(saved: dict, current: dict) -> str | None:
+    """The first setting that differs, as ``--flag old -> new``, or None."""
+    for section in ("driver", "train"):
+        old, new = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "(unset)") != new.get(key, "(unset)"):
+                return f"--{key} {old.get(key, '(unset)')!r}, this command has {new.get(key, '(unset)')!r}"
+    return None

@@ -203,23 +203,11 @@ def _check_numbers(ns: argparse.Namespace) -> None:
         raise UserError(f"--reward_model_root {ns.reward_model_root}: no such folder")
 
 
-def round_train_args(opts: OnlineOptions, pairs: Path, weights: Path, seed: int | None,
-                     init: dict[str, str]) -> list[str]:  # fmt: skip
-    """One round's train.py flags: the user's, then the round's data, output, length, seed and initial weights
-    (later flags win in argparse, so the round's values replace nothing the user may set)."""
-    length = (["--max_train_steps", str(opts.steps_per_round)] if opts.steps_per_round
-              else ["--num_train_epochs", str(opts.epochs_per_round)])  # fmt: skip
-    out = [*opts.train_args, "--dataset_name", str(pairs), "--output_dir", str(weights), *length]
-    if seed is not None:
-        out += ["--seed", str(seed)]
-    for flag, path in init.items():
-        out += [flag, path]
-    return out
-
-
 def template_config(opts: OnlineOptions) -> RunConfig:
     """train.py's configuration for the user's flags (the data and output are placeholders: a hub-style id and
     round 1's weights folder, so nothing is read or checked on disk for them)."""
+    from sdpo.online.train_round import round_train_args
+
     flags = round_train_args(opts, Path("online/pairs"), opts.out / "round-001" / "weights", None, {})
     if not any(a.split("=", 1)[0] == "--pretrained_model_name_or_path" for a in opts.train_args):
         raise UserError("--pretrained_model_name_or_path is needed (the model the rounds start from)")
@@ -260,13 +248,3 @@ def identity(opts: OnlineOptions, cfg: RunConfig, prompts: list[str], heldout: l
               "heldout_prompts": prompt_digest(heldout) if heldout else None}  # fmt: skip
     train = {k: v for k, v in cfg.flat().items() if k not in FREE_TRAIN}
     return {"driver": driver, "train": train, "paths": {"prompts": opts.prompts, "heldout_prompts": opts.heldout_prompts}}
-
-
-def mismatch(saved: dict, current: dict) -> str | None:
-    """The first setting that differs, as ``--flag old -> new``, or None."""
-    for section in ("driver", "train"):
-        old, new = saved.get(section, {}), current.get(section, {})
-        for key in sorted(set(old) | set(new)):
-            if old.get(key, "(unset)") != new.get(key, "(unset)"):
-                return f"--{key} {old.get(key, '(unset)')!r}, this command has {new.get(key, '(unset)')!r}"
-    return None

@@ -17,7 +17,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sdpo.online.memory import release
-from sdpo.online.options import round_train_args
+
+
+def round_train_args(opts, pairs: Path, weights: Path, seed: int | None,
+                     init: dict[str, str]) -> list[str]:  # fmt: skip
+    """One round's train.py flags: the user's, then the round's data, output, length, seed and initial weights
+    (later flags win in argparse, so the round's values replace nothing the user may set)."""
+    length = (["--max_train_steps", str(opts.steps_per_round)] if opts.steps_per_round
+              else ["--num_train_epochs", str(opts.epochs_per_round)])  # fmt: skip
+    out = [*opts.train_args, "--dataset_name", str(pairs), "--output_dir", str(weights), *length]
+    if seed is not None:
+        out += ["--seed", str(seed)]
+    for flag, path in init.items():
+        out += [flag, path]
+    return out
 
 
 @contextmanager

@@ -45,6 +45,11 @@ CASES = [
     ("lora_vs_full", [], [(rf"^  (full|lora) +trained .* total {R} GiB; median {R} s/step$", 2),
                           (rf"^LoRA / full: peak memory {X} \(target <= 0\.55\), step time {X}", 1)]),
     ("memory_plan", [], [(MEMORY_ROW, 3 * 8), (rf"^  \d pair\(s\): {R} / {R}$", 3 * 3)]),
+    ("online_round", [], [(rf"^(tiny sd15 \(32 px\)|mid-size UNet .*): round {R} s: samples +{R}%  scores +{R}%  "
+                           rf"pairs +{R}%  train +{R}%  eval +{R}%$", 1),
+                          (r"^(tiny|mid-size).*: peak host MB per stage: samples \d+", 1),
+                          (rf"K=2 samples of one prompt: one shared call {R} samples/s, K separate calls {R} "
+                           rf"samples/s, ratio {X}$", 1)]),
     ("safeguard_overhead", [], [(r"^small UNet", 1), (SAFEGUARD_ROW, 4)]),
     ("safeguard_overhead", ["--real-arch", "sd15", "--lora_rank", "4", "--gradient_checkpointing"],
      [(r"^SD1\.5 UNet config \(--quick stand-in\).*LoRA rank 4", 1), (SAFEGUARD_ROW, 4)]),

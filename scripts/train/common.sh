@@ -14,13 +14,19 @@
 # prints those numbers, and runs (or with DRY_RUN=1 / --dry-run, prints) one `accelerate launch`
 # command.  Extra arguments go to train.py after the recipe's own flags, so they override them.
 #
+# Online recipes (*_online.sh: iterative on-policy rounds, python -m sdpo.online) also set ONLINE=1 and
+# ONLINE_FLAGS=(--rounds ... --reward ...): the same launch runs the round driver in every process instead of
+# train.py; its output folder is --out, the training prompts come from PROMPTS (a prompt file), and the
+# driver's own flags may be given like train.py flags (python -m sdpo.online --help).
+#
 # LoRA: with --lora_rank among the extra arguments, the recipe trains adapters instead of the whole
 # denoiser: lr 1e-5 not scaled by the batch (diffusers' Diffusion-DPO LoRA example; a later
 # --learning_rate wins), AdamW instead of SDXL's Adafactor, and FLUX no longer needs sharding.
 #
 # Environment (all optional):
 #   MODEL, VAE            base model / separate VAE (hub id or local folder); VAE=none drops it
-#   DATASET               --dataset_name (hub id, local dataset folder or parquet file)
+#   DATASET               --dataset_name (hub id, local dataset folder or parquet file); not for online recipes
+#   PROMPTS               online recipes: the training prompt file (JSON list of {prompt}, or one per line)
 #   TRAIN_DATA_DIR        a local folder of Pick-a-Pic parquet shards (instead of DATASET)
 #   OUTPUT_DIR            default outputs/<script name>
 #   NUM_GPUS              GPUs per node (default: counted from CUDA_VISIBLE_DEVICES or nvidia-smi -L)
@@ -76,10 +82,12 @@ _family_defaults() {
         _die "could not read the $FAMILY family's recipe with ${PYTHON:-python3} (is the project's Python environment active?)"
     eval "$out"
     # Anything that is neither a script option nor a train.py flag stops here, named.
-    if [[ "${ARGS_ERROR:-}" == "train.py would reject"* ]]; then
+    if [[ "${ARGS_ERROR:-}" == *" would reject"* ]]; then
         _die "$ARGS_ERROR"
     elif [[ -n "${ARGS_ERROR:-}" ]]; then
-        _die "$ARGS_ERROR (script options: --dry-run --cpu --no-safeguard --help; anything else must be a train.py flag spelled in full, see: python train.py --help)"
+        local what="a train.py flag spelled in full, see: python train.py --help"
+        ((${ONLINE:-0})) && what="a python -m sdpo.online or train.py flag spelled in full, see: python -m sdpo.online --help"
+        _die "$ARGS_ERROR (script options: --dry-run --cpu --no-safeguard --help; anything else must be $what)"
     fi
     [[ -z "${ERROR:-}" ]] || _die "$ERROR"
 }
@@ -139,6 +147,8 @@ launch() {
     [[ -n "$sharding" ]] && recipe_args+=(--sharding "$sharding")
     ((lora)) && recipe_args+=(--lora)
     [[ -n "$method" ]] && recipe_args+=(--method "$method")
+    local online="${ONLINE:-0}"
+    ((online)) && recipe_args+=(--online)
     if [[ -n "${METHOD:-}" ]]; then
         [[ -n "${METHOD_BETA[$method]+x}" ]] ||
             _die "unknown --method '$method'; choose one of: ${!METHOD_BETA[*]}"
@@ -146,7 +156,10 @@ launch() {
     _family_defaults "${recipe_args[@]}" -- "${extra[@]}"
     local video="$VIDEO"
     batch="${batch:-${PER_GPU_BATCH:-${RECIPE_PER_GPU_BATCH:-$PER_GPU_BATCH_DEFAULT}}}"
-    if ((video)); then
+    if ((online)); then
+        [[ -n "${PROMPTS:-}" ]] ||
+            _die "set PROMPTS to the training prompt file (JSON list of {\"prompt\": ...} or one prompt per line): the rounds sample from it"
+    elif ((video)); then
         [[ -n "${DATASET:-}${TRAIN_DATA_DIR:-}" ]] ||
             _die "set DATASET (or TRAIN_DATA_DIR) to a local video-pair folder or file (parquet, VideoDPO pair.json or VideoAlign CSV; the SIPO paper's 10k pairs are not public)"
     fi
@@ -222,7 +235,9 @@ launch() {
     [[ "$vae" != none ]] && train+=(--pretrained_vae_model_name_or_path "$vae")
     train+=("${TRAIN_FLAGS[@]}")
     ((video)) && train+=(--train_method "$method" --beta_dpo "${METHOD_BETA[$method]}")
-    if [[ -n "${TRAIN_DATA_DIR:-}" ]]; then
+    if ((online)); then
+        train+=(--prompts "$PROMPTS" "${ONLINE_FLAGS[@]}")  # the rounds make their own pairs
+    elif [[ -n "${TRAIN_DATA_DIR:-}" ]]; then
         train+=(--train_data_dir "$TRAIN_DATA_DIR")
     else
         train+=(--dataset_name "${DATASET:-yuvalkirstain/pickapic_v2}")
@@ -242,6 +257,17 @@ launch() {
     local out="${OUTPUT_DIR:-outputs/$name}"
     [[ -n "${SCHEDULE+x}" ]] && schedule=("${SCHEDULE[@]}")  # the family's own (video: SIPO Table A1)
     ((video)) && out="${OUTPUT_DIR:-outputs/$name-$method}"
+    if ((online)); then  # a round's length is --steps_per_round / --epochs_per_round, each round starts afresh:
+        local -a kept=(--lr_scheduler constant --lr_warmup_steps 0 --checkpointing_steps 100)  # no warmup per round
+        local j
+        for ((j = 0; j < ${#schedule[@]}; j += 2)); do
+            case "${schedule[j]}" in
+                --lr_scheduler | --lr_warmup_steps | --checkpointing_steps | --max_train_steps) ;;
+                *) kept+=("${schedule[j]}" "${schedule[j + 1]}") ;;
+            esac
+        done
+        schedule=("${kept[@]}")
+    fi
     local -a tf32=(--allow_tf32)
     [[ "${RECIPE_TF32:-1}" == 1 ]] || tf32=()
     local j
@@ -255,9 +281,12 @@ launch() {
         "${shard_flags[@]}"
         --mixed_precision "$precision" "${tf32[@]}"
         --dataloader_num_workers "${NUM_WORKERS:-4}"
-        --output_dir "$out"
-        "${extra[@]}"
     )
+    if ((online)); then
+        train+=(--out "$out" "${extra[@]}")
+    else
+        train+=(--output_dir "$out" "${extra[@]}")
+    fi
 
     # --- accelerate launch ----------------------------------------------------------------------
     local -a cmd=(accelerate launch)
@@ -272,7 +301,12 @@ launch() {
         [[ -n "${MASTER_ADDR:-}" ]] || _die "NUM_NODES=$nodes needs MASTER_ADDR (the address of node 0) and NODE_RANK on every node"
         cmd+=(--machine_rank "$rank" --main_process_ip "$MASTER_ADDR" --main_process_port "${MASTER_PORT:-29500}")
     fi
-    cmd+=("$_SDPO_REPO/train.py" "${train[@]}")
+    if ((online)); then
+        export PYTHONPATH="$_SDPO_REPO${PYTHONPATH:+:$PYTHONPATH}"  # every process imports sdpo.online
+        cmd+=(--module sdpo.online "${train[@]}")
+    else
+        cmd+=("$_SDPO_REPO/train.py" "${train[@]}")
+    fi
 
     local scaled
     scaled="$(awk -v lr="$lr" -v g="$global" 'BEGIN { printf "%.4g", lr * g }')"

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="initial denoiser weights for policy and reference (UNet or transformer): a .pth, or a diffusers folder",
     )
+    a(
+        "--policy_init",
+        default=None,
+        help="initial weights of the trained policy only, loaded after --unet_init (the reference keeps the base or "
+        "--unet_init): a .pth or diffusers folder; with --lora_rank, a LoRA file or folder whose adapters it starts "
+        "from (python -m sdpo.online passes the previous round's weights here)",
+    )
 
     a = p.add_argument_group("LoRA (peft): adapters train, the reference is the base with them off").add_argument
     a("--lora_rank", type=int, default=None, help="train LoRA adapters of this rank instead of the whole denoiser")

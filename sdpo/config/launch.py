@@ -1,6 +1,6 @@
 """What the launch recipes (``scripts/train/*.sh``) take from a family, in one place: ``common.sh`` asks here.
 
-    python -m sdpo.config.launch FAMILY [--sharding none|fsdp|hsdp] [--lora] [--method NAME] [-- TRAIN_ARGS...]
+    python -m sdpo.config.launch FAMILY [--sharding none|fsdp|hsdp] [--lora] [--method NAME] [--online] [-- TRAIN_ARGS...]
 
 prints shell assignments (``MODEL_DEFAULT=...``, ``LR=...``, ``TRAIN_FLAGS=(...)``, ...) for ``eval``, or
 ``ERROR=...`` with the one line to stop on (also when the extra train.py arguments after ``--`` would be
@@ -55,12 +55,20 @@ def launch_values(name: str, sharding: str | None, lora: bool, method: str | Non
     }  # fmt: skip
 
 
-def train_args_problem(args: list[str]) -> str | None:
+def train_args_problem(args: list[str], online: bool = False) -> str | None:
     """Why train.py would reject these extra arguments, or None.  Flags must be spelled in full: argparse's prefix
-    matching would let an abbreviated --train_batch slip past the launcher's batch arithmetic."""
+    matching would let an abbreviated --train_batch slip past the launcher's batch arithmetic.  ``online``: the
+    round driver's own flags (``python -m sdpo.online``) are taken out first; the rest must be train.py's."""
     from sdpo.config import build_parser
     from sdpo.errors import UserError
 
+    if online:
+        from sdpo.online.options import split_args
+
+        try:
+            _, args = split_args(args)
+        except UserError as e:
+            return f"python -m sdpo.online would reject the extra arguments: {e}"
     if not args:
         return None
     parser = build_parser()
@@ -99,10 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sharding", default=None)
     p.add_argument("--lora", action="store_true")
     p.add_argument("--method", default=None)
+    p.add_argument("--online", action="store_true", help="the extra arguments may hold python -m sdpo.online's flags")
     argv = list(argv) if argv is not None else sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     a = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    problem = train_args_problem(extra)
+    problem = train_args_problem(extra, a.online)
     if problem:
         print(f"ARGS_ERROR={shlex.quote(problem)}")
         return

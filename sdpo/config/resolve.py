@@ -135,10 +135,27 @@ def _check_paths(ns: argparse.Namespace) -> None:
             raise UserError(f"--{flag} {path}: no such folder; pass a local diffusers folder or a hub id")
     if ns.unet_init and not Path(ns.unet_init).expanduser().exists():
         raise UserError(f"--unet_init {ns.unet_init}: no such file or folder")
+    if ns.policy_init:
+        _check_policy_init(ns)
     if ns.train_data_dir and not Path(ns.train_data_dir).is_dir():
         raise UserError(f"--train_data_dir {ns.train_data_dir}: no such folder")
     if looks_local(ns.dataset_name) and not ns.train_data_dir and not Path(ns.dataset_name).exists():
         raise UserError(f"--dataset_name {ns.dataset_name}: no such folder or file")
+
+
+def _check_policy_init(ns: argparse.Namespace) -> None:
+    """``--policy_init`` must be what the run trains: full weights, or (``--lora_rank``) a LoRA file or folder."""
+    path = Path(ns.policy_init).expanduser()
+    if not path.exists():
+        raise UserError(f"--policy_init {ns.policy_init}: no such file or folder")
+    lora_file = path if path.suffix == ".safetensors" else path / "pytorch_lora_weights.safetensors"
+    is_lora = lora_file.is_file() and (path.is_file() or not (path / "config.json").is_file())
+    if ns.lora_rank and not is_lora:
+        raise UserError(f"--policy_init {ns.policy_init}: with --lora_rank it must be a LoRA "
+                        "(pytorch_lora_weights.safetensors or the folder holding it); full weights go to --unet_init")  # fmt: skip
+    if not ns.lora_rank and is_lora:
+        raise UserError(f"--policy_init {ns.policy_init}: a LoRA file; add --lora_rank (the run's rank) to start "
+                        "the adapters from it, or pass full weights")  # fmt: skip
 
 
 def _resolve_family(ns: argparse.Namespace):

@@ -20,6 +20,7 @@ class ModelConfig:
     revision: str | None
     model_family: str
     unet_init: str | None
+    policy_init: str | None  # the trained denoiser only (full weights, or LoRA adapters with lora_rank)
     resolution: int
     gradient_checkpointing: bool
     precomputed: str | None  # a latent/text cache: the VAE and text encoders are not loaded

@@ -219,7 +219,11 @@ class ModelFamily:
         ``sdpo.distributed.sharding`` moves only each process's shards to the device, never a whole 12B model.
 
         With ``--lora_rank`` the denoiser itself stays frozen in the weight dtype with trainable fp32
-        adapters, and the reference is that same module with its adapters off (``sdpo.lora.adapters``)."""
+        adapters, and the reference is that same module with its adapters off (``sdpo.lora.adapters``).
+
+        ``--policy_init`` starts the trained denoiser (its adapters, with LoRA) from other weights than the
+        reference's: an online round's policy continues from the previous round while the reference stays the
+        base (``sdpo.online``)."""
         from sdpo.lora import adapters as lora
 
         fam = cls(cfg, device, weight_dtype)
@@ -229,10 +233,14 @@ class ModelFamily:
         fam.denoiser = fam.load_denoiser()
         if lora.enabled(cfg):  # never sharded (config refuses --sharding with --lora_rank)
             lora.add_adapters(fam.denoiser, lora.lora_config(cfg, cls, fam.denoiser), weight_dtype, cfg.seed)
+            if cfg.policy_init:
+                lora.load_adapters(cls, fam.denoiser, cfg.policy_init)
             fam.denoiser.to(device)
             fam.reference = lora.AdaptersOff(fam) if needs_reference else None
         else:
             fam.reference = fam.load_denoiser() if needs_reference else None
+            if cfg.policy_init:  # after the reference copy: it keeps the base (or --unet_init) weights
+                fam.load_weights_file(fam.denoiser, cfg.policy_init)
             if fam.reference is not None:
                 freeze(fam.reference, "cpu" if shard_later else device, weight_dtype)
         fam.after_load()
@@ -422,8 +430,9 @@ class ModelFamily:
 
     @classmethod
     def sample_latents(cls, comp, prompts: list[str], height: int, width: int, steps: int, guidance: float,
-                       seed, sampler: str = "reference") -> torch.Tensor:  # fmt: skip
-        """Denoised latents of ``prompts`` from the protocol's initial latents (``sdpo.sampling.images``)."""
+                       seed, sampler: str = "reference", rows_per_call: int | None = None) -> torch.Tensor:  # fmt: skip
+        """Denoised latents of ``prompts`` from the protocol's initial latents (``sdpo.sampling.images``);
+        ``rows_per_call`` prompts per denoiser call (``None``: ``prompts_per_call``, the protocol's)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ online RL rollouts (sdpo.rl)

@@ -190,15 +190,18 @@ class FlowFamily(ModelFamily):
     @classmethod
     @torch.no_grad()
     def sample_latents(cls, comp: Components, prompts: list[str], height: int, width: int, steps: int,
-                       guidance: float, seed, sampler: str = "reference") -> torch.Tensor:  # fmt: skip
+                       guidance: float, seed, sampler: str = "reference",
+                       rows_per_call: int | None = None) -> torch.Tensor:  # fmt: skip
         """Denoised ``(N, C, h, w)`` latents through the family's pipeline; ``guidance`` is the pipeline's own
         scale (``sample`` says what it means for the family); ``sampler`` has no other choice here."""
+        from sdpo.sampling.images import encode_each
+
         pipe = cls.sampling_pipeline(comp)
-        enc = [cls.encode_sampling_prompt(comp, p, pipe) for p in prompts]
+        enc = encode_each(prompts, lambda p: cls.encode_sampling_prompt(comp, p, pipe))  # each distinct prompt once
         embeds, pooled = torch.cat([e for e, _ in enc]), torch.cat([p for _, p in enc])
         lat = initial_latents(comp, len(prompts), height, width, seed, comp.vae.config.latent_channels)
         negative = functools.cache(lambda: cls.encode_sampling_prompt(comp, "", pipe))  # encoded once, if used
-        step = prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per transformer call
+        step = rows_per_call or prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per transformer call
         return torch.cat([
             cls.sample(pipe, lat[i : i + step], negative, prompt_embeds=embeds[i : i + step],
                        pooled_prompt_embeds=pooled[i : i + step], num_inference_steps=steps, guidance_scale=guidance,

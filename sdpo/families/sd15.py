@@ -161,14 +161,14 @@ class SD15(DDPMFamily):
     @classmethod
     @torch.no_grad()
     def sample_latents(cls, comp: Components, prompts: list[str], height: int, width: int, steps: int, cfg: float,
-                       seed, sampler: str = "reference") -> torch.Tensor:  # fmt: skip
+                       seed, sampler: str = "reference", rows_per_call: int | None = None) -> torch.Tensor:  # fmt: skip
         from sdpo.sampling.images import encode_prompts
 
         cond, pooled = encode_prompts(comp, prompts)
         neg, neg_pooled = encode_prompts(comp, [""])  # empty-string negative prompt (SDXL: not zeros)
         lat = initial_latents(comp, len(prompts), height, width, seed, comp.unet.config.in_channels)
         fn = cls._sample_reference if sampler == "reference" else cls._sample_pipeline
-        step = prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per denoiser call (batch invariance)
+        step = rows_per_call or prompts_per_call(comp.device, len(prompts))  # CPU: one prompt per call (invariance)
         return torch.cat([
             fn(comp, cond[i : i + step], None if pooled is None else pooled[i : i + step], neg, neg_pooled,
                lat[i : i + step], height, width, steps, cfg)

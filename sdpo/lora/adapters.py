@@ -185,12 +185,13 @@ def save_adapters(family, module: torch.nn.Module, directory: str | Path, weight
 
 
 def load_adapters(family, module: torch.nn.Module, directory: str | Path) -> None:
-    """Put the adapters saved in ``directory`` back into the training model (resume), exactly."""
+    """Put the adapters saved in ``directory`` (or the LoRA file itself) back into the training model (resume,
+    ``--policy_init``), exactly."""
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    path = Path(directory) / LORA_WEIGHTS
+    path = Path(directory) if str(directory).endswith(".safetensors") else Path(directory) / LORA_WEIGHTS
     if not path.is_file():
         raise UserError(f"{directory}: no {LORA_WEIGHTS}; was this checkpoint written by a LoRA run?")
     prefix = family.denoiser_folder + "."

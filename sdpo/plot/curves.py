@@ -6,6 +6,7 @@ shades of red (read from the run folder's ``run_config.json``); folders without 
 
     python -m sdpo.plot RUN_DIR [RUN_DIR ...] --out fig.png [--metrics NAME ...] [--smooth N]
     python -m sdpo.plot RUN_DIR [RUN_DIR ...] --strip PROMPT_INDEX --out strip.png [--strip_steps S ...]
+    python -m sdpo.plot ONLINE_DIR [ONLINE_DIR ...] --out rounds.png     # python -m sdpo.online runs, per round
 
 Works on any run of ``train.py`` (cluster or tiny): every logged scalar is also written to
 ``RUN_DIR/metrics.jsonl``, so no tensorboard or wandb is needed.  ``margin`` is derived:
@@ -27,8 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sdpo.atomic import atomic_path
 from sdpo.errors import UserError, cli_main
+from sdpo.plot.figure import pyplot, save
+from sdpo.plot.rounds import is_online, plot_rounds
 from sdpo.training.metrics import JSONL_NAME, read_jsonl
 from sdpo.training.setup import RUN_CONFIG
 from sdpo.training.validation import FOLDER, PREFIX, completed, grid_tile
@@ -67,16 +69,6 @@ def default_metrics(runs: list[list[dict]]) -> tuple[str, ...]:
     logged = {k for rows in runs for r in rows for k in r if k.startswith(PREFIX)}
     order = [f"{PREFIX}{m}" for m in METRICS]
     return DEFAULT_METRICS + tuple(sorted(logged, key=lambda k: (order.index(k) if k in order else len(order), k)))
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (files only: works on headless nodes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def load_run(run_dir: str | Path) -> list[dict]:
@@ -144,7 +136,7 @@ def plot_runs(
     for k in range(len(metrics), nrows * cols):
         axes[k // cols, k % cols].axis("off")
     axes[0, 0].legend(fontsize=8)
-    return _save(plt, fig, out)
+    return save(plt, fig, out)
 
 
 SAFEGUARD_COLOURS = ("tab:blue", "tab:cyan", "navy", "tab:purple", "steelblue")
@@ -163,15 +155,6 @@ def run_colours(run_dirs: list[str | Path], cycle: list[str]) -> list[str]:
     shades = {True: iter(SAFEGUARD_COLOURS * len(run_dirs)), False: iter(PLAIN_COLOURS * len(run_dirs))}
     return [next(shades[bool(v)]) for v in flags]
 
-
-def _save(plt, fig, out: str | Path) -> Path:
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".").lower() or "png")  # tmp's name has no suffix
-    plt.close(fig)
-    return out
 
 
 def validation_images(run_dir: str | Path, index: int) -> tuple[str, list[tuple[int, Image]]]:
@@ -220,13 +203,14 @@ def plot_strip(run_dirs: list[str | Path], index: int, out: str | Path, steps: l
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
     fig.suptitle(textwrap.shorten(prompts.pop(), 110), fontsize=10)
-    return _save(plt, fig, out)
+    return save(plt, fig, out)
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m sdpo.plot", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="train.py output folders (holding metrics.jsonl)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="train.py output folders (holding metrics.jsonl), or python -m sdpo.online folders (rounds.jsonl)")  # fmt: skip
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument(
         "--metrics", nargs="+", default=None, help="logged scalar names, or 'margin' (default: the training panels "
@@ -241,7 +225,14 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--smooth must be >= 1, got {a.smooth}")
     if Path(a.out).suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UserError(f"--out {a.out}: name a .png, .pdf or .svg file")
-    if a.strip is not None:
+    online = [is_online(d) for d in a.runs]
+    if any(online) and a.strip is None:
+        if not all(online):
+            first = a.runs[online.index(False)]
+            raise UserError(f"{first}: not an online run folder (no rounds.jsonl), while others are; plot online runs "
+                            "(python -m sdpo.online) and train.py runs separately")  # fmt: skip
+        print(plot_rounds(a.runs, a.out))
+    elif a.strip is not None:
         print(plot_strip(a.runs, a.strip, a.out, a.strip_steps))
     else:
         print(plot_runs(a.runs, a.out, tuple(a.metrics) if a.metrics else None, a.smooth))

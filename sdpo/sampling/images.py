@@ -134,20 +134,35 @@ def check_size(height: int, width: int) -> None:
 
 @torch.no_grad()
 def encode_prompts(comp: Components, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(embeddings, pooled or None)`` of ``prompts``, encoded one at a time as the family's sampler does."""
-    outs = [comp.family.encode_sampling_prompt(comp, p) for p in prompts]
+    """``(embeddings, pooled or None)`` of ``prompts``, encoded one at a time as the family's sampler does; a
+    prompt listed several times (K samples of one prompt) is encoded once."""
+    outs = encode_each(prompts, lambda p: comp.family.encode_sampling_prompt(comp, p))
     pooled = [p for _, p in outs]
     return torch.cat([e for e, _ in outs]), (torch.cat(pooled) if pooled[0] is not None else None)
 
 
+def encode_each(prompts: list[str], encode) -> list:
+    """``encode(p)`` for every entry of ``prompts``, called once per distinct prompt (each alone, so the result
+    does not depend on the other prompts)."""
+    done: dict[str, object] = {}
+    return [done[p] if p in done else done.setdefault(p, encode(p)) for p in prompts]
+
+
 def sample_latents(comp: Components, prompts: list[str], height: int, width: int, steps: int, cfg: float,
-                   seed: int | Sequence[int], sampler: str = "reference") -> torch.Tensor:  # fmt: skip
+                   seed: int | Sequence[int], sampler: str = "reference",
+                   rows_per_call: int | None = None) -> torch.Tensor:  # fmt: skip
     """Denoised latents for ``prompts``, every prompt starting from the same reference latent (one int seed)
-    or each from its own (a list of seeds, one per prompt); ``cfg`` means what the family's guidance means."""
+    or each from its own (a list of seeds, one per prompt); ``cfg`` means what the family's guidance means.
+
+    ``rows_per_call``: entries of ``prompts`` per denoiser call (each with its cond and uncond rows); ``None`` is
+    the protocol's :func:`prompts_per_call`.  A caller that fixes the composition of every call itself (the
+    online driver: one prompt's K samples per call, whatever the process count or a resume) may batch on a
+    CPU too: an image then depends on its call's rows, which that caller keeps the same."""
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     check_size(height, width)
-    return comp.family.sample_latents(comp, prompts, height, width, steps, cfg, seed, sampler)
+    return comp.family.sample_latents(comp, prompts, height, width, steps, cfg, seed, sampler,
+                                      rows_per_call=rows_per_call)  # fmt: skip
 
 
 @torch.no_grad()
@@ -170,7 +185,9 @@ def _decode_one(comp: Components, latent: torch.Tensor) -> Image.Image:
 
 
 def generate_images(comp: Components, prompts: list[str], height: int, width: int, steps: int = 50,
-                    cfg: float = 7.5, seed: int | Sequence[int] = 0, sampler: str = "reference") -> list[Image.Image]:  # fmt: skip
+                    cfg: float = 7.5, seed: int | Sequence[int] = 0, sampler: str = "reference",
+                    rows_per_call: int | None = None) -> list[Image.Image]:  # fmt: skip
     """One image per prompt; the result for a prompt does not depend on the other prompts in the batch.
-    ``seed``: one int (every prompt starts from that seed's latent) or one seed per prompt."""
-    return decode_latents(comp, sample_latents(comp, prompts, height, width, steps, cfg, seed, sampler))
+    ``seed``: one int (every prompt starts from that seed's latent) or one seed per prompt; ``rows_per_call``:
+    see :func:`sample_latents`."""
+    return decode_latents(comp, sample_latents(comp, prompts, height, width, steps, cfg, seed, sampler, rows_per_call))

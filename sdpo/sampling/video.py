@@ -75,6 +75,22 @@ def sample_video_latents(comp: VideoComponents, prompts: list[str], height: int,
 
 
 @torch.no_grad()
+def sample_video_group(comp: VideoComponents, prompt: str, seeds: list[int], height: int, width: int, frames: int,
+                       steps: int, guidance: float, negative_prompt: str = "") -> torch.Tensor:  # fmt: skip
+    """Denoised latents of several videos of one prompt, one per seed, in one pipeline call: the prompt and the
+    negative are encoded once.  A video depends on its prompt, its seed and the group's size (the call's rows),
+    never on other prompts: the online driver (``sdpo.online``) keeps a prompt's group the same on any process
+    count and across a resume."""
+    n = len(seeds)
+    embeds = _encode(comp, prompt).expand(n, -1, -1)
+    neg = _encode(comp, negative_prompt).expand(n, -1, -1)
+    lat = torch.cat([initial_latent(comp, frames, height, width, s) for s in seeds])
+    return comp.pipe(prompt_embeds=embeds, negative_prompt_embeds=neg, latents=lat, num_frames=frames,
+                     height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+                     max_sequence_length=comp.max_sequence_length, output_type="latent").frames  # fmt: skip
+
+
+@torch.no_grad()
 def decode_video(comp: VideoComponents, latent: torch.Tensor) -> np.ndarray:
     """One video's latents (with its batch axis of one) -> ``uint8 (F, H, W, 3)``."""
     pipe = comp.pipe

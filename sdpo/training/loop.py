@@ -34,9 +34,11 @@ def set_position(sampler, stream, epoch: int, start_sample: int, num_processes: 
         stream.set_position(epoch, start_sample // num_processes)  # rows of this process's split
 
 
-def train(cfg: RunConfig) -> Path:
+def train(cfg: RunConfig, keep_process_group: bool = False) -> Path:
     """Run (or resume) training; returns the path of the final weights (``unet.pth``, ``transformer.pth``;
-    LoRA: ``pytorch_lora_weights.safetensors``)."""
+    LoRA: ``pytorch_lora_weights.safetensors``).  ``keep_process_group``: a caller that trains in-process and
+    goes on working with the same launched processes (``sdpo.online``'s rounds) keeps the process group, which
+    accelerate's ``end_training`` would destroy."""
     run = setup(cfg)
     steps, acc = run.cfg.optim.max_train_steps, run.accelerator
     averager, window_ok, trace = StepAverager(), True, RankTrace(acc)
@@ -63,7 +65,11 @@ def train(cfg: RunConfig) -> Path:
     bar.close()
     trace.weights(acc, run.family.denoiser)
     path = run.weights.save_final(acc, run.family.denoiser, run.cfg.output.output_dir)
-    acc.end_training()
+    if keep_process_group:
+        for tracker in acc.trackers:
+            tracker.finish()
+    else:
+        acc.end_training()
     if run.shards is not None:
         run.shards.close()
     log.info("done: %s", path)

@@ -1,0 +1,243 @@
+"""The driver's own flags, the train.py flags it passes on, and what a run folder's configuration is.
+
+    python -m sdpo.online --out DIR --rounds R --prompts FILE --samples_per_prompt K
+        (--steps_per_round S | --epochs_per_round E) --reward NAME [--reward_model_root DIR]
+        [--heldout_prompts FILE --heldout_reward NAME] [driver flags] [train.py flags]
+
+Every flag the driver does not know goes to ``train.py`` and is checked by its parser now, before anything is
+loaded or written (with the round's data and output folder filled in).  The flags the driver sets itself each
+round (the data, the output folder, the length, the initial weights) are refused when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdpo.config import RunConfig, parse_args
+from sdpo.errors import UserError
+
+REFERENCES = ("base", "previous")
+PAIRINGS = ("best_worst", "all")
+# train.py flags the driver sets per round: given by the user they would be silently replaced.
+DRIVER_OWNED = {
+    "--dataset_name": "the round's pairs", "--train_data_dir": "the round's pairs", "--output_dir": "--out",
+    "--max_train_steps": "--steps_per_round", "--num_train_epochs": "--epochs_per_round",
+    "--resume_from_checkpoint": "the driver's own resume", "--policy_init": "the previous round's weights",
+}  # fmt: skip
+# train.py flags whose data path does not fit pairs that change every round.
+REFUSED = {
+    "--precomputed": "the pairs change every round, so a latent cache would have to be rebuilt each round",
+    "--streaming": "the round's pairs are a small local file",
+}
+# Settings that change neither samples nor weights: a rerun may change them (rounds may be added, too).
+FREE = {"out", "rounds", "patience", "stop_on_divergence", "stop_after", "score_batch_size"}
+FREE_TRAIN = {"output_dir", "dataset_name", "logging_dir", "report_to", "tracker_project_name", "dataloader_num_workers",
+              "checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "max_train_steps",
+              "num_train_epochs"}  # fmt: skip
+STAGE_NAMES = ("samples", "scores", "pairs", "train", "eval")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UserError(f"{message} (see: python -m sdpo.online --help)")
+
+
+@dataclass(frozen=True)
+class OnlineOptions:
+    """The driver's settings (flag names); ``train_args``: the train.py flags as given."""
+
+    out: Path
+    rounds: int
+    prompts: str
+    samples_per_prompt: int
+    steps_per_round: int | None
+    epochs_per_round: int | None
+    reward: str
+    reward_model_root: str | None
+    heldout_prompts: str | None
+    heldout_reward: str | None
+    algorithm: str
+    reference: str
+    prompts_per_round: int | None
+    pairs: str
+    min_reward_gap: float
+    sample_steps: int
+    sample_guidance: float | None
+    sample_resolution: int | None
+    sample_seed: int
+    sample_dtype: str
+    prompts_per_call: int
+    score_batch_size: int
+    patience: int
+    stop_on_divergence: bool
+    stop_after: str | None
+    train_args: tuple[str, ...]
+
+    def identity(self) -> dict:
+        """The settings a run folder is bound to (what decides its samples and weights)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in FREE and k != "train_args"}
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+
+def build_parser(strict: bool = True) -> argparse.ArgumentParser:
+    """The driver's flags (prefixes are not expanded: what the driver does not know exactly goes to train.py).
+    ``strict=False``: nothing required (the launch scripts check a partial command line)."""
+    from sdpo.online.algorithms import ALGORITHMS
+
+    p = _Parser(prog="python -m sdpo.online", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                epilog="Any other flag goes to train.py (python train.py --help).")  # fmt: skip
+    a = p.add_argument_group("rounds").add_argument
+    a("--out", required=strict, help="the run folder: round-XXX/{samples,scores.jsonl,pairs,weights,eval}, rounds.jsonl")
+    a("--rounds", type=int, required=strict, help="rounds to run (a rerun with more continues the run)")
+    a("--algorithm", default="dpo", choices=sorted(ALGORITHMS), help="what a round does with its samples")
+    a("--reference", default="base", choices=REFERENCES,
+      help="the objective's reference model each round: the original base (the SDPO/SIPO objectives' definition) "
+      "or the previous round's weights")  # fmt: skip
+    length = p.add_mutually_exclusive_group(required=strict)
+    length.add_argument("--steps_per_round", type=int, default=None, help="optimizer steps per round")
+    length.add_argument("--epochs_per_round", type=int, default=None, help="passes over the round's pairs")
+    a = p.add_argument_group("sampling").add_argument
+    a("--prompts", required=strict, help="prompt file (JSON list of {prompt} or one per line) or a set (papv2:64)")
+    a("--prompts_per_round", type=int, default=None,
+      help="prompts per round, taken in turn from a seeded shuffle of the file (default: all, every round)")  # fmt: skip
+    a("--samples_per_prompt", type=int, required=strict, help="K >= 2 samples of each prompt per round")
+    a("--sample_steps", type=int, default=50, help="sampler steps (the evaluation protocol's 50)")
+    a("--sample_guidance", type=float, default=None, help="guidance (default: the family's evaluation value)")
+    a("--sample_resolution", type=int, default=None, help="image size (default: the training --resolution)")
+    a("--sample_seed", type=int, default=0, help="every sample's seed derives from it, the round, prompt and k")
+    a("--sample_dtype", default="auto", help="denoiser and text encoders while sampling: auto (bf16 on an "
+      "accelerator, fp32 on a CPU), fp32, bf16, fp16")  # fmt: skip
+    a("--prompts_per_call", type=int, default=1,
+      help="prompts per denoiser call, each with its K samples (cond and uncond rows in the same call); a "
+      "sample depends on its call's rows, so this is part of the run's configuration")  # fmt: skip
+    a = p.add_argument_group("rewards and pairs").add_argument
+    a("--reward", required=strict, help="the reward the round ranks samples by (see the list in docs/online.md)")
+    a("--reward_model_root", default=None, help="the reward models' mirror (sdpo.rewards.sources)")
+    a("--pairs", default="best_worst", choices=PAIRINGS,
+      help="best vs worst sample per prompt, or every pair of a prompt's samples")  # fmt: skip
+    a("--min_reward_gap", type=float, default=0.0,
+      help="pairs whose reward gap is below this are dropped (ties always are), and counted")  # fmt: skip
+    a("--score_batch_size", type=int, default=16, help="images per reward-model call")
+    a = p.add_argument_group("held-out evaluation and reward hacking").add_argument
+    a("--heldout_prompts", default=None, help="prompts scored after every round (and for the base, round 0)")
+    a("--heldout_reward", default=None, help="a reward other than --reward, for the held-out images")
+    a("--patience", type=int, default=2,
+      help="warn when --reward rose and --heldout_reward fell on the held-out images this many rounds in a row")  # fmt: skip
+    a("--stop_on_divergence", action="store_true", help="stop the run when that warning fires")
+    a("--stop_after", default=None, choices=STAGE_NAMES, help="end the run after this stage of its last round "
+      "(inspect samples, scores or pairs before training)")  # fmt: skip
+    return p
+
+
+def split_args(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``(the driver's flags, the rest)`` of a partial command line (nothing required)."""
+    return build_parser(strict=False).parse_known_args(args)
+
+
+def parse(argv: list[str]) -> tuple[OnlineOptions, RunConfig]:
+    """The driver's options and a train.py configuration template (round 1's), all checked: one line per problem."""
+    from sdpo.online.rewards import check_reward
+
+    ns, rest = build_parser().parse_known_args(argv)
+    for flag in rest:
+        name = flag.split("=", 1)[0]
+        if name in DRIVER_OWNED:
+            raise UserError(f"{name} is set by the driver each round (from {DRIVER_OWNED[name]}); drop it")
+        if name in REFUSED:
+            raise UserError(f"{name} does not combine with python -m sdpo.online: {REFUSED[name]}")
+    _check_numbers(ns)
+    opts = OnlineOptions(out=Path(ns.out).expanduser(), train_args=tuple(rest),
+                         **{k: v for k, v in vars(ns).items() if k not in ("out",)})  # fmt: skip
+    cfg = template_config(opts)
+    media = "video" if _is_video(cfg) else "image"
+    check_reward(opts.reward, media, "--reward")
+    if opts.heldout_prompts is not None or opts.heldout_reward is not None:
+        if not (opts.heldout_prompts and opts.heldout_reward):
+            missing = "--heldout_reward" if opts.heldout_prompts else "--heldout_prompts"
+            raise UserError(f"{missing} is needed too: held-out evaluation scores the held-out prompts' images with a "
+                            "reward other than --reward")  # fmt: skip
+        if opts.heldout_reward == opts.reward:
+            raise UserError(f"--heldout_reward {opts.heldout_reward} is the reward the rounds train on; pick another "
+                            "one, so that gaming --reward shows up on held-out prompts")  # fmt: skip
+        check_reward(opts.heldout_reward, media, "--heldout_reward")
+    _check_train(opts, cfg, media)
+    return opts, cfg
+
+
+def _check_numbers(ns: argparse.Namespace) -> None:
+    if ns.samples_per_prompt < 2:
+        raise UserError(f"--samples_per_prompt must be >= 2 (a pair needs two samples of a prompt), "
+                        f"got {ns.samples_per_prompt}")  # fmt: skip
+    for flag in ("rounds", "steps_per_round", "epochs_per_round", "prompts_per_round", "sample_steps",
+                 "prompts_per_call", "score_batch_size", "patience"):  # fmt: skip
+        value = getattr(ns, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} must be >= 1, got {value}")
+    if ns.min_reward_gap < 0:
+        raise UserError(f"--min_reward_gap must be >= 0, got {ns.min_reward_gap}")
+    if ns.sample_resolution is not None and (ns.sample_resolution < 16 or ns.sample_resolution % 16):
+        raise UserError(f"--sample_resolution must be a positive multiple of 16, got {ns.sample_resolution}")
+    if ns.reward_model_root and not Path(ns.reward_model_root).expanduser().is_dir():
+        raise UserError(f"--reward_model_root {ns.reward_model_root}: no such folder")
+
+
+def round_train_args(opts: OnlineOptions, pairs: Path, weights: Path, seed: int | None,
+                     init: dict[str, str]) -> list[str]:  # fmt: skip
+    """One round's train.py flags: the user's, then the round's data, output, length, seed and initial weights
+    (later flags win in argparse, so the round's values replace nothing the user may set)."""
+    length = (["--max_train_steps", str(opts.steps_per_round)] if opts.steps_per_round
+              else ["--num_train_epochs", str(opts.epochs_per_round)])  # fmt: skip
+    out = [*opts.train_args, "--dataset_name", str(pairs), "--output_dir", str(weights), *length]
+    if seed is not None:
+        out += ["--seed", str(seed)]
+    for flag, path in init.items():
+        out += [flag, path]
+    return out
+
+
+def template_config(opts: OnlineOptions) -> RunConfig:
+    """train.py's configuration for the user's flags (the data and output are placeholders: a hub-style id and
+    round 1's weights folder, so nothing is read or checked on disk for them)."""
+    flags = round_train_args(opts, Path("online/pairs"), opts.out / "round-001" / "weights", None, {})
+    if not any(a.split("=", 1)[0] == "--pretrained_model_name_or_path" for a in opts.train_args):
+        raise UserError("--pretrained_model_name_or_path is needed (the model the rounds start from)")
+    return parse_args(flags)
+
+
+def _is_video(cfg: RunConfig) -> bool:
+    return cfg.data.video
+
+
+def _check_train(opts: OnlineOptions, cfg: RunConfig, media: str) -> None:
+    from sdpo.losses import get_objective
+
+    if getattr(get_objective(cfg.objective.train_method), "NEEDS_LABELS", False):
+        raise UserError(f"--train_method {cfg.objective.train_method} trains on labelled single images; the {opts.algorithm} "
+                        "rounds build preference pairs (use diffusion-dpo, dmpo, dspo, sipo, ...)")  # fmt: skip
+    if opts.reference == "previous" and cfg.model.lora_rank:
+        raise UserError("--reference previous with --lora_rank: a LoRA run's reference is its base with the "
+                        "adapters off; use --reference base (the default) or train the whole denoiser")  # fmt: skip
+    if media == "video" and opts.prompts_per_call != 1:
+        raise UserError("--prompts_per_call > 1 is for image families (a video is sampled one prompt per call)")
+    if media == "video" and opts.sample_resolution is not None:
+        raise UserError("--sample_resolution is for image families; videos are sampled at the training --height "
+                        "and --width")  # fmt: skip
+
+
+def identity(opts: OnlineOptions, cfg: RunConfig) -> dict:
+    """What ``online.json`` records: the driver's settings and train.py's resolved ones, by flag name."""
+    train = {k: v for k, v in cfg.flat().items() if k not in FREE_TRAIN}
+    return {"driver": opts.identity(), "train": train}
+
+
+def mismatch(saved: dict, current: dict) -> str | None:
+    """The first setting that differs, as ``--flag old -> new``, or None."""
+    for section in ("driver", "train"):
+        old, new = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "(unset)") != new.get(key, "(unset)"):
+                return f"--{key} {old.get(key, '(unset)')!r}, this command has {new.get(key, '(unset)')!r}"
+    return None

@@ -95,3 +95,23 @@ class Trajectories:
         process = process_from_state({**part("process."), **meta["process"]})
         return cls(meta["prompts"], t["group"], t["seeds"], t["latents"], t["log_probs"], part("cond."),
                    part("negative."), process, float(meta["guidance"]), meta["meta"])  # fmt: skip
+
+
+def concat(parts: list[Trajectories]) -> Trajectories:
+    """Several rollouts of one schedule as one (the calls of a round, in order): prompts and their conditioning
+    appended, each part's group ids shifted past the previous parts' prompts."""
+    if not parts:
+        raise ValueError("no trajectories to concatenate")
+    first = parts[0]
+    for p in parts[1:]:
+        if p.latents.shape[1:] != first.latents.shape[1:] or p.guidance != first.guidance:
+            raise ValueError("trajectories of different schedules or guidance cannot be concatenated")
+    offsets, n = [], 0
+    for p in parts:
+        offsets.append(n)
+        n += len(p.prompts)
+    group = torch.cat([p.group + off for p, off in zip(parts, offsets)])
+    cond = {k: torch.cat([p.cond[k] for p in parts]) for k in first.cond}
+    return Trajectories([q for p in parts for q in p.prompts], group, torch.cat([p.seeds for p in parts]),
+                        torch.cat([p.latents for p in parts]), torch.cat([p.log_probs for p in parts]), cond,
+                        first.negative, first.process, first.guidance, dict(first.meta))  # fmt: skip

@@ -6,7 +6,7 @@ Advantages use every reward of the round (Flow-GRPO gathers the whole batch befo
 to ``advantages.jsonl``.  The optimizer is AdamW with train.py's ``--learning_rate`` and ``--adam_*``, constant
 (Flow-GRPO's one optimizer for the whole run: its state is saved with the round's weights, ``optimizer.pt``, and
 the next round continues it).  The update runs in the main process (the other launched processes wait), so its
-result does not depend on the number of processes; every draw it makes comes from ``--seed`` + round - 1.  A
+result does not depend on the number of processes (on a CPU with one thread: ``exact_threads``); every draw it makes comes from ``--seed`` + round - 1.  A
 killed update reruns whole from the same files: the same weights, bit for bit.
 
 Outputs in ``weights/`` as a train.py run writes them: ``unet.pth`` / ``transformer.pth`` (what the next
@@ -23,7 +23,7 @@ import torch
 
 from sdpo.atomic import atomic_path
 from sdpo.checkpoint.store import crash_point
-from sdpo.online.grpo_settings import grpo_settings, load_family, seed_of
+from sdpo.online.grpo_settings import exact_threads, grpo_settings, load_family, seed_of
 from sdpo.online.layout import read_json, read_jsonl, write_jsonl
 from sdpo.online.memory import release
 
@@ -75,7 +75,8 @@ def run(ctx) -> dict | None:
     adv = advantages(ctx, traj)
     fam, _ = load_family(ctx, ctx.weights_after(ctx.round - 1), needs_reference=settings.kl_beta > 0)
     opt = make_optimizer(ctx, fam.denoiser)
-    log = grpo_update(fam, opt, traj, adv, settings, seed=seed_of(ctx))
+    with exact_threads(ctx.procs.device):
+        log = grpo_update(fam, opt, traj, adv, settings, seed=seed_of(ctx))
     crash_point(ctx.crash_name("train"))
     out_dir = ctx.folder.weights
     out_dir.mkdir(parents=True, exist_ok=True)

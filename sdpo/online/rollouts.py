@@ -15,7 +15,7 @@ import torch
 
 from sdpo.atomic import write_json
 from sdpo.checkpoint.store import crash_point
-from sdpo.online.grpo_settings import load_family, rollout_settings, trajectory_name
+from sdpo.online.grpo_settings import exact_threads, load_family, rollout_settings, trajectory_name
 from sdpo.online.memory import release
 from sdpo.online.plan import calls
 from sdpo.online.sample import remove_stale_temps
@@ -26,9 +26,6 @@ def trajectories_dir(ctx):
 
 
 def run(ctx) -> dict:
-    from sdpo.rl.rollout import rollout
-    from sdpo.sampling.images import decode_latents
-
     procs, media, opts = ctx.procs, ctx.media, ctx.opts
     samples, folder, tdir = ctx.samples(), ctx.folder.samples, trajectories_dir(ctx)
     weights = ctx.weights_after(ctx.round - 1)
@@ -43,25 +40,9 @@ def run(ctx) -> dict:
     def done(c: int) -> bool:
         return (tdir / trajectory_name(c)).is_file() and all((folder / f"{s.stem}.png").is_file() for s in groups[c])
 
-    todo, drawn = [c for c in mine if not done(c)], 0
-    if todo:
-        fam, shape = load_family(ctx, weights, needs_reference=False)
-        settings = rollout_settings(opts, media.guidance, fam.process)
-        comp = fam.sampling_components(fam.denoiser, None)
-        for c in todo:
-            group = groups[c]
-            prompts = [s.prompt for s in group if s.k == 0]
-            traj = rollout(fam, prompts, opts.samples_per_prompt, [s.seed for s in group], settings, shape,
-                           rows_per_call=len(group))  # fmt: skip
-            traj.save(tdir / trajectory_name(c))
-            with torch.no_grad():
-                images = decode_latents(comp, traj.final.to(fam.device))
-            for s, image in zip(group, images):
-                media.save(image, folder / f"{s.stem}.png", s.prompt)
-            drawn += len(group)
-            crash_point(ctx.crash_name("samples"))
-        del fam, comp
-        release(procs.device)
+    todo = [c for c in mine if not done(c)]
+    with exact_threads(procs.device):
+        drawn = _draw(ctx, groups, todo, weights, tdir) if todo else 0
     procs.barrier()
     if procs.is_main:
         write_json(folder / "manifest.json", {
@@ -71,3 +52,29 @@ def run(ctx) -> dict:
             "trajectories": [f"trajectories/{trajectory_name(c)}" for c in range(len(groups))],
         })  # fmt: skip
     return {"prompts": len({s.pos for s in samples}), "samples": len(samples), "drawn_by_main": drawn}
+
+
+def _draw(ctx, groups, todo: list[int], weights, tdir) -> int:
+    """Roll out the calls ``todo``: trajectories, then their PNGs; returns how many samples were drawn."""
+    from sdpo.rl.rollout import rollout
+    from sdpo.sampling.images import decode_latents
+
+    media, opts, folder, drawn = ctx.media, ctx.opts, ctx.folder.samples, 0
+    fam, shape = load_family(ctx, weights, needs_reference=False)
+    settings = rollout_settings(opts, media.guidance, fam.process)
+    comp = fam.sampling_components(fam.denoiser, None)
+    for c in todo:
+        group = groups[c]
+        prompts = [s.prompt for s in group if s.k == 0]
+        traj = rollout(fam, prompts, opts.samples_per_prompt, [s.seed for s in group], settings, shape,
+                       rows_per_call=len(group))  # fmt: skip
+        traj.save(tdir / trajectory_name(c))
+        with torch.no_grad():
+            images = decode_latents(comp, traj.final.to(fam.device))
+        for s, image in zip(group, images):
+            media.save(image, folder / f"{s.stem}.png", s.prompt)
+        drawn += len(group)
+        crash_point(ctx.crash_name("samples"))
+    del fam, comp
+    release(ctx.procs.device)
+    return drawn

@@ -45,6 +45,10 @@ CASES = [
     ("lora_vs_full", [], [(rf"^  (full|lora) +trained .* total {R} GiB; median {R} s/step$", 2),
                           (rf"^LoRA / full: peak memory {X} \(target <= 0\.55\), step time {X}", 1)]),
     ("memory_plan", [], [(MEMORY_ROW, 3 * 8), (rf"^  \d pair\(s\): {R} / {R}$", 3 * 3)]),
+    ("grpo_round", [], [(rf"^mid-size UNet .*: round {R} s: rollout +{R}%  scoring +{R}%  training +{R}%; \d+ rollouts, "
+                         rf"{R} rollouts/s$", 1),
+                        (rf"G=2 of one prompt: one shared call {R} rollouts/s, G separate calls {R} rollouts/s, "
+                         rf"ratio {X}$", 1)]),
     ("online_round", [], [(rf"^(tiny sd15 \(32 px\)|mid-size UNet .*): round {R} s: samples +{R}%  scores +{R}%  "
                            rf"pairs +{R}%  train +{R}%  eval +{R}%$", 1),
                           (r"^(tiny|mid-size).*: peak host MB per stage: samples \d+", 1),

@@ -180,3 +180,19 @@ def test_grpo_bad_input_is_one_line(tiny_sd15, prompt_files, tmp_path, capsys):
     dpo[dpo.index("grpo")] = "dpo"
     dpo_opts, _ = parse(dpo)
     assert "kl_beta" not in dpo_opts.identity() and "kl_beta" in opts.identity()
+
+
+def test_online_demo_grpo_runs_quick(tmp_path, capsys):
+    """The demo's GRPO runs at the quick size: both start from the same base with the same rollouts (the same
+    reward budget), only the winner-preserving one logs lambda, and the table shows both."""
+    from sdpo.demo.online import GRPO_RUNS, QUICK, run_demo
+
+    rows = run_demo(tmp_path / "demo", QUICK, runs=GRPO_RUNS)
+    runs = tmp_path / "demo" / "runs"
+    assert [(r["run"], r["round"]) for r in rows] == [(n, i) for n, _, _ in GRPO_RUNS for i in range(QUICK.rounds + 1)]
+    name = "round-001/trajectories/call-00000.safetensors"
+    assert (runs / "grpo" / name).read_bytes() == (runs / "grpo+wp" / name).read_bytes()
+    assert all(("mean_lambda" in r) == (r["run"] == "grpo+wp") for r in rows if r["round"] >= 1)
+    assert all(r["kl"] >= 0.0 for r in rows if r["round"] >= 1)
+    out = capsys.readouterr().out
+    assert "grpo+wp" in out and (tmp_path / "demo" / "online.png").is_file()

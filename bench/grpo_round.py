@@ -13,7 +13,7 @@
 2. Rollout throughput, G rollouts of one prompt: one call with the prompt encoded once and the G samples in one
    denoiser batch, cond and uncond rows in the same forward (what the driver does), against G separate calls
    (each encoding the prompt and the empty negative, one sample per forward); interleaved and repeated,
-   medians and their ratio printed.
+   medians and their ratio printed (over ``--throughput_steps`` rollout steps: the ratio is per step).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def throughput(model: Path, a, size: int, device: torch.device) -> tuple[float, 
     cfg = parse_args(["--pretrained_model_name_or_path", str(model), "--resolution", str(size)])
     fam = get_family("sd15").load(cfg.model, device, torch.float32, False)
     shape = tuple(fam.latent_shape((3, size, size)))
-    settings = replace(default_rollout("ddpm"), steps=a.steps, guidance=7.5)
+    settings = replace(default_rollout("ddpm"), steps=a.throughput_steps, guidance=7.5)
     seeds = list(range(a.group))
 
     def shared():
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", type=int, default=4, help="prompts in the round")
     ap.add_argument("--steps", type=int, default=10, help="rollout steps (Flow-GRPO: 10)")
     ap.add_argument("--mid_size", type=int, default=128, help="the mid-size model's image size")
+    ap.add_argument("--throughput_steps", type=int, default=2,
+                    help="rollout steps in the throughput comparison (its ratio is per step)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for the throughput part")
     a = parse(ap, argv, group=2, prompts=2, steps=2, mid_size=32, repeats=1)
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         (tmp / "r2").mkdir()
         report_round(what, one_round(mid, tmp / "r2", a, a.mid_size), n)
         shared, separate = throughput(mid, a, a.mid_size, device)
-    print(f"rollouts, {what}, G={a.group} of one prompt: one shared call {shared:.2f} rollouts/s, "
+    print(f"rollouts, {what}, G={a.group} of one prompt, {a.throughput_steps} steps: one shared call {shared:.2f} rollouts/s, "
           f"G separate calls {separate:.2f} rollouts/s, ratio {shared / separate:.2f}x")  # fmt: skip
 
 

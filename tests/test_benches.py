@@ -47,7 +47,7 @@ CASES = [
     ("memory_plan", [], [(MEMORY_ROW, 3 * 8), (rf"^  \d pair\(s\): {R} / {R}$", 3 * 3)]),
     ("grpo_round", [], [(rf"^mid-size UNet .*: round {R} s: rollout +{R}%  scoring +{R}%  training +{R}%; \d+ rollouts, "
                          rf"{R} rollouts/s$", 1),
-                        (rf"G=2 of one prompt: one shared call {R} rollouts/s, G separate calls {R} rollouts/s, "
+                        (rf"G=2 of one prompt, \d+ steps: one shared call {R} rollouts/s, G separate calls {R} rollouts/s, "
                          rf"ratio {X}$", 1)]),
     ("online_round", [], [(rf"^(tiny sd15 \(32 px\)|mid-size UNet .*): round {R} s: samples +{R}%  scores +{R}%  "
                            rf"pairs +{R}%  train +{R}%  eval +{R}%$", 1),

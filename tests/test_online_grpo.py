@@ -1,7 +1,8 @@
 """python -m sdpo.online --algorithm grpo: two rounds end to end on a tiny SD1.5 (rollouts kept whole and their
 log-probabilities recomputed exactly under the weights that drew them, advantages against a hand computation,
-weights and optimizer state handed from round to round), SIGKILL at every stage then a rerun equal to the
-uninterrupted run bit for bit, 2 processes = 1, and the GRPO flags' bad input."""
+weights and optimizer state handed from round to round), the same on a tiny FLUX.1 (Flow-GRPO's SDE), SIGKILL
+at every GRPO stage then a rerun equal to the uninterrupted run bit for bit, 2 processes = 1, the GRPO flags'
+bad input, and the online demo's two GRPO runs at the quick size."""
 
 from __future__ import annotations
 
@@ -112,6 +113,30 @@ def test_grpo_rounds_end_to_end(grpo_run, tiny_sd15):
     assert not same_weights(weights(grpo_run / "round-001"), {k: v.cpu() for k, v in base.items()})
     steps = lambda f: int(next(iter(optimizer_state(f)["state"].values()))["step"])  # noqa: E731
     assert (steps(grpo_run / "round-001"), steps(r2)) == (2, 4)
+
+
+def test_grpo_rounds_on_a_flow_family(tiny_flux, prompt_files, tmp_path):
+    """The same rounds on a tiny FLUX.1: Flow-GRPO's SDE rollouts (noise level 0.7), transformer.pth handed on,
+    round 2's rollouts recomputed exactly under round 1's weights."""
+    from sdpo.online.grpo_settings import exact_threads
+    from sdpo.rl.flow_sde import FlowSDE
+    from sdpo.rl.logprob import recompute
+    from sdpo.rl.trajectory import Trajectories
+
+    out = tmp_path / "flux"
+    argv = flags(tiny_flux, prompt_files, out, "--sample_steps", "3")
+    argv = [a for a in argv if a not in ("--use_winner_preserving",)]
+    run_online(argv)
+    rec = stages(out / "round-002")["train"]["result"]
+    assert rec["weights"] == "weights/transformer.pth" and rec["steps"] == 4  # 4 rollouts, one per step
+    traj = Trajectories.load(out / "round-002" / "trajectories" / "call-00001.safetensors")
+    assert isinstance(traj.process, FlowSDE) and traj.process.noise_level == 0.7
+    fam = _family(tiny_flux, out / "round-001" / "weights" / "transformer.pth")
+    rows = torch.arange(len(traj))
+    with torch.no_grad(), exact_threads(torch.device("cpu")):
+        worst = max(float((recompute(fam, fam.denoiser, traj, rows, torch.full((2,), j))[0].log_prob
+                           - traj.log_probs[:, j]).abs().max()) for j in range(traj.process.steps))  # fmt: skip
+    assert worst <= 1e-6
 
 
 def read_png(path: Path):

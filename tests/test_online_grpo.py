@@ -197,6 +197,7 @@ def test_grpo_bad_input_is_one_line(tiny_sd15, prompt_files, tmp_path, capsys):
     assert "--winner_preserving_mode fixed is not a GRPO option" in _error(
         capsys, base + ["--winner_preserving_mode", "fixed", "--winner_preserving_lambda", "0.5"])
     assert "the rollout eta must be > 0" in _error(capsys, base + ["--rollout_noise", "0"])
+    assert "a GRPO round has no pairs stage" in _error(capsys, base + ["--stop_after", "pairs"])
     assert not out.exists()
     # the process's defaults fill in (DDIM eta 1.0, every step trained); a dpo run is not bound to GRPO settings
     opts, _ = parse(base)

@@ -32,6 +32,8 @@ def check_grpo(opts, cfg: RunConfig, media: str):
     if opts.steps_per_round is not None:
         raise UserError("--steps_per_round is for --algorithm dpo; a GRPO round's length is its inner epochs over the "
                         "round's rollouts: pass --epochs_per_round E (Flow-GRPO's num_inner_epochs, 1)")  # fmt: skip
+    if opts.stop_after == "pairs":
+        raise UserError("--stop_after pairs: a GRPO round has no pairs stage (its stages: samples, scores, train, eval)")
     if cfg.model.lora_rank:
         raise UserError("--lora_rank with --algorithm grpo is not supported yet; train the whole denoiser")
     if cfg.dist.sharded:

@@ -63,6 +63,10 @@ CASES = [
                                              rf"cache alone {X}, floor {X}\); peak memory {X} uncached", 1),
                               (r"equal the step's bit for bit: yes$", 1),
                               (rf"^ +32 +{R} +{R} \({R}\) +{R} \({R}\) +{X} +{X}$", 1)]),
+    ("grpo_round", [], [(rf"^mid-size UNet .*: round {R} s: rollout +{R}%  scoring +{R}%  training +{R}%; \d+ rollouts, "
+                         rf"{R} rollouts/s$", 1),
+                        (rf"G=2 of one prompt, \d+ steps: one shared call {R} rollouts/s, G separate calls {R} rollouts/s, "
+                         rf"ratio {X}$", 1)]),
     ("online_round", [], [(rf"^(tiny sd15 \(32 px\)|mid-size UNet .*): round {R} s: samples +{R}%  scores +{R}%  "
                            rf"pairs +{R}%  train +{R}%  eval +{R}%$", 1),
                           (r"^(tiny|mid-size).*: peak host MB per stage: samples \d+", 1),

@@ -8,6 +8,10 @@ run), and ``python -m sdpo.online`` (in this process) runs the rounds three time
 
 * ``diffusion-dpo``, ``diffusion-dpo+sdpo`` (the safeguard, mu 0.9) and ``sipo``, with the paper's SD1.5
   beta (5000) for all three and otherwise identical settings (seeds, prompts, learning rate, steps);
+* with ``--grpo``, two more runs from the same base: GRPO (``--algorithm grpo``: K stochastic rollouts per
+  prompt, group-normalised advantages, Flow-GRPO's clipped update with its KL term, one inner epoch over half
+  the rollout steps) with and without the winner-preserving option (the same mu), on the same prompts, K,
+  sampler steps and rounds, so every run scores the same number of samples (the same reward budget);
 * each round samples K images of each training prompt from the current weights, ranks them with the tiny
   colour reward (``tiny_colour``: how much of the image is the caption's colour, which a model can game by
   flooding the frame), trains on best-vs-worst pairs starting from the previous round (reference: the base),
@@ -41,8 +45,9 @@ MARKER = ".sdpo-demo-online"
 _OWN = ("model", "data", "sft", "runs", "prompts", "online.csv", "online.png")
 RUNS = (("diffusion-dpo", "diffusion-dpo", False), ("diffusion-dpo+sdpo", "diffusion-dpo", True),
         ("sipo", "sipo", False))  # fmt: skip
+GRPO_RUNS = (("grpo", "grpo", False), ("grpo+wp", "grpo", True))  # (name, "grpo": the algorithm, safeguard)
 COLUMNS = ("run", "round", "train_reward_mean", "train_reward_max", "heldout_trained_reward_mean",
-           "heldout_reward_mean", "win_rate_vs_round0", "saturation", "near_constant", "pairs_kept", "mean_lambda")  # fmt: skip
+           "heldout_reward_mean", "win_rate_vs_round0", "saturation", "near_constant", "pairs_kept", "mean_lambda", "kl")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class OnlineDemoSize:
     batch: int = 8
     lr: float = 3e-4  # chosen on the toy: at 1e-3 every method degrades, at 1e-4 little moves in 4 rounds
     seed: int = 0
+    grpo_groups: int = 2  # GRPO: groups per forward (K rows each), one optimizer step per forward
+    grpo_timestep_fraction: float = 0.5  # GRPO: half the rollout steps trained (DDPO's default is all of them)
 
 
 FULL = OnlineDemoSize()
@@ -94,7 +101,8 @@ def write_prompts(out: Path, size: OnlineDemoSize) -> tuple[Path, Path]:
 
 
 def online_flags(name: str, method: str, safeguard: bool, paths: dict, out: Path, size: OnlineDemoSize) -> list[str]:
-    """One run's flags; the runs differ only in ``--train_method`` and ``--use_winner_preserving``."""
+    """One run's flags; the DPO runs differ only in ``--train_method`` and ``--use_winner_preserving`` (``method``
+    ``grpo``: a GRPO run, its length one inner epoch instead of ``steps_per_round`` optimizer steps)."""
     beta, mu, _ = get_family(DEFAULT_FAMILY).paper_methods["diffusion-dpo"]
     flags = [
         "--out", str(out / "runs" / name), "--rounds", str(size.rounds),
@@ -108,19 +116,28 @@ def online_flags(name: str, method: str, safeguard: bool, paths: dict, out: Path
         "--unet_init", str(paths["sft_unet"]), "--train_method", method, "--beta_dpo", str(beta),
         "--winner_preserving_mu", str(mu), "--learning_rate", str(size.lr), "--checkpointing_steps", "1000",
     ]  # fmt: skip
+    if method == "grpo":
+        k = flags.index("--steps_per_round")
+        flags[k : k + 2] = ["--epochs_per_round", "1", "--algorithm", "grpo", "--timestep_fraction",
+                            str(size.grpo_timestep_fraction)]  # fmt: skip
+        m = flags.index("--train_method")
+        flags[m : m + 4] = []  # the preference objective and its beta: not GRPO's
+        rows = size.grpo_groups * (1 if safeguard else size.samples_per_prompt)  # groups, or rows, per forward
+        flags[flags.index("--train_batch_size") + 1] = str(rows)
     return flags + (["--use_winner_preserving"] if safeguard else [])
 
 
 def table(rows: list[dict]) -> str:
     head = (f"{'run':<20}{'round':>6}{'train R':>9}{'max':>7}{'held-out R':>11}{'picture':>9}{'win vs 0':>9}"
-            f"{'sat.':>7}{'flat':>6}{'pairs':>6}{'lambda':>8}")  # fmt: skip
+            f"{'sat.':>7}{'flat':>6}{'pairs':>6}{'lambda':>8}{'KL':>8}")  # fmt: skip
     lines = [head, "-" * len(head)]
     fmt = lambda v, w, p=3: f"{v:>{w}.{p}f}" if isinstance(v, float) else f"{'-' if v is None else v:>{w}}"  # noqa: E731
     for r in rows:
         lines.append(f"{r['run']:<20}{r['round']:>6}{fmt(r.get('train_reward_mean'), 9)}{fmt(r.get('train_reward_max'), 7)}"
                      f"{fmt(r.get('heldout_trained_reward_mean'), 11)}{fmt(r.get('heldout_reward_mean'), 9)}"
                      f"{fmt(r.get('win_rate_vs_round0'), 9, 2)}{fmt(r.get('saturation'), 7)}"
-                     f"{fmt(r.get('near_constant'), 6, 2)}{fmt(r.get('pairs_kept'), 6)}{fmt(r.get('mean_lambda'), 8)}")  # fmt: skip
+                     f"{fmt(r.get('near_constant'), 6, 2)}{fmt(r.get('pairs_kept'), 6)}{fmt(r.get('mean_lambda'), 8)}"
+                     f"{fmt(r.get('kl'), 8, 4)}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -132,23 +149,24 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def run_demo(out: Path, size: OnlineDemoSize, overwrite: bool = False, threads: int = 1) -> list[dict]:
+def run_demo(out: Path, size: OnlineDemoSize, overwrite: bool = False, threads: int = 1,
+             runs: tuple = RUNS) -> list[dict]:  # fmt: skip
     prepare_out(out, overwrite)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(out, size)
+        return _run(out, size, runs)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(out: Path, size: OnlineDemoSize) -> list[dict]:
+def _run(out: Path, size: OnlineDemoSize, runs: tuple) -> list[dict]:
     from sdpo.online.layout import read_jsonl
     from sdpo.online.rounds import run_online
     from sdpo.plot.rounds import plot_rounds
 
     t0 = time.time()
-    stages = 2 + len(RUNS)
+    stages = 2 + len(runs)
 
     def stage(k: int, what: str) -> None:
         print(f"[{k}/{stages}] {time.time() - t0:5.0f} s  {what}", flush=True)
@@ -166,12 +184,12 @@ def _run(out: Path, size: OnlineDemoSize) -> list[dict]:
                                          "--max_train_steps", str(size.sft_steps),
                                          "--checkpointing_steps", str(size.sft_steps)])  # fmt: skip
     rows = []
-    for k, (name, method, safeguard) in enumerate(RUNS, start=3):
+    for k, (name, method, safeguard) in enumerate(runs, start=3):
         stage(k, f"{name}: {size.rounds} rounds")
         run_online(online_flags(name, method, safeguard, paths, out, size))
         rows += [{"run": name, **r} for r in read_jsonl(out / "runs" / name / "rounds.jsonl")]
     write_csv(rows, out / "online.csv")
-    plot_rounds([out / "runs" / name for name, _, _ in RUNS], out / "online.png")
+    plot_rounds([out / "runs" / name for name, _, _ in runs], out / "online.png")
     print(table(rows))
     print(f"wrote {out / 'online.png'} and {out / 'online.csv'} in {time.time() - t0:.0f} s")
     return rows
@@ -185,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="a seconds-long run of every stage (for tests)")
     p.add_argument("--rounds", type=int, default=None, help=f"rounds per run (default {FULL.rounds})")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared machine)")
+    p.add_argument("--grpo", action="store_true", help="also GRPO with and without the winner-preserving option")
     a = p.parse_args(argv)
     if a.threads < 1:
         raise UserError(f"--threads must be >= 1, got {a.threads}")
@@ -193,4 +212,4 @@ def main(argv: list[str] | None = None) -> None:
         if a.rounds < 1:
             raise UserError(f"--rounds must be >= 1, got {a.rounds}")
         size = dataclasses.replace(size, rounds=a.rounds)
-    run_demo(Path(a.out), size, overwrite=a.overwrite, threads=a.threads)
+    run_demo(Path(a.out), size, overwrite=a.overwrite, threads=a.threads, runs=RUNS + (GRPO_RUNS if a.grpo else ()))

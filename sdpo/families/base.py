@@ -98,6 +98,8 @@ class ModelFamily:
     # Evaluation sampling: the protocol's default guidance and what the number means (manifests say it).
     sampling_guidance: ClassVar[float] = 7.5  # the reference scripts' cfg: cond + cfg (cond - uncond)
     guidance_kind: ClassVar[str | None] = None  # None: manifests keep the reference scripts' layout (SD1.5/SDXL)
+    # Classifier-free guidance with an empty-prompt pass (False: guidance-distilled, the number feeds the model).
+    classifier_free: ClassVar[bool] = True
 
     _registry: ClassVar[dict[str, type[ModelFamily]]] = {}
 
@@ -467,6 +469,14 @@ class ModelFamily:
                        seed, sampler: str = "reference", rows_per_call: int | None = None) -> torch.Tensor:  # fmt: skip
         """Denoised latents of ``prompts`` from the protocol's initial latents (``sdpo.sampling.images``);
         ``rows_per_call`` prompts per denoiser call (``None``: ``prompts_per_call``, the protocol's)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ online RL rollouts (sdpo.rl)
+
+    def rollout_schedule(self, steps: int, latent_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """The schedule a stochastic rollout of ``steps`` steps on latents of ``latent_shape`` (one sample, no batch
+        axis) follows, set as the family's own sampler sets it: ``timesteps`` (the denoiser's argument per step)
+        and the noise process's coefficients (``sdpo.families.flow`` / ``sdpo.families.ddpm`` say which)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ SD-era names (kept as aliases)

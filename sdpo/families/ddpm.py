@@ -46,3 +46,24 @@ class DDPMFamily(ModelFamily):
             "prediction_type": sched.config.prediction_type,
             "num_train_timesteps": sched.config.num_train_timesteps,
         }
+
+    def rollout_schedule(self, steps: int, latent_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """DDIM's timesteps for ``steps`` steps from the model's scheduler config (its spacing and offset, as DDPO
+        builds ``DDIMScheduler.from_config``), with the cumulative alphas of the training scheduler (CogVideoX's SNR
+        shift included) at each step and at the step it goes to (``sdpo.rl.ddim_eta``)."""
+        from diffusers import DDIMScheduler
+
+        sched = self.scheduler
+        if sched.config.get("thresholding"):
+            raise UserError(f"{self.cfg.pretrained_model_name_or_path}: dynamic thresholding is not supported by the "
+                            "rollout sampler")  # fmt: skip
+        ddim = DDIMScheduler.from_config(sched.config)
+        ddim.set_timesteps(steps)
+        t = ddim.timesteps.long().cpu()
+        ac = sched.alphas_cumprod.double().cpu()
+        final = torch.tensor(1.0, dtype=torch.float64) if sched.config.get("set_alpha_to_one", True) else ac[0]
+        prev = t - sched.config.num_train_timesteps // steps  # diffusers' DDIM step rule
+        ac_prev = torch.where(prev >= 0, ac[prev.clamp(min=0)], final)
+        clip = float(sched.config.get("clip_sample_range", 1.0)) if sched.config.get("clip_sample") else 0.0
+        return {"timesteps": t, "alphas_cumprod": ac[t].float(), "alphas_cumprod_prev": ac_prev.float(),
+                "clip_sample_range": torch.tensor(clip)}  # fmt: skip

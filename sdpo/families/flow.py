@@ -126,6 +126,29 @@ class FlowFamily(ModelFamily):
     def process_terms(self) -> dict:
         return {"num_train_timesteps": self.scheduler.config.num_train_timesteps}
 
+    # ------------------------------------------------------------------ online RL rollouts (sdpo.rl.flow_sde)
+
+    def rollout_schedule(self, steps: int, latent_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """``timesteps`` (``sigma * 1000``) and ``sigmas`` (``steps + 1``, ending at 0) of the sampling scheduler,
+        set as the family's pipeline sets them (``rollout_shift``)."""
+        sched = self.sampling_scheduler()
+        sched.set_timesteps(steps, **self.rollout_shift(steps, latent_shape, sched.config))
+        return {"timesteps": sched.timesteps.float().cpu(), "sigmas": sched.sigmas.float().cpu()}
+
+    def rollout_shift(self, steps: int, latent_shape: tuple[int, ...], config) -> dict:
+        """``set_timesteps`` keywords beyond the step count: none for a static shift (SD3's 3.0); with dynamic
+        shifting, ``mu`` from the image's token count (patches of the transformer's ``patch_size``) as diffusers'
+        ``StableDiffusion3Pipeline`` computes it (``calculate_shift``)."""
+        if not config.get("use_dynamic_shifting"):
+            return {}
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        p = getattr(self.denoiser.config, "patch_size", 1) or 1
+        tokens = (latent_shape[-2] // p) * (latent_shape[-1] // p)
+        mu = calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.16))  # fmt: skip
+        return {"mu": mu}
+
     # ------------------------------------------------------------------ evaluation sampling
 
     def sampling_scheduler(self):

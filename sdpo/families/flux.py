@@ -42,6 +42,7 @@ class Flux(FlowFamily):
     sampling_guidance: ClassVar[float] = 3.5
     forward_flags: ClassVar[tuple[str, ...]] = (*FlowFamily.forward_flags, "flux_guidance")  # the guidance input
     guidance_kind: ClassVar[str | None] = "distilled guidance embedding (no CFG)"
+    classifier_free: ClassVar[bool] = False
     # FLUX's single-stream blocks add their MLP input projection to the feed-forward preset.
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {
         **FlowFamily.lora_targets,
@@ -66,6 +67,17 @@ class Flux(FlowFamily):
                 f"FLUX packs 2x2 latent patches: the resolution must be a multiple of 16, got {pixel_shape}"
             )
         return shape
+
+    def rollout_shift(self, steps: int, latent_shape: tuple[int, ...], config) -> dict:
+        """As ``FluxPipeline`` does: sigmas ``linspace(1, 1/steps, steps)`` shifted by ``mu`` from the packed
+        sequence length (2x2 patches)."""
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        tokens = (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
+        mu = calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))  # fmt: skip
+        return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
 
     @classmethod
     def build_pipeline(cls, scheduler, tokenizers, text_encoders, transformer=None, vae=None):

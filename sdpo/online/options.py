@@ -39,6 +39,7 @@ FREE_TRAIN = {"output_dir", "dataset_name", "logging_dir", "report_to", "tracker
               "checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "max_train_steps",
               "num_train_epochs"}  # fmt: skip
 STAGE_NAMES = ("samples", "scores", "pairs", "train", "eval")
+GRPO_ONLY = ("rollout_noise", "clip_range", "adv_clip_max", "kl_beta", "timestep_fraction", "advantage_std")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,10 +77,19 @@ class OnlineOptions:
     stop_on_divergence: bool
     stop_after: str | None
     train_args: tuple[str, ...]
+    # --algorithm grpo only (sdpo.online.grpo_settings): None = the process's default
+    rollout_noise: float | None = None
+    clip_range: float = 1e-4
+    adv_clip_max: float = 5.0
+    kl_beta: float = 0.04
+    timestep_fraction: float | None = None
+    advantage_std: str = "global"
 
     def identity(self) -> dict:
-        """The settings a run folder is bound to (what decides its samples and weights)."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in FREE and k != "train_args"}
+        """The settings a run folder is bound to (what decides its samples and weights); a ``dpo`` run's does not
+        hold the GRPO settings (it does not use them)."""
+        skip = FREE | {"train_args"} | (set() if self.algorithm == "grpo" else set(GRPO_ONLY))
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
 
 
@@ -105,7 +115,8 @@ def build_parser(strict: bool = True) -> argparse.ArgumentParser:
     a("--prompts_per_round", type=int, default=None,
       help="prompts per round, taken in turn from a seeded shuffle of the file (default: all, every round)")  # fmt: skip
     a("--samples_per_prompt", type=int, required=strict, help="K >= 2 samples of each prompt per round")
-    a("--sample_steps", type=int, default=50, help="sampler steps (the evaluation protocol's 50)")
+    a("--sample_steps", type=int, default=None, help="sampler steps (dpo: the evaluation protocol's 50; grpo: the "
+      "rollout's, Flow-GRPO's 10 for flow families and DDPO's 50 for DDPM ones; held-out images use the same)")
     a("--sample_guidance", type=float, default=None, help="guidance (default: the family's evaluation value)")
     a("--sample_resolution", type=int, default=None, help="image size (default: the training --resolution)")
     a("--sample_seed", type=int, default=0, help="every sample's seed derives from it, the round, prompt and k")
@@ -130,6 +141,20 @@ def build_parser(strict: bool = True) -> argparse.ArgumentParser:
     a("--stop_on_divergence", action="store_true", help="stop the run when that warning fires")
     a("--stop_after", default=None, choices=STAGE_NAMES, help="end the run after this stage of its last round "
       "(inspect samples, scores or pairs before training)")  # fmt: skip
+    a = p.add_argument_group("GRPO (--algorithm grpo: docs/grpo.md; the winner-preserving option is train.py's "
+                             "--use_winner_preserving and --winner_preserving_mu)").add_argument
+    a("--rollout_noise", type=float, default=None,
+      help="the rollout's stochasticity: Flow-GRPO's noise_level a for flow families (default 0.7), DDIM's eta for "
+      "DDPM ones (default 1.0, DDPO)")  # fmt: skip
+    a("--clip_range", type=float, default=1e-4, help="the policy ratio's clip range (Flow-GRPO)")
+    a("--adv_clip_max", type=float, default=5.0, help="advantages are clipped to [-this, this] (Flow-GRPO)")
+    a("--kl_beta", type=float, default=0.04, help="the KL-to-reference coefficient (Flow-GRPO's GenEval/OCR configs)")
+    a("--timestep_fraction", type=float, default=None,
+      help="the fraction of rollout steps trained (flow: 0.99, the first ones, Flow-GRPO; DDPM: 1.0 in a random "
+      "order per sample, DDPO)")  # fmt: skip
+    a("--advantage_std", default="global", choices=("global", "group"),
+      help="advantages divide by the std of every reward of the round (Flow-GRPO's configs) or of the group (its "
+      "paper)")  # fmt: skip
     return p
 
 
@@ -164,10 +189,16 @@ def parse(argv: list[str]) -> tuple[OnlineOptions, RunConfig]:
         if name in REFUSED:
             raise UserError(f"{name} does not combine with python -m sdpo.online: {REFUSED[name]}")
     _check_numbers(ns)
+    if ns.sample_steps is None:
+        ns.sample_steps = 50 if ns.algorithm == "dpo" else 0  # grpo: the process's default, set below
     opts = OnlineOptions(out=Path(ns.out).expanduser(), train_args=tuple(rest),
                          **{k: v for k, v in vars(ns).items() if k not in ("out",)})  # fmt: skip
     cfg = template_config(opts)
     media = "video" if _is_video(cfg) else "image"
+    if opts.algorithm == "grpo":
+        from sdpo.online.grpo_settings import check_grpo
+
+        opts = check_grpo(opts, cfg, media)
     check_reward(opts.reward, media, "--reward")
     if opts.heldout_prompts is not None or opts.heldout_reward is not None:
         if not (opts.heldout_prompts and opts.heldout_reward):
@@ -221,7 +252,7 @@ def _is_video(cfg: RunConfig) -> bool:
 def _check_train(opts: OnlineOptions, cfg: RunConfig, media: str) -> None:
     from sdpo.losses import get_objective
 
-    if getattr(get_objective(cfg.objective.train_method), "NEEDS_LABELS", False):
+    if opts.algorithm == "dpo" and getattr(get_objective(cfg.objective.train_method), "NEEDS_LABELS", False):
         raise UserError(f"--train_method {cfg.objective.train_method} trains on labelled single images; the {opts.algorithm} "
                         "rounds build preference pairs (use diffusion-dpo, dmpo, dspo, sipo, ...)")  # fmt: skip
     if opts.reference == "previous" and cfg.model.lora_rank:

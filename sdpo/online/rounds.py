@@ -62,7 +62,7 @@ def _peak_text(peak: dict) -> str:
 def _brief(result: dict | None) -> str:
     if not result:
         return ""
-    keys = ("samples", "reward_mean", "pairs_kept", "pairs_dropped", "steps", "mean_lambda", "heldout_reward_mean",
+    keys = ("samples", "reward_mean", "pairs_kept", "pairs_dropped", "steps", "mean_lambda", "kl", "heldout_reward_mean",
             "heldout_trained_reward_mean", "win_rate_vs_round0")  # fmt: skip
     return ", ".join(f"{k} {result[k]:.4g}" if isinstance(result[k], float) else f"{k} {result[k]}"
                      for k in keys if result.get(k) is not None)  # fmt: skip
@@ -83,7 +83,7 @@ def summarise(ctx: RoundContext) -> dict:
         if key in res.get("pairs", {}):
             row[key] = res["pairs"][key]
     tr = res.get("train", {})
-    for key in ("weights", "steps", "train_loss", "implicit_acc", "mean_lambda"):
+    for key in ("weights", "steps", "train_loss", "implicit_acc", "mean_lambda", "kl", "clipfrac"):
         if key in tr:
             row[key] = tr[key]
     row.update(res.get("eval", {}))

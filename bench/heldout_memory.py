@@ -61,8 +61,8 @@ def child(args) -> None:
         state["batch"] = batch
         return micro(run, batch)
 
-    def finish_step(run, ok, logs):
-        finish(run, ok, logs)
+    def finish_step(run, ok, logs, **kw):  # kw: the loop's stop signal
+        finish(run, ok, logs, **kw)
         mem.stop(run.step)
         spans["step"].append(mem.rows.pop())
         state["open"] = False

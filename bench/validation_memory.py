@@ -94,8 +94,8 @@ def child(args) -> None:
             window_open[0] = True
         return micro(run, batch)
 
-    def finish_step(run, ok, logs):
-        finish(run, ok, logs)
+    def finish_step(run, ok, logs, **kw):  # kw: the loop's stop signal
+        finish(run, ok, logs, **kw)
         mem.stop(run.step)
         window_open[0] = False
 

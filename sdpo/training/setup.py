@@ -248,7 +248,6 @@ def setup(cfg: RunConfig) -> Run:
     scorers = load_scorers(cfg, accelerator)  # validation's reward models: a missing one is refused before the rest
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / RUN_CONFIG, cfg.flat())  # what this run is: sdpo.plot colours runs by it
     weight_dtype = _DTYPES.get(accelerator.mixed_precision, torch.float32)
     sharded = cfg.dist.sharded
     needs_reference = objective.NEEDS_REFERENCE and ref_losses is None  # precomputed: the reference is never made
@@ -274,6 +273,8 @@ def setup(cfg: RunConfig) -> Run:
         log.info("resumed from %s at step %d", resume, state["step"])
         for note in reapply_optimizer_settings(optimizer, lr_scheduler, fresh):  # the flags given now apply
             log.warning("%s (flags given now apply)", note)
+    if accelerator.is_main_process:  # once the models load: a refused run leaves no folder behind
+        write_json(out_dir / RUN_CONFIG, cfg.flat())  # what this run is: sdpo.plot colours runs by it
     if accelerator.is_main_process and cfg.output.report_to != "none":
         accelerator.init_trackers(cfg.output.tracker_project_name, config=cfg.flat())
     jsonl = JsonlLog(out_dir, resume_step=state.get("step", 0), enabled=accelerator.is_main_process)

@@ -24,12 +24,12 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as eval/generate.py runs
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
 
 from bench import model_configs as mc  # noqa: E402
 from bench.quick import parse  # noqa: E402
+from bench.timing import timed  # noqa: E402
 from sdpo.families import get_family  # noqa: E402
 from sdpo.sampling.images import Components, generate_images, resolve_dtype  # noqa: E402
 from sdpo.tiny import build_tiny_model  # noqa: E402
@@ -54,16 +54,6 @@ def _real_sd15(device: torch.device, dtype: torch.dtype, tmp: Path, quick: bool 
     text.to(device, dtype).eval()
     vae.to(device).eval()  # fp32 decode, as in the paper's setting
     return Components(get_family("sd15"), unet, vae, sched, [tok], [text])
-
-
-def _timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         times: dict[int, list[float]] = {1: [], a.batch_size: []}
         for _ in range(a.repeats):
             for bs in (1, a.batch_size):
-                times[bs].append(_timed(lambda bs=bs: run(bs), device))
+                times[bs].append(timed(lambda bs=bs: run(bs), device))
 
     rate = {bs: a.images / statistics.median(t) for bs, t in times.items()}
     print(f"{what}, {size}x{size}, {a.steps} steps, {dtype}, {device}, {a.images} images x {a.repeats} repeats")

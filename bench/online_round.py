@@ -29,13 +29,13 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from bench import model_configs as mc  # noqa: E402
 from bench.quick import parse  # noqa: E402
+from bench.timing import interleaved  # noqa: E402
 from sdpo.tiny import build_tiny_model  # noqa: E402
 from sdpo.tiny.images import COLOURS, SHAPES  # noqa: E402
 
@@ -113,17 +113,7 @@ def throughput(model: Path, a, size: int, device: torch.device) -> tuple[float, 
         for s in seeds:
             generate_images(comp, [prompt], size, size, a.steps, 7.5, [s])
 
-    shared(), separate()  # warm-up
-    times = {"shared": [], "separate": []}
-    for _ in range(a.repeats):
-        for name, fn in (("shared", shared), ("separate", separate)):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - start)
+    times = interleaved({"shared": shared, "separate": separate}, a.repeats, device)
     return a.k / statistics.median(times["shared"]), a.k / statistics.median(times["separate"])
 
 

@@ -183,8 +183,8 @@ def test_the_other_flow_objectives_and_safeguard_modes_train(tiny2026, tiny_pair
                                 "--winner_preserving_lambda", "0.3"])]  # fmt: skip
     for i, (method, extra) in enumerate(runs):
         out = tmp_path / f"r{i}"
-        sd = torch.load(run_train(*flow_flags(folder, tiny_pairs, out, "--train_method", method, *extra)),
-                        weights_only=True)  # fmt: skip
+        weights = run_train(*flow_flags(folder, tiny_pairs, out, "--train_method", method, *extra))
+        sd = torch.load(weights, weights_only=True)
         assert any(not torch.equal(v, init[k]) for k, v in sd.items()), (method, extra)
         (logged,) = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
         assert all(math.isfinite(v) for v in logged.values()), (method, extra, logged)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_BENCHES = {"live_memory", "model_configs", "quick", "report_size"}  # a probe, the configs, the --quick flag;
-# report_size --quick needs the report's tiny inputs: tests/test_report.py runs it once
+NOT_BENCHES = {"live_memory", "model_configs", "quick", "report_size", "timing"}  # a probe, the configs, the --quick flag,
+# the interleaved timer; report_size --quick needs the report's tiny inputs: tests/test_report.py runs it once
 
 R = r"\d+\.\d+"  # a printed number
 X = rf"{R}x"  # a printed ratio

@@ -41,6 +41,7 @@ from sdpo.config import RunConfig, resolve
 from sdpo.config import build_parser as train_parser
 from sdpo.data import pairs as data
 from sdpo.diskspace import reporting_disk_full, shortfall
+from sdpo.distributed.objects import from_main, gathered
 from sdpo.errors import UserError, cli_main
 from sdpo.families import get_family
 
@@ -285,7 +286,7 @@ def precompute(cfg: PrecomputeConfig) -> Path:
         refusal = shortfall(out, need, f"the {len(left)} shard(s) left to write", "the estimate above")
     else:
         refusal = None
-    refusal = _from_main(acc, refusal)
+    refusal = from_main(acc, refusal)
     if refusal:
         raise UserError(refusal)
 
@@ -314,7 +315,7 @@ def precompute(cfg: PrecomputeConfig) -> Path:
     # Every file's size and content hash (sdpo.checkpoint.manifest), each process hashing the files it was dealt
     # (just written: still in the page cache); training checks them when it first reads a file (sdpo.cache.store).
     mine_records = manifest.records(out, [u[0] for u in mine])
-    records = {k: v for part in _gathered(acc, mine_records) for k, v in part.items()}
+    records = {k: v for part in gathered(acc, mine_records) for k, v in part.items()}
     if acc.is_main_process:
         files = [{"path": u[0], **records[u[0]]} for u in units]
         plan["layout"].update(latent_shape=latent_shape, latent_axis_order=axis_order, text_shapes=text_shapes)
@@ -342,24 +343,6 @@ def _redo(out: Path, names: tuple[str, ...], state: str, acc) -> str:
         log.info("redoing %s in %s", ", ".join(names), out)
     acc.wait_for_everyone()
     return "resume"
-
-
-def _from_main(acc, value):
-    if acc.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    box = [value]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
-def _gathered(acc, value) -> list:
-    if acc.num_processes == 1:
-        return [value]
-    from accelerate.utils import gather_object
-
-    return gather_object([value])
 
 
 def _chunks(n: int, size: int) -> list[range]:

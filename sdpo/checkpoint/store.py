@@ -38,6 +38,7 @@ import torch
 from sdpo import diskspace
 from sdpo.atomic import remove, stale_temps, torch_save, write_json
 from sdpo.checkpoint import manifest
+from sdpo.distributed.objects import from_main, gathered
 from sdpo.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -196,31 +197,11 @@ def estimate_bytes(module, optimizer, weights) -> int:
     return getattr(weights, "model_copies", 1) * trained + moments
 
 
-def _from_main(accelerator, value):
-    """The main process's ``value`` on every process (so that all of them take the same branch)."""
-    if accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    box = [value]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
-def _gathered(accelerator, value) -> list:
-    """Every process's ``value``, in process order, on every process."""
-    if accelerator.num_processes == 1:
-        return [value]
-    from accelerate.utils import gather_object
-
-    return gather_object([value])
-
-
 def shared_verify(accelerator) -> Checker:
     """``verify`` with the hashing split over the launch's processes; every process gets the same answer."""
 
     def check(folder: Path) -> str | None:
-        found = _gathered(accelerator, verify(folder, (accelerator.process_index, accelerator.num_processes)))
+        found = gathered(accelerator, verify(folder, (accelerator.process_index, accelerator.num_processes)))
         return next((f for f in found if f is not None), None)
 
     return check
@@ -247,7 +228,7 @@ def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, tota
         refusal = diskspace.shortfall(root, need, f"checkpoint-{step}", why)
         if refusal:
             refusal += _intact(root)
-    refusal = _from_main(accelerator, refusal)
+    refusal = from_main(accelerator, refusal)
     if refusal:
         raise UserError(refusal)
     if accelerator.is_main_process:
@@ -262,7 +243,7 @@ def save(accelerator, unet, output_dir: str | Path, step: int, state: dict, tota
         accelerator.wait_for_everyone()
         names = manifest.listing(partial)  # the processes hash a share each (DCP: every process wrote its own)
         mine = manifest.records(partial, names[accelerator.process_index :: accelerator.num_processes])
-        records = {k: v for part in _gathered(accelerator, mine) for k, v in part.items()}
+        records = {k: v for part in gathered(accelerator, mine) for k, v in part.items()}
         if accelerator.is_main_process:
             manifest.write(partial, records)
     if accelerator.is_main_process:
